@@ -1,0 +1,252 @@
+"""Prepare a text corpus for training: tokenize it and write train/val splits.
+
+Usage (from the repository root)::
+
+    python data/prepare.py                       # download tiny-shakespeare, char tokenizer
+    python data/prepare.py --tokenizer byte      # same corpus, byte tokenizer
+    python data/prepare.py --from my.txt --out data/mine
+
+Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT)
+and ``meta.json`` (tokenizer, vocab size, dtype, token counts, source,
+SHA-256) into the output directory.  Each file is written atomically, and
+``meta.json`` is written last, so a present ``meta.json`` means a complete
+data set.  The first 90% of the tokens are the training split, the last 10%
+the validation split.
+
+Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
+are reported as one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `reference`
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from reference.data import ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
+
+TINY_SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+TINY_SHAKESPEARE_SIZE = 1_115_394
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+VAL_FRACTION = 0.1
+DTYPE = "uint16"
+#: Smallest context a model could be trained/evaluated with on a tiny corpus.
+MIN_CONTEXT = 8
+#: Each split must hold at least this many tokens: a context of MIN_CONTEXT
+#: plus MIN_CONTEXT more, so that there are several distinct windows.
+MIN_SPLIT_TOKENS = 2 * MIN_CONTEXT
+DOWNLOAD_TIMEOUT_S = 30.0
+DATA_DIR = Path(__file__).resolve().parent
+
+
+class PrepareError(Exception):
+    """A user-facing failure: printed as one line on stderr, exit code 1."""
+
+
+def default_out_dir(kind: str) -> Path:
+    return DATA_DIR / f"shakespeare_{kind}"
+
+
+def sha256_hex(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def download(url: str = TINY_SHAKESPEARE_URL, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
+    """Fetch ``url`` and return its bytes; network failures become PrepareError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except OSError as exc:  # URLError, HTTPError, TimeoutError, connection resets
+        reason = getattr(exc, "reason", None) or exc
+        raise PrepareError(
+            f"could not download {url}: {reason}. Are you offline? "
+            "Pass --from PATH to use a local copy of the text instead."
+        ) from None
+
+
+def verify_tiny_shakespeare(raw: bytes) -> None:
+    """Raise PrepareError unless ``raw`` is exactly the tiny-shakespeare corpus."""
+    if len(raw) != TINY_SHAKESPEARE_SIZE:
+        raise PrepareError(
+            f"downloaded corpus has the wrong size: expected {TINY_SHAKESPEARE_SIZE} bytes, "
+            f"got {len(raw)}"
+        )
+    digest = sha256_hex(raw)
+    if digest != TINY_SHAKESPEARE_SHA256:
+        raise PrepareError(
+            f"downloaded corpus has the wrong SHA-256 checksum: expected "
+            f"{TINY_SHAKESPEARE_SHA256}, got {digest}"
+        )
+
+
+def read_source(path: str | Path) -> bytes:
+    """Read a local text file; a file with the tiny-shakespeare size has its hash checked."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PrepareError(f"input file not found: {path}") from None
+    except OSError as exc:
+        raise PrepareError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+    if len(raw) == TINY_SHAKESPEARE_SIZE:
+        digest = sha256_hex(raw)
+        if digest != TINY_SHAKESPEARE_SHA256:
+            print(
+                f"warning: {path} has the size of tiny-shakespeare but not its SHA-256 "
+                f"(expected {TINY_SHAKESPEARE_SHA256}, got {digest}); continuing",
+                file=sys.stderr,
+            )
+    return raw
+
+
+def min_total_tokens(val_fraction: float = VAL_FRACTION) -> int:
+    """Smallest corpus length whose train and val splits both hold MIN_SPLIT_TOKENS."""
+    n = MIN_SPLIT_TOKENS
+    while True:
+        train, val = split_train_val(np.empty(n), val_fraction)
+        if len(train) >= MIN_SPLIT_TOKENS and len(val) >= MIN_SPLIT_TOKENS:
+            return n
+        n += 1
+
+
+def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
+    """Tokenize the corpus bytes; return ``(ids, tokenizer)``."""
+    if not raw:
+        raise PrepareError("the input text is empty; nothing to prepare")
+    if kind == "byte":
+        tok = ByteTokenizer()
+        ids = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
+        return ids, tok
+    if kind != "char":
+        raise PrepareError(f"unknown tokenizer {kind!r}; expected 'char' or 'byte'")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PrepareError(
+            f"the input is not valid UTF-8 (byte {exc.start}: {exc.reason}); "
+            "the char tokenizer needs UTF-8 text -- use --tokenizer byte for arbitrary bytes"
+        ) from None
+    tok = CharTokenizer.from_text(text)
+    if tok.vocab_size > np.iinfo(DTYPE).max + 1:
+        raise PrepareError(
+            f"the text has {tok.vocab_size} distinct characters, more than the "
+            f"{np.iinfo(DTYPE).max + 1} ids a {DTYPE} file can hold; use --tokenizer byte"
+        )
+    return tok.encode(text), tok
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a synced temp file in the same directory + os.replace."""
+    # A fresh name opened with "xb" (not mkstemp) so the file gets the usual umask mode.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    f = open(tmp, "xb")
+    try:
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def prepare(
+    raw: bytes,
+    out_dir: str | Path,
+    kind: str = "char",
+    source: str = "",
+    val_fraction: float = VAL_FRACTION,
+) -> dict[str, Any]:
+    """Tokenize ``raw``, split it, write the three files to ``out_dir``; return the meta dict."""
+    ids, tok = tokenize(raw, kind)
+    train, val = split_train_val(ids, val_fraction)
+    if len(train) < MIN_SPLIT_TOKENS or len(val) < MIN_SPLIT_TOKENS:
+        raise PrepareError(
+            f"the text is too short: {len(ids)} tokens split into {len(train)} train / "
+            f"{len(val)} val, but each split needs at least {MIN_SPLIT_TOKENS} tokens "
+            f"(a context of {MIN_CONTEXT} plus {MIN_SPLIT_TOKENS - MIN_CONTEXT} more); "
+            f"provide at least {min_total_tokens(val_fraction)} tokens"
+        )
+    meta = {
+        "tokenizer": tok.to_dict(),
+        "vocab_size": tok.vocab_size,
+        "dtype": DTYPE,
+        "train_tokens": int(len(train)),
+        "val_tokens": int(len(val)),
+        "val_fraction": val_fraction,
+        "source": source,
+        "sha256": sha256_hex(raw),
+        "num_bytes": len(raw),
+    }
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "train.bin", train.astype(DTYPE).tobytes())
+        atomic_write_bytes(out / "val.bin", val.astype(DTYPE).tobytes())
+        text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+        atomic_write_bytes(out / "meta.json", text.encode("utf-8"))
+    except OSError as exc:
+        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    return meta
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python data/prepare.py",
+        description="Tokenize a text corpus (default: tiny-shakespeare) into train/val splits.",
+    )
+    p.add_argument(
+        "--from", dest="src", metavar="PATH",
+        help="read this local text file instead of downloading tiny-shakespeare",
+    )
+    p.add_argument(
+        "--out", metavar="DIR",
+        help="output directory (default: data/shakespeare_char or data/shakespeare_byte)",
+    )
+    p.add_argument("--tokenizer", choices=("char", "byte"), default="char",
+                   help="char: one id per character (default); byte: one id per UTF-8 byte")
+    p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
+                   help=f"download timeout in seconds (default {DOWNLOAD_TIMEOUT_S:g})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
+    try:
+        if args.src:
+            raw = read_source(args.src)
+            source = str(args.src)
+        else:
+            print(f"downloading {TINY_SHAKESPEARE_URL}")
+            raw = download(TINY_SHAKESPEARE_URL, timeout=args.timeout)
+            verify_tiny_shakespeare(raw)
+            source = TINY_SHAKESPEARE_URL
+        meta = prepare(raw, out_dir, kind=args.tokenizer, source=source)
+    except PrepareError as exc:
+        print(f"prepare.py: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"tokenizer: {args.tokenizer}, vocab size: {meta['vocab_size']:,}")
+    print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens")
+    print(f"wrote {out_dir}/train.bin, val.bin, meta.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Causal self-attention with multi-, grouped- and multi-query heads, RoPE or ALiBi, and a KV cache.
+
+Heads are kept as a 5-d array (B, n_kv_head, group, T, hd), where group = n_head / n_kv_head is
+the number of query heads sharing one key/value head (query head h = kv * group + j, as torch's
+`repeat_interleave` and SDPA's `enable_gqa` order them). Plain multi-head attention is group 1.
+Keys and values carry a size-1 group axis and broadcast in the batched matmuls, so there is no
+Python loop over batch or heads, and no copy of the shared keys. Derived in docs/attention.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .functional import softmax, softmax_backward
+from .layers import Dropout, Linear, MaskSource
+from .module import Module
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """Per-head ALiBi slopes (Press et al. 2022): 2^(-8i/n) for i = 1..n when n is a power of two;
+    otherwise those of the nearest lower power of two m, then every other slope of 2m."""
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+    m = 2 ** math.floor(math.log2(n_head))
+    return geometric(m) + geometric(2 * m)[0::2][: n_head - m]
+
+
+class Rotary:
+    """Rotary position embedding tables and rotation (rotate-half convention, as GPT-NeoX/LLaMA).
+
+    Channel i pairs with channel i + hd/2 and both turn by the angle t * base^(-2i/hd).
+    The cos/sin tables are computed in float64 and stored in the model's dtype. Derived in docs/rope.md.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float, dtype):
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+        inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (hd/2,)
+        angles = np.outer(np.arange(max_len, dtype=np.float64), inv_freq)              # (L, hd/2)
+        angles = np.concatenate([angles, angles], axis=-1)                              # (L, hd)
+        self.cos, self.sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+    @staticmethod
+    def _rotate_half(x: np.ndarray) -> np.ndarray:             # (x1, x2) -> (-x2, x1)
+        h = x.shape[-1] // 2
+        return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+    @staticmethod
+    def _rotate_half_t(x: np.ndarray) -> np.ndarray:           # the transpose: (y1, y2) -> (y2, -y1)
+        h = x.shape[-1] // 2
+        return np.concatenate([x[..., h:], -x[..., :h]], axis=-1)
+
+    def apply(self, x: np.ndarray, start: int) -> np.ndarray:   # x (..., T, hd)
+        t = x.shape[-2]
+        cos, sin = self.cos[start:start + t], self.sin[start:start + t]
+        return x * cos + self._rotate_half(x) * sin
+
+    def backward(self, dy: np.ndarray, start: int) -> np.ndarray:
+        t = dy.shape[-2]
+        cos, sin = self.cos[start:start + t], self.sin[start:start + t]
+        return dy * cos + self._rotate_half_t(dy * sin)
+
+
+class LayerKV:
+    """One layer's key/value cache: preallocated (B, n_kv_head, 1, max_len, hd) arrays and a fill length."""
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype):
+        self.k = np.zeros((batch, n_kv_head, 1, max_len, head_dim), dtype)
+        self.v = np.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = k.shape[-2]
+        end = self.length + t
+        if end > self.k.shape[-2]:
+            raise ValueError(f"KV cache overflow: {end} positions, capacity {self.k.shape[-2]}")
+        self.k[..., self.length:end, :] = k
+        self.v[..., self.length:end, :] = v
+        self.length = end
+        return self.k[..., :end, :], self.v[..., :end, :]
+
+
+class CausalSelfAttention(Module):
+    """softmax(q k^T / sqrt(hd) + causal mask [+ ALiBi]) v over heads, then c_proj and dropout.
+
+    c_attn is one fused projection to [q (n_head*hd) | k (n_kv_head*hd) | v (n_kv_head*hd)].
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, *, bias: bool, dropout: float,
+                 rng: np.random.Generator, dtype, proj_std: float, rotary: Rotary | None = None,
+                 alibi: bool = False):
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if n_kv_head < 1 or n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.c_attn = Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias, rng=rng, dtype=dtype)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, rng=rng, dtype=dtype, std=proj_std)
+        self.attn_dropout = Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
+        self.rotary = rotary
+        self.slopes = np.array(alibi_slopes(n_head), dtype=dtype).reshape(n_kv_head, -1, 1, 1) if alibi else None
+
+    def _bias(self, t: int, s: int, start: int, dtype) -> np.ndarray:
+        """Additive score bias: -inf above the causal diagonal, plus ALiBi's -slope * distance."""
+        qpos = np.arange(start, start + t)[:, None]            # (T, 1) absolute query positions
+        kpos = np.arange(s)[None, :]                           # (1, S)
+        bias = np.where(kpos <= qpos, 0.0, -np.inf).astype(dtype)   # (T, S)
+        if self.slopes is not None:
+            dist = (qpos - kpos).astype(dtype)                 # >= 0 where allowed
+            bias = bias - self.slopes * dist                   # (n_kv_head, group, T, S)
+        return bias
+
+    def forward(self, x: np.ndarray, masks: MaskSource | None = None, kv_cache: LayerKV | None = None):
+        B, T, C = x.shape
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        g = H // Hkv
+        qkv, c_lin = self.c_attn.forward(x)                    # (B, T, (H + 2 Hkv) hd)
+        q = qkv[..., : H * hd].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)             # (B, Hkv, g, T, hd)
+        k = qkv[..., H * hd:(H + Hkv) * hd].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)  # (B, Hkv, 1, T, hd)
+        v = qkv[..., (H + Hkv) * hd:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)       # (B, Hkv, 1, T, hd)
+        start = kv_cache.length if kv_cache is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary.apply(q, start), self.rotary.apply(k, start)
+        q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)                       # (B, Hkv, 1, S, hd), S = start + T
+        scale = 1.0 / math.sqrt(hd)
+        scores = (q @ k.swapaxes(-1, -2)) * scale              # (B, Hkv, g, T, S)
+        scores += self._bias(T, k.shape[-2], start, x.dtype)
+        p = softmax(scores)                                    # masked entries are exactly 0
+        pd, c_drop = self.attn_dropout.forward(p.reshape(B, H, T, -1), masks)
+        pd = pd.reshape(p.shape)
+        y = pd @ v                                             # (B, Hkv, g, T, hd)
+        y = y.transpose(0, 3, 1, 2, 4).reshape(B, T, C)        # heads side by side again
+        out, c_out = self.c_proj.forward(y)
+        out, c_rd = self.resid_dropout.forward(out, masks)
+        return out, (c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start)
+
+    def backward(self, dout: np.ndarray, cache) -> np.ndarray:
+        c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start = cache
+        B, Hkv, g, T, hd = q.shape
+        if k.shape[-2] != T:
+            raise RuntimeError("backward through a KV-cached forward is not supported (the cache is for inference)")
+        dy = self.c_proj.backward(self.resid_dropout.backward(dout, c_rd), c_out)   # (B, T, C)
+        dy = dy.reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)                   # (B, Hkv, g, T, hd)
+        dpd = dy @ v.swapaxes(-1, -2)                          # (B, Hkv, g, T, S)
+        dv = (pd.swapaxes(-1, -2) @ dy).sum(2, keepdims=True)  # (B, Hkv, 1, S, hd): sum over sharing heads
+        dp = self.attn_dropout.backward(dpd.reshape(c_drop.shape) if c_drop is not None else dpd, c_drop)
+        ds = softmax_backward(dp.reshape(p.shape), p) * (1.0 / math.sqrt(hd))
+        dq = ds @ k                                            # (B, Hkv, g, T, hd)
+        dk = (ds.swapaxes(-1, -2) @ q).sum(2, keepdims=True)   # (B, Hkv, 1, S, hd)
+        if self.rotary is not None:
+            dq, dk = self.rotary.backward(dq, start), self.rotary.backward(dk, start)
+        dqkv = np.concatenate([
+            dq.transpose(0, 3, 1, 2, 4).reshape(B, T, -1),
+            dk.transpose(0, 3, 1, 2, 4).reshape(B, T, -1),
+            dv.transpose(0, 3, 1, 2, 4).reshape(B, T, -1),
+        ], axis=-1)                                            # (B, T, (H + 2 Hkv) hd)
+        return self.c_attn.backward(dqkv, c_lin)

@@ -1,0 +1,238 @@
+"""Tokenizers, train/val splits and batch sampling for the NumPy GPT.
+
+Two tokenizers are provided:
+
+* :class:`CharTokenizer` -- one id per distinct character of a corpus (the
+  vocabulary is the sorted set of its characters, as in nanoGPT's
+  ``shakespeare_char``);
+* :class:`ByteTokenizer` -- one id per UTF-8 byte (256 symbols), which can
+  encode any text.
+
+Both serialise to a small JSON-friendly dict (``to_dict``) that
+``data/prepare.py`` stores in ``meta.json``; :func:`tokenizer_from_dict`
+rebuilds the right tokenizer from it.  :func:`load_meta` and
+:func:`load_split` read what that script wrote, and :func:`get_batch` samples
+random ``(inputs, targets)`` windows from a token array.
+
+Only numpy and the standard library are used here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CharTokenizer",
+    "ByteTokenizer",
+    "Tokenizer",
+    "tokenizer_from_dict",
+    "get_batch",
+    "split_train_val",
+    "load_meta",
+    "load_split",
+    "SPLITS",
+]
+
+IdArray = npt.NDArray[np.int64]
+
+#: The splits written by ``data/prepare.py``.
+SPLITS = ("train", "val")
+
+_PREPARE_HINT = "run `python data/prepare.py` first to create it"
+
+
+def _check_ids(ids: Iterable[int] | npt.ArrayLike, vocab_size: int) -> IdArray:
+    """Return ``ids`` as a 1-D int64 array, checking every id is in ``[0, vocab_size)``."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"token ids must be a 1-D sequence, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        first = int(arr[np.argmax(bad)])
+        raise ValueError(
+            f"token id {first} is out of range: valid ids are 0..{vocab_size - 1} "
+            f"(vocab_size={vocab_size})"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_kind(d: Mapping[str, Any], kind: str) -> None:
+    if d.get("kind") != kind:
+        raise ValueError(f"expected a tokenizer dict of kind {kind!r}, got kind {d.get('kind')!r}")
+
+
+class CharTokenizer:
+    """Character-level tokenizer: id ``i`` is the character ``chars[i]``."""
+
+    def __init__(self, chars: str) -> None:
+        if not isinstance(chars, str):
+            raise TypeError(f"chars must be a str, got {type(chars).__name__}")
+        if not chars:
+            raise ValueError("a CharTokenizer needs at least one character")
+        if len(set(chars)) != len(chars):
+            raise ValueError("the characters of a CharTokenizer must be distinct")
+        self.chars = chars
+        # Code points sorted once so that encoding is one vectorised searchsorted.
+        codes = np.array([ord(c) for c in chars], dtype=np.int64)
+        self._order = np.argsort(codes, kind="stable")
+        self._sorted_codes = codes[self._order]
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """Build the vocabulary from the sorted set of characters of ``text``."""
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> IdArray:
+        """Map each character of ``text`` to its id; unknown characters raise ValueError."""
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        codes = codes.astype(np.int64)
+        pos = np.searchsorted(self._sorted_codes, codes)
+        pos = np.minimum(pos, self.vocab_size - 1)
+        known = self._sorted_codes[pos] == codes
+        if not known.all():
+            unknown = sorted({chr(c) for c in codes[~known].tolist()})
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+            raise ValueError(f"character(s) {shown}{more} not in the vocabulary")
+        return self._order[pos].astype(np.int64, copy=False)
+
+    def decode(self, ids: Iterable[int] | npt.ArrayLike) -> str:
+        """Map ids back to text; ids outside ``[0, vocab_size)`` raise ValueError."""
+        chars = self.chars
+        return "".join(chars[i] for i in _check_ids(ids, self.vocab_size).tolist())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CharTokenizer:
+        _check_kind(d, "char")
+        return cls(d["chars"])
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer:
+    """Byte-level tokenizer: ids are the bytes of the UTF-8 encoding (256 symbols)."""
+
+    vocab_size: int = 256
+
+    def encode(self, text: str) -> IdArray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids: Iterable[int] | npt.ArrayLike) -> str:
+        """Bytes back to text; an invalid or cut multi-byte sequence becomes U+FFFD."""
+        arr = _check_ids(ids, self.vocab_size)
+        return arr.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "byte"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ByteTokenizer:
+        _check_kind(d, "byte")
+        return cls()
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer()"
+
+
+Tokenizer = Union[CharTokenizer, ByteTokenizer]
+
+_TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer]] = {
+    "char": CharTokenizer,
+    "byte": ByteTokenizer,
+}
+
+
+def tokenizer_from_dict(d: Mapping[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from the dict produced by its ``to_dict()``."""
+    kind = d.get("kind") if isinstance(d, Mapping) else None
+    if kind not in _TOKENIZERS:
+        known = ", ".join(repr(k) for k in sorted(_TOKENIZERS))
+        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {known}")
+    return _TOKENIZERS[kind].from_dict(d)
+
+
+def get_batch(
+    data: npt.ArrayLike,
+    batch_size: int,
+    block_size: int,
+    rng: np.random.Generator,
+) -> tuple[IdArray, IdArray]:
+    """Sample ``batch_size`` random windows of ``block_size`` tokens from ``data``.
+
+    Returns ``(x, y)``, both int64 of shape ``(batch_size, block_size)``, where
+    ``y`` is ``x`` shifted one token to the left (the next-token targets).
+    """
+    data = np.asarray(data)
+    if data.ndim != 1:
+        raise ValueError(f"data must be a 1-D array of token ids, got shape {data.shape}")
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(
+            f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}"
+        )
+    if len(data) < block_size + 1:
+        raise ValueError(
+            f"data has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1} "
+            f"needed for one (input, target) window of block_size={block_size}"
+        )
+    ix = rng.integers(0, len(data) - block_size, size=batch_size)
+    windows = np.lib.stride_tricks.sliding_window_view(data, block_size + 1)[ix]
+    windows = windows.astype(np.int64)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def split_train_val(ids: npt.ArrayLike, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``ids`` into the first ``1 - val_fraction`` (train) and the rest (val)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    ids = np.asarray(ids)
+    n = int(len(ids) * (1.0 - val_fraction))
+    return ids[:n], ids[n:]
+
+
+def load_meta(data_dir: str | Path) -> dict[str, Any]:
+    """Read ``meta.json`` written by ``data/prepare.py`` in ``data_dir``."""
+    path = Path(data_dir) / "meta.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no prepared data: {path} is missing; {_PREPARE_HINT}") from None
+    return json.loads(text)
+
+
+def load_split(data_dir: str | Path, split: str) -> np.ndarray:
+    """Read the token ids of ``split`` ("train" or "val") from ``data_dir``.
+
+    The ids keep the on-disk dtype recorded in ``meta.json`` (uint16).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    meta = load_meta(data_dir)
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prepared data: {path} is missing; {_PREPARE_HINT}")
+    ids = np.fromfile(path, dtype=np.dtype(meta["dtype"]))
+    expected = meta.get(f"{split}_tokens")
+    if expected is not None and expected != len(ids):
+        raise ValueError(
+            f"{path} holds {len(ids)} tokens but meta.json says {expected}; "
+            "the data is corrupt or partially written, re-run `python data/prepare.py`"
+        )
+    return ids

@@ -1,0 +1,235 @@
+"""The small layers: embedding, linear, norms, activations, MLPs and dropout.
+
+Each layer: `forward(x) -> (y, cache)`, `backward(dy, cache) -> dx`, parameter gradients
+accumulated into `Parameter.grad`. Shapes use B batch, T time, C channels (n_embd).
+Derivations: docs/<layer>.md, named in each docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .functional import gelu, gelu_grad
+from .module import Module, Parameter, as_dtype
+
+
+def normal_init(rng: np.random.Generator, shape: tuple[int, ...], std: float, dtype) -> np.ndarray:
+    """N(0, std^2) drawn in float64 then cast, so float32 and float64 models start from the same numbers."""
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
+def _flat2d(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1])
+
+
+class Embedding(Module):
+    """y = weight[idx]: a lookup table of `num_embeddings` rows. Derived in docs/embedding.md."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, rng: np.random.Generator, dtype="float64", std: float = 0.02):
+        self.weight = Parameter(normal_init(rng, (num_embeddings, embedding_dim), std, as_dtype(dtype)))
+
+    def forward(self, idx: np.ndarray):                        # idx (...) int
+        n = self.weight.data.shape[0]
+        if not np.issubdtype(np.asarray(idx).dtype, np.integer):
+            raise TypeError(f"embedding indices must be integers, got dtype {np.asarray(idx).dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            bad = idx[(idx < 0) | (idx >= n)].flat[0]
+            raise IndexError(f"index {bad} is out of range for an embedding of {n} rows (expected 0 <= id < {n})")
+        return self.weight.data[idx], idx                      # (..., C)
+
+    def backward(self, dy: np.ndarray, idx: np.ndarray) -> None:
+        # Rows used several times receive the sum of their gradients: unbuffered add.at.
+        np.add.at(self.weight.grad, idx.reshape(-1), _flat2d(dy))
+        return None                                            # integer input: no gradient
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, with torch's layout: weight (out, in). Derived in docs/linear.md."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, rng: np.random.Generator,
+                 dtype="float64", std: float = 0.02):
+        dtype = as_dtype(dtype)
+        self.weight = Parameter(normal_init(rng, (out_features, in_features), std, dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
+
+    def forward(self, x: np.ndarray):                          # x (..., in)
+        y = x @ self.weight.data.T                             # (..., out)
+        if self.bias is not None:
+            y += self.bias.data
+        return y, x
+
+    def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        dy2 = _flat2d(dy)                                      # (N, out)
+        self.weight.grad += dy2.T @ _flat2d(x)                 # (out, in)
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(0)
+        return dy @ self.weight.data                           # (..., in)
+
+
+class LayerNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis. Derived in docs/layernorm.md."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True, dtype="float64"):
+        dtype = as_dtype(dtype)
+        self.eps = float(eps)
+        self.weight = Parameter(np.ones(dim, dtype))
+        self.bias = Parameter(np.zeros(dim, dtype)) if bias else None
+
+    def forward(self, x: np.ndarray):                          # x (..., C)
+        mean = x.mean(-1, keepdims=True)
+        xc = x - mean
+        rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + self.eps)  # biased variance, as torch
+        xhat = xc * rstd                                       # (..., C)
+        y = xhat * self.weight.data
+        if self.bias is not None:
+            y += self.bias.data
+        return y, (xhat, rstd)
+
+    def backward(self, dy: np.ndarray, cache) -> np.ndarray:
+        xhat, rstd = cache
+        self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
+        if self.bias is not None:
+            self.bias.grad += _flat2d(dy).sum(0)
+        g = dy * self.weight.data                              # dL/dxhat
+        return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis. Derived in docs/rmsnorm.md."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, dtype="float64"):
+        self.eps = float(eps)
+        self.weight = Parameter(np.ones(dim, as_dtype(dtype)))
+
+    def forward(self, x: np.ndarray):                          # x (..., C)
+        rrms = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + self.eps)
+        xhat = x * rrms
+        return xhat * self.weight.data, (xhat, rrms)
+
+    def backward(self, dy: np.ndarray, cache) -> np.ndarray:
+        xhat, rrms = cache
+        self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
+        g = dy * self.weight.data
+        return rrms * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+class GELU(Module):
+    """y = x * Phi(x) (approximate='none', erf) or its tanh approximation. Derived in docs/gelu.md."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: np.ndarray):
+        return gelu(x, self.approximate), x
+
+    def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return dy * gelu_grad(x, self.approximate)
+
+
+# A source of dropout masks: called with (layer name, shape, p, dtype), returns the scaled keep-mask.
+MaskSource = Callable[[str, tuple, float, np.dtype], np.ndarray]
+
+
+class DropoutMasks:
+    """Draws inverted-dropout masks from a seeded Generator and records them by layer name.
+
+    The mask is keep / (1 - p), so y = x * mask keeps the expectation of x. Recording lets the
+    PyTorch twin replay exactly the same masks (`oracle` reads `.drawn`); training passes
+    `record=False` to keep no references. Draws are float32 uniforms whatever the model's dtype,
+    so float32 and float64 runs with one seed drop the same units.
+    """
+
+    def __init__(self, rng: np.random.Generator, record: bool = False):
+        self.rng = rng
+        self.record = record
+        self.drawn: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, shape: tuple, p: float, dtype) -> np.ndarray:
+        keep = self.rng.random(shape, dtype=np.float32) >= p
+        mask = keep.astype(dtype) * (1.0 / (1.0 - p))
+        if self.record:
+            if name in self.drawn:
+                raise ValueError(f"dropout layer {name!r} drew twice in one forward; use a fresh DropoutMasks")
+            self.drawn[name] = mask
+        return mask
+
+
+class Dropout(Module):
+    """y = x * mask, mask from a MaskSource (identity when masks is None or p == 0). Derived in docs/dropout.md."""
+
+    def __init__(self, p: float = 0.0, name: str = "dropout"):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.name = name                                       # set to the full module path by GPT
+
+    def forward(self, x: np.ndarray, masks: MaskSource | None = None):
+        if masks is None or self.p == 0.0:
+            return x, None
+        mask = masks(self.name, x.shape, self.p, x.dtype)
+        return x * mask, mask
+
+    def backward(self, dy: np.ndarray, mask) -> np.ndarray:
+        return dy if mask is None else dy * mask
+
+
+def name_dropouts(root: Module) -> None:
+    """Name every Dropout by its module path (`transformer.h.0.attn.attn_dropout`): masks are keyed by it."""
+    for name, module in root.named_modules():
+        if isinstance(module, Dropout):
+            module.name = name or "dropout"
+
+
+class MLP(Module):
+    """y = c_proj(GELU(c_fc(x))), hidden width 4C; then dropout. Derived in docs/mlp.md."""
+
+    def __init__(self, n_embd: int, hidden: int, *, bias: bool, approximate: str, dropout: float,
+                 rng: np.random.Generator, dtype, proj_std: float):
+        self.c_fc = Linear(n_embd, hidden, bias=bias, rng=rng, dtype=dtype)
+        self.gelu = GELU(approximate)
+        self.c_proj = Linear(hidden, n_embd, bias=bias, rng=rng, dtype=dtype, std=proj_std)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: np.ndarray, masks: MaskSource | None = None):
+        h, c1 = self.c_fc.forward(x)                           # (B, T, 4C)
+        a, c2 = self.gelu.forward(h)
+        y, c3 = self.c_proj.forward(a)                         # (B, T, C)
+        y, c4 = self.dropout.forward(y, masks)
+        return y, (c1, c2, c3, c4)
+
+    def backward(self, dy: np.ndarray, cache) -> np.ndarray:
+        c1, c2, c3, c4 = cache
+        dy = self.dropout.backward(dy, c4)
+        return self.c_fc.backward(self.gelu.backward(self.c_proj.backward(dy, c3), c2), c1)
+
+
+class SwiGLU(Module):
+    """y = c_proj(SiLU(c_fc(x)) * c_gate(x)); then dropout. Derived in docs/swiglu.md."""
+
+    def __init__(self, n_embd: int, hidden: int, *, bias: bool, dropout: float,
+                 rng: np.random.Generator, dtype, proj_std: float):
+        self.c_fc = Linear(n_embd, hidden, bias=bias, rng=rng, dtype=dtype)
+        self.c_gate = Linear(n_embd, hidden, bias=bias, rng=rng, dtype=dtype)
+        self.c_proj = Linear(hidden, n_embd, bias=bias, rng=rng, dtype=dtype, std=proj_std)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: np.ndarray, masks: MaskSource | None = None):
+        a, c1 = self.c_fc.forward(x)                           # (B, T, H)
+        b, c2 = self.c_gate.forward(x)                         # (B, T, H)
+        sig = 0.5 * (1.0 + np.tanh(0.5 * a))                   # sigmoid(a), without exp overflow
+        h = a * sig * b                                        # SiLU(a) * b
+        y, c3 = self.c_proj.forward(h)
+        y, c4 = self.dropout.forward(y, masks)
+        return y, (c1, c2, c3, c4, a, sig, b)
+
+    def backward(self, dy: np.ndarray, cache) -> np.ndarray:
+        c1, c2, c3, c4, a, sig, b = cache
+        dh = self.c_proj.backward(self.dropout.backward(dy, c4), c3)
+        silu = a * sig
+        db = dh * silu
+        da = dh * b * sig * (1.0 + a * (1.0 - sig))            # d SiLU(a)/da = sig (1 + a (1 - sig))
+        return self.c_fc.backward(da, c1) + self.c_gate.backward(db, c2)

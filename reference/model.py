@@ -1,0 +1,149 @@
+"""The GPT: embeddings, N pre-norm transformer blocks, a final norm and the language-model head.
+
+Parameter names are GPT-2's as in nanoGPT (`transformer.wte.weight`, `transformer.h.0.attn.c_attn.weight`,
+`lm_head.weight`), so `state_dict()` equals the PyTorch twin's key for key.
+Derived in docs/block.md (residual gradient flow) and docs/model.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .attention import CausalSelfAttention, LayerKV, Rotary
+from .config import GPTConfig
+from .layers import MLP, Dropout, Embedding, LayerNorm, Linear, MaskSource, RMSNorm, SwiGLU, name_dropouts
+from .loss import CrossEntropyLoss
+from .module import Module, ModuleDict, as_dtype
+
+
+def make_norm(config: GPTConfig, dtype) -> Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, eps=config.norm_eps, dtype=dtype)
+    return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, dtype=dtype)
+
+
+class Block(Module):
+    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). Derived in docs/block.md."""
+
+    def __init__(self, config: GPTConfig, *, rng: np.random.Generator, rotary: Rotary | None = None):
+        dtype = as_dtype(config.dtype)
+        proj_std = 0.02 / math.sqrt(2 * config.n_layer)        # GPT-2's scaled init of residual projections
+        self.ln_1 = make_norm(config, dtype)
+        self.attn = CausalSelfAttention(
+            config.n_embd, config.n_head, config.kv_heads, bias=config.bias, dropout=config.dropout,
+            rng=rng, dtype=dtype, proj_std=proj_std, rotary=rotary, alibi=config.pos == "alibi")
+        self.ln_2 = make_norm(config, dtype)
+        if config.mlp == "swiglu":
+            self.mlp = SwiGLU(config.n_embd, config.hidden, bias=config.bias, dropout=config.dropout,
+                              rng=rng, dtype=dtype, proj_std=proj_std)
+        else:
+            self.mlp = MLP(config.n_embd, config.hidden, bias=config.bias, approximate=config.gelu_approximate,
+                           dropout=config.dropout, rng=rng, dtype=dtype, proj_std=proj_std)
+
+    def forward(self, x: np.ndarray, masks: MaskSource | None = None, kv_cache: LayerKV | None = None):
+        h, c1 = self.ln_1.forward(x)
+        a, c2 = self.attn.forward(h, masks, kv_cache)
+        x = x + a                                              # residual 1
+        h, c3 = self.ln_2.forward(x)
+        m, c4 = self.mlp.forward(h, masks)
+        return x + m, (c1, c2, c3, c4)                         # residual 2
+
+    def backward(self, dout: np.ndarray, cache) -> np.ndarray:
+        c1, c2, c3, c4 = cache
+        dx = dout + self.ln_2.backward(self.mlp.backward(dout, c4), c3)   # the residual passes dout through
+        return dx + self.ln_1.backward(self.attn.backward(dx, c2), c1)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding; `length` tokens are cached so far."""
+
+    def __init__(self, config: GPTConfig, batch: int):
+        dtype = as_dtype(config.dtype)
+        self.layers = [LayerKV(batch, config.kv_heads, config.block_size, config.head_dim, dtype)
+                       for _ in range(config.n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+class GPT(Module):
+    """Token ids (B, T) -> logits (B, T, vocab_size). Derived in docs/model.md."""
+
+    def __init__(self, config: GPTConfig, *, seed: int = 0):
+        self.config = config
+        dtype = as_dtype(config.dtype)
+        rng = np.random.default_rng(seed)
+        rotary = Rotary(config.head_dim, config.block_size, config.rope_base, dtype) if config.pos == "rope" else None
+        parts = {"wte": Embedding(config.vocab_size, config.n_embd, rng=rng, dtype=dtype)}
+        if config.pos == "learned":
+            parts["wpe"] = Embedding(config.block_size, config.n_embd, rng=rng, dtype=dtype)
+        parts["drop"] = Dropout(config.dropout)
+        parts["h"] = [Block(config, rng=rng, rotary=rotary) for _ in range(config.n_layer)]
+        parts["ln_f"] = make_norm(config, dtype)
+        self.transformer = ModuleDict(**parts)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False, rng=rng, dtype=dtype)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight   # one Parameter: gradients from both uses add up
+        self.criterion = CrossEntropyLoss()
+        name_dropouts(self)                                    # dropout masks are keyed by module path
+
+    def check_input(self, idx: np.ndarray, start: int = 0) -> np.ndarray:
+        idx = np.asarray(idx)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"token ids must be integers, got dtype {idx.dtype}")
+        if idx.ndim != 2:
+            raise ValueError(f"token ids must have shape (batch, time), got shape {idx.shape}")
+        if start + idx.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence of length {start + idx.shape[1]} is longer than the context "
+                             f"(block_size {self.config.block_size})")
+        V = self.config.vocab_size
+        if idx.size and (idx.min() < 0 or idx.max() >= V):
+            bad = idx[(idx < 0) | (idx >= V)].flat[0]
+            raise ValueError(f"token id {bad} is out of range for vocab_size {V} (expected 0 <= id < {V})")
+        return idx
+
+    def forward(self, idx: np.ndarray, masks: MaskSource | None = None, kv_cache: KVCache | None = None):
+        """Logits (B, T, V) and the cache for backward. `masks` enables dropout; `kv_cache` decodes
+        incrementally (positions continue from the cache's length; inference only)."""
+        start = kv_cache.length if kv_cache is not None else 0
+        idx = self.check_input(idx, start)
+        tr = self.transformer
+        x, c_wte = tr.wte.forward(idx)                         # (B, T, C)
+        c_wpe = None
+        if self.config.pos == "learned":
+            pe, c_wpe = tr.wpe.forward(np.arange(start, start + idx.shape[1]))   # (T, C)
+            x = x + pe
+        x, c_drop = tr.drop.forward(x, masks)
+        c_blocks = []
+        for i, block in enumerate(tr.h):
+            x, c = block.forward(x, masks, kv_cache.layers[i] if kv_cache is not None else None)
+            c_blocks.append(c)
+        x, c_ln = tr.ln_f.forward(x)
+        logits, c_head = self.lm_head.forward(x)               # (B, T, V)
+        return logits, (c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head)
+
+    def backward(self, dlogits: np.ndarray, cache) -> None:
+        c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head = cache
+        tr = self.transformer
+        dx = tr.ln_f.backward(self.lm_head.backward(dlogits, c_head), c_ln)
+        for block, c in zip(reversed(tr.h), reversed(c_blocks)):
+            dx = block.backward(dx, c)
+        dx = tr.drop.backward(dx, c_drop)
+        if c_wpe is not None:
+            tr.wpe.backward(dx.sum(0), c_wpe)                  # positions are shared across the batch
+        tr.wte.backward(dx, c_wte)
+
+    def loss(self, idx: np.ndarray, targets: np.ndarray, masks: MaskSource | None = None):
+        """Forward and mean cross-entropy: (loss, logits, cache)."""
+        logits, cache = self.forward(idx, masks)
+        loss, c_loss = self.criterion.forward(logits, targets)
+        return loss, logits, (cache, c_loss)
+
+    def loss_and_backward(self, idx: np.ndarray, targets: np.ndarray, masks: MaskSource | None = None) -> float:
+        """One training pass: forward, loss, and backward accumulating every parameter's gradient."""
+        loss, _, (cache, c_loss) = self.loss(idx, targets, masks)
+        self.backward(self.criterion.backward(1.0, c_loss), cache)
+        return float(loss)
