@@ -10,6 +10,7 @@ tests/test_harness.py feeds it wrong gradients and wrong forwards and asserts th
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,8 @@ def rel_error(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, tuple
         return float("inf"), float("inf"), ()
     if a.size == 0:
         return 0.0, 0.0, ()
-    diff = np.abs(a - b)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - b)
     both_nan = np.isnan(a) & np.isnan(b)
     same_inf = np.isinf(a) & (a == b)
     diff = np.where(both_nan | same_inf, 0.0, diff)
@@ -156,6 +158,17 @@ def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dro
         return report
     dtype = dtypes.pop() if dtypes else np.dtype(np.float64)
 
+    theirs = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    ours = {k: v.shape for k, v in state.items()}
+    if ours != theirs:
+        only_ours, only_theirs = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        shapes = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+        report.problems.append(f"parameters not compared: only in reference {only_ours}, only in twin {only_theirs}, "
+                               f"different shapes {[(k, ours[k], theirs[k]) for k in shapes]}")
+        return report
+    if dropout and "masks" not in inspect.signature(ref.forward).parameters:
+        report.problems.append("dropout was requested but the layer's forward takes no masks: no mask was drawn")
+        return report
     masks = DropoutMasks(np.random.default_rng(seed + 1), record=True) if dropout else None
     out, dout, dx, grads = run_reference(ref, inputs, seed, masks)
     drawn = masks.drawn if masks is not None else None

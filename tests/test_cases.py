@@ -1,0 +1,74 @@
+"""The generic battery: every registered case against its PyTorch twin and against finite differences,
+at its default sizes and at sizes and value scales drawn by hypothesis."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from oracle import REGISTRY, Dims, compare
+from oracle.fd import finite_difference_check
+
+CASES = sorted(REGISTRY)
+DTYPES = ["float64", "float32"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", CASES)
+def test_against_twin(name, dtype):
+    case = REGISTRY[name]
+    ref, twin, inputs = case.build(dtype)
+    report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+    assert {c.kind for c in report.checks} >= {"forward"}
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if REGISTRY[n].fd])
+def test_finite_differences(name):
+    case = REGISTRY[name]
+    ref, _, inputs = case.build("float64")
+    report = finite_difference_check(ref, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+
+
+@st.composite
+def dims(draw) -> Dims:
+    """Batch from 1, sequence from 1 up to the context, heads from 1, tiny vocabularies included."""
+    kv = draw(st.integers(1, 3))
+    group = draw(st.integers(1, 3))
+    L = draw(st.integers(1, 10))
+    return Dims(B=draw(st.integers(1, 3)), T=draw(st.integers(1, L)), H=kv * group, Hkv=kv,
+                hd=draw(st.sampled_from([2, 4, 6])), V=draw(st.integers(1, 20)), L=L)
+
+
+@given(d=dims(), name=st.sampled_from(CASES), dtype=st.sampled_from(DTYPES),
+       scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]), seed=st.integers(0, 2**16))
+def test_hypothesis_shapes(d, name, dtype, scale, seed):
+    """Any sizes and input scales (large-magnitude logits included): still agrees with the twin."""
+    case = REGISTRY[name]
+    ref, twin, inputs = case.build(dtype, seed, d)
+    inputs = tuple(x * np.asarray(scale, x.dtype) if x.dtype.kind == "f" else x for x in inputs)
+    report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
+    assert report.passed, str(report)
+
+
+@given(seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES), rows=st.integers(1, 4),
+       value=st.floats(-1e3, 1e3, allow_nan=False))
+def test_norms_on_constant_rows(seed, dtype, rows, value):
+    """A row with zero variance: xhat = 0, and everything still matches torch (eps keeps rstd finite)."""
+    for name in ("layernorm", "layernorm_nobias", "rmsnorm"):
+        case = REGISTRY[name]
+        ref, twin, (x,) = case.build(dtype, seed)
+        x[:, :rows] = np.asarray(value, x.dtype)               # some rows constant, the rest random
+        report = compare(ref, twin, (x,), case=name, seed=seed)
+        assert report.passed, str(report)
+
+
+@given(seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES), scale=st.sampled_from([1e2, 1e4, 1e6]))
+def test_cross_entropy_large_logits(seed, dtype, scale):
+    """Logits far beyond exp()'s range: the max-subtraction keeps loss and gradient exact."""
+    case = REGISTRY["cross_entropy"]
+    ref, twin, (logits, targets) = case.build(dtype, seed)
+    report = compare(ref, twin, (logits * np.asarray(scale, logits.dtype), targets), case="cross_entropy", seed=seed)
+    assert report.passed, str(report)
+    assert np.isfinite(report.checks[0].ours)

@@ -1,0 +1,167 @@
+"""The harness must be able to fail. Each test feeds it a subtly wrong layer and asserts the report
+names the wrong tensor; a harness that passed these would prove nothing."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from oracle import REGISTRY, compare, rel_error
+from oracle.fd import finite_difference_check
+from oracle.registry import Dims
+from reference.attention import CausalSelfAttention
+from reference.layers import GELU, LayerNorm, Linear
+from reference.module import Parameter
+
+
+def failing(report) -> set[str]:
+    assert not report.passed, f"the harness missed a defect:\n{report}"
+    return {c.name for c in report.checks if not c.passed}
+
+
+def build(name: str, dtype: str = "float64", cls=None, dims: Dims | None = None):
+    """A registered case's (ref, twin, inputs), with the reference swapped for a broken subclass."""
+    ref, twin, inputs = REGISTRY[name].build(dtype, dims=dims)
+    if cls is not None:
+        ref.__class__ = cls
+    return ref, twin, inputs
+
+
+class GradOffByOnePPM(Linear):
+    def backward(self, dy, x):
+        before = self.weight.grad.copy()
+        dx = super().backward(dy, x)
+        self.weight.grad[...] = before + (self.weight.grad - before) * (1 + 1e-6)
+        return dx
+
+
+class TransposedWeightGrad(Linear):
+    def backward(self, dy, x):
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        self.weight.grad += (dy2.T @ x2).T                     # (in, out) where (out, in) belongs
+        self.bias.grad += dy2.sum(0)
+        return dy @ self.weight.data
+
+
+class LayerNormWithoutMeanTerm(LayerNorm):
+    def backward(self, dy, cache):
+        xhat, rstd = cache
+        self.weight.grad += (dy * xhat).sum((0, 1))
+        self.bias.grad += dy.sum((0, 1))
+        g = dy * self.weight.data
+        return rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))     # dropped: - g.mean(-1)
+
+
+class AttentionSeeingOneAhead(CausalSelfAttention):
+    def _bias(self, t, s, start, dtype):
+        q, k = np.arange(start, start + t)[:, None], np.arange(s)[None, :]
+        return np.where(k <= q + 1, 0.0, -np.inf).astype(dtype)           # the mask lets i see i + 1
+
+
+class TanhGELU(GELU):
+    def forward(self, x):
+        return super().forward(x) if self.approximate == "tanh" else (GELU("tanh").forward(x)[0], x)
+
+
+def test_reports_gradient_off_by_1e6():
+    assert failing(compare(*build("linear", cls=GradOffByOnePPM))) == {"weight.grad"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reports_transposed_weight_grad(dtype):
+    ref = TransposedWeightGrad(8, 8, rng=np.random.default_rng(0), dtype=dtype)
+    x = np.random.default_rng(1).standard_normal((2, 3, 8)).astype(dtype)
+    assert failing(compare(ref, nn.Linear(8, 8), (x,))) == {"weight.grad"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reports_dropped_layernorm_term(dtype):
+    ref, twin, inputs = build("layernorm", dtype, LayerNormWithoutMeanTerm)
+    assert failing(compare(ref, twin, inputs)) == {"input grad"}
+
+
+def test_finite_differences_report_dropped_layernorm_term():
+    ref, _, inputs = build("layernorm", "float64", LayerNormWithoutMeanTerm)
+    assert failing(finite_difference_check(ref, inputs)) == {"input grad (fd)"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reports_wrong_causal_mask(dtype):
+    ref, twin, inputs = build("attention", dtype, AttentionSeeingOneAhead)
+    assert "output" in failing(compare(ref, twin, inputs))
+
+
+def test_reports_wrong_forward():
+    ref, twin, inputs = build("gelu", "float64", TanhGELU)
+    assert "output" in failing(compare(ref, twin, inputs))
+
+
+def test_reports_parameter_left_uncompared():
+    ref, twin, inputs = build("linear")
+    ref.extra = Parameter(np.zeros(3))                         # a parameter the twin does not have
+    report = compare(ref, twin, inputs)
+    assert not report.passed
+    assert any("only in reference ['extra']" in p for p in report.problems)
+    ref, twin, inputs = build("linear")
+    twin.extra = nn.Parameter(torch.zeros(3))                  # ... or one only the twin has
+    assert any("only in twin ['extra']" in p for p in compare(ref, twin, inputs).problems)
+
+
+def test_reports_silent_upcast():
+    class Upcasting(Linear):
+        def forward(self, x):
+            y, cache = super().forward(x)
+            return y.astype(np.float64), cache
+    ref, twin, inputs = build("linear", "float32", Upcasting)
+    report = compare(ref, twin, inputs)
+    assert any("output has dtype float64, expected float32" in p for p in report.problems)
+
+
+def test_reports_mixed_dtypes():
+    ref, twin, (x,) = build("linear", "float64")
+    report = compare(ref, twin, (x.astype(np.float32),))
+    assert not report.passed and "mixed dtypes" in report.problems[0]
+
+
+def test_reports_missing_input_gradient():
+    class NoInputGrad(Linear):
+        def backward(self, dy, x):
+            super().backward(dy, x)
+            return None
+    report = compare(*build("linear", cls=NoInputGrad))
+    assert any("input gradient present on one side only" in p for p in report.problems)
+
+
+def test_report_text_names_the_worst_element():
+    ref = TransposedWeightGrad(4, 4, rng=np.random.default_rng(0), dtype="float64")
+    report = compare(ref, nn.Linear(4, 4), (np.random.default_rng(1).standard_normal((3, 4)),))
+    text = str(report)
+    assert "FAIL weight.grad" in text and "ours" in text and "theirs" in text and "at (" in text
+
+
+def test_dropout_case_without_masks_is_refused():
+    ref, twin, inputs = build("linear")
+    report = compare(ref, twin, inputs, dropout=True)          # asked for dropout, no dropout layer drew
+    assert not report.passed and "no mask was drawn" in report.problems[0]
+
+
+def test_rel_error_edge_cases():
+    a = np.array([1.0, 2.0, 3.0])
+    assert rel_error(a, a) == (0.0, 0.0, (0,))
+    assert rel_error(a, a[:2])[0] == float("inf")               # shape mismatch
+    assert rel_error(np.array([1.0, np.nan]), a[:2])[0] == float("inf")   # nan on one side only
+    assert rel_error(np.array([np.nan]), np.array([np.nan]))[0] == 0.0    # nan on both: agreed
+    assert rel_error(np.array([np.inf]), np.array([np.inf]))[0] == 0.0
+    assert rel_error(np.zeros(2), np.zeros(2))[0] == 0.0
+    assert rel_error(np.array([1e-3]), np.zeros(1))[0] == 1e-3            # zero scale: absolute
+    assert rel_error(np.zeros(0), np.zeros(0))[0] == 0.0
+    err, max_abs, where = rel_error(np.array([[1.0, 2.5]]), np.array([[1.0, 2.0]]))
+    assert (err, max_abs, where) == (0.25, 0.5, (0, 1))
+
+
+def test_twin_claims_are_torch_builtins():
+    """The twins use torch's own modules where torch has one: spot-check the building blocks."""
+    _, twin, _ = REGISTRY["block"].build("float64")
+    kinds = {type(m) for m in twin.modules()}
+    assert {nn.LayerNorm, nn.Linear, nn.GELU} <= kinds
+    assert torch.nn.functional.scaled_dot_product_attention is not None
