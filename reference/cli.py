@@ -24,15 +24,14 @@ def _load(module_name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name in ("torch", "matplotlib", "tqdm"):
-            extra = "test" if e.name == "torch" else "train"
-            print(f"error: this command needs {e.name}, which is not installed.\n"
-                  f"Install it with: pip install torch==2.13.0 && pip install -e '.[{extra}]'"
-                  if e.name == "torch" else
-                  f"error: this command needs {e.name}, which is not installed.\n"
-                  f"Install it with: pip install -e '.[{extra}]'", file=sys.stderr)
-            return None
-        raise
+        missing = (e.name or "").split(".")[0]
+        if missing not in ("torch", "matplotlib", "tqdm"):
+            raise
+        install = ("pip install torch==2.13.0 && pip install -e '.[test]'" if missing == "torch"
+                   else "pip install -e '.[train]'")
+        print(f"error: this command needs {missing}, which is not installed.\nInstall it with: {install}",
+              file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

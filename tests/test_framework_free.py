@@ -1,0 +1,67 @@
+"""The reference is framework-free: no module under reference/ imports torch (or any framework), module
+level imports are numpy and the standard library only, and the model trains in an interpreter where
+importing torch raises."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted((ROOT / "reference").glob("*.py"))
+FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx"}
+# Optional conveniences that a command may import lazily, inside a function, with a clear message if absent.
+LAZY_OPTIONAL = {"tqdm", "matplotlib"}
+
+
+def imports(tree: ast.AST, top_level_only: bool):
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module.split(".")[0]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_reference_imports_no_framework(path):
+    tree = ast.parse(path.read_text())
+    assert not FRAMEWORKS & set(imports(tree, top_level_only=False)), f"{path.name} imports a framework"
+    allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"}
+    outside = set(imports(tree, top_level_only=True)) - allowed
+    assert not outside, f"{path.name} imports {sorted(outside)} at module level; only numpy and the stdlib allowed"
+    lazy = set(imports(tree, top_level_only=False)) - allowed
+    assert lazy <= LAZY_OPTIONAL | {"oracle"}, f"{path.name} imports {sorted(lazy - LAZY_OPTIONAL)}"
+
+
+def test_model_runs_without_torch():
+    script = """
+import sys
+sys.modules['torch'] = None          # any `import torch` now raises ImportError
+import numpy as np
+from reference import GPT, GPTConfig, AdamW
+from reference.layers import DropoutMasks
+from reference.optim import clip_grad_norm_
+m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
+                  n_kv_head=1, pos='rope', norm='rmsnorm', mlp='swiglu'))
+opt = AdamW(m.parameters(), lr=1e-2)
+idx = np.random.default_rng(0).integers(0, 11, (2, 8))
+losses = []
+for _ in range(5):
+    opt.zero_grad()
+    losses.append(m.loss_and_backward(idx, idx, DropoutMasks(np.random.default_rng(1))))
+    clip_grad_norm_(m.parameters(), 1.0)
+    opt.step()
+assert losses[-1] < losses[0], losses
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit('torch was importable')
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
