@@ -1,0 +1,38 @@
+"""Incremental decoding with the KV cache gives the logits of recomputing the whole sequence, for every
+kind of positions and of key/value heads."""
+
+import numpy as np
+import pytest
+
+from reference import GPT, GPTConfig, KVCache
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+@pytest.mark.parametrize("kv", [4, 2, 1])
+def test_cached_decoding_equals_recompute(pos, kv):
+    config = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=4, n_kv_head=kv, n_embd=16, pos=pos)
+    model = GPT(config, seed=1)
+    idx = np.random.default_rng(2).integers(0, 17, (2, 12))
+    full, _ = model.forward(idx)
+    cache = KVCache(config, batch=2)
+    prefix, _ = model.forward(idx[:, :5], kv_cache=cache)          # a prompt of 5, then one token at a time
+    steps = [prefix] + [model.forward(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(5, 12)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12, atol=1e-13)
+    assert cache.length == 12
+
+
+def test_cache_overflow_and_backward_are_refused():
+    config = GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8)
+    model = GPT(config)
+    cache = KVCache(config, batch=1)
+    logits, c = model.forward(np.zeros((1, 3), dtype=int), kv_cache=cache)
+    with pytest.raises(ValueError, match="length 5 is longer than the context"):
+        model.forward(np.zeros((1, 2), dtype=int), kv_cache=cache)
+    with pytest.raises(ValueError, match="KV cache overflow: 5 positions, capacity 4"):
+        cache.layers[0].append(np.zeros((1, 2, 1, 2, 4)), np.zeros((1, 2, 1, 2, 4)))
+    attn = model.transformer.h[0].attn
+    layer_cache = KVCache(config, batch=1).layers[0]
+    attn.forward(np.zeros((1, 2, 8)), kv_cache=layer_cache)
+    out, attn_cache = attn.forward(np.ones((1, 1, 8)), kv_cache=layer_cache)   # attends to 3 keys
+    with pytest.raises(RuntimeError, match="backward through a KV-cached forward"):
+        attn.backward(np.ones_like(out), attn_cache)
