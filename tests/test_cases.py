@@ -33,12 +33,20 @@ def test_finite_differences(name):
 
 @st.composite
 def dims(draw) -> Dims:
-    """Batch from 1, sequence from 1 up to the context, heads from 1, tiny vocabularies included."""
+    """Batch from 1, sequence from 1 up to the context, heads from 1, tiny vocabularies included.
+
+    n_embd is at least 4: a norm over 2 channels maps every row to (+-1, -+1) whatever its scale, so
+    through a stack of blocks its true gradient is O(eps / var), a cancellation of O(1) terms that no
+    implementation computes to relative accuracy (docs/tolerance.md, "ill-conditioned cases").
+    """
     kv = draw(st.integers(1, 3))
     group = draw(st.integers(1, 3))
     L = draw(st.integers(1, 10))
+    hd = draw(st.sampled_from([2, 4, 6]))
+    if kv * group * hd < 4:
+        hd = 4
     return Dims(B=draw(st.integers(1, 3)), T=draw(st.integers(1, L)), H=kv * group, Hkv=kv,
-                hd=draw(st.sampled_from([2, 4, 6])), V=draw(st.integers(1, 20)), L=L)
+                hd=hd, V=draw(st.integers(1, 20)), L=L)
 
 
 @given(d=dims(), name=st.sampled_from(CASES), dtype=st.sampled_from(DTYPES),
