@@ -140,6 +140,31 @@ def run_twin(twin, state: dict, inputs: tuple, dout: np.ndarray, dtype: torch.dt
     return out.detach().numpy(), dx, grads
 
 
+def _check_accumulation(ref, inputs, seed, masks, grads, dtype, report: Report) -> None:
+    """Gradients must accumulate (+=), or weight tying and gradient accumulation break silently.
+
+    Pre-fill every .grad with the gradient just computed and run the same forward and backward again:
+    a layer that accumulates ends with exactly twice the gradient (g + g is exact in floating point);
+    one that assigns ends with g, an error of 1/2."""
+    first = {n: g.copy() for n, g in grads.items()}
+    if not first:
+        return
+    params = dict(ref.named_parameters())
+    for n, g in first.items():
+        params[n].grad[...] = g
+    out, cache = ref.forward(*inputs, masks=masks) if masks is not None else ref.forward(*inputs)
+    dout = np.asarray(np.random.default_rng(seed).standard_normal(np.shape(out))).astype(np.asarray(out).dtype)
+    ref.backward(dout, cache)
+    errs = {n: rel_error(params[n].grad, 2 * g) for n, g in first.items()}
+    name = max(errs, key=lambda n: errs[n][0])
+    err, max_abs, where = errs[name]
+    tol = tol_policy.FLOAT64_TOL if dtype == np.float64 else tol_policy.FLOAT32_FLOOR
+    report.checks.append(TensorCheck(f"{name}.grad accumulates (+=)", "accumulate", err, max_abs, where,
+                                     _at(params[name].grad, where), _at(2 * first[name], where), tol))
+    for n, g in first.items():                                 # leave the first run's gradients in place
+        params[n].grad[...] = g
+
+
 def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False) -> Report:
     """Compare a reference layer with its twin: forward, input gradient and every parameter gradient.
 
@@ -202,4 +227,5 @@ def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dro
         if np.shape(ours) != np.shape(expected):
             report.problems.append(f"{name}: shape {np.shape(ours)} in the reference, {np.shape(expected)} in the twin")
         report.checks.append(TensorCheck(name, kind, err, max_abs, where, _at(ours, where), _at(expected, where), tol))
+    _check_accumulation(ref, inputs, seed, ReplayMasks(drawn) if drawn else None, grads, dtype, report)
     return report

@@ -20,7 +20,8 @@ from .module import Module
 
 def alibi_slopes(n_head: int) -> list[float]:
     """Per-head ALiBi slopes (Press et al. 2022): 2^(-8i/n) for i = 1..n when n is a power of two;
-    otherwise those of the nearest lower power of two m, then every other slope of 2m."""
+    otherwise those of the nearest lower power of two m, then every other slope of 2m.
+    Derived in docs/alibi.md."""
     def geometric(n: int) -> list[float]:
         return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
     m = 2 ** math.floor(math.log2(n_head))
@@ -86,6 +87,7 @@ class CausalSelfAttention(Module):
     """softmax(q k^T / sqrt(hd) + causal mask [+ ALiBi]) v over heads, then c_proj and dropout.
 
     c_attn is one fused projection to [q (n_head*hd) | k (n_kv_head*hd) | v (n_kv_head*hd)].
+    Derived in docs/attention.md.
     """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, *, bias: bool, dropout: float,

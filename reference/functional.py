@@ -91,5 +91,5 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def softmax_backward(dp: np.ndarray, p: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p))."""
+    """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p)). Derived in docs/softmax.md."""
     return p * (dp - (dp * p).sum(axis=axis, keepdims=True))

@@ -218,9 +218,10 @@ class SwiGLU(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: np.ndarray, masks: MaskSource | None = None):
-        a, c1 = self.c_fc.forward(x)                           # (B, T, H)
-        b, c2 = self.c_gate.forward(x)                         # (B, T, H)
-        sig = 0.5 * (1.0 + np.tanh(0.5 * a))                   # sigmoid(a), without exp overflow
+        a, c1 = self.c_fc.forward(x)                           # (B, T, F), F the hidden width
+        b, c2 = self.c_gate.forward(x)                         # (B, T, F)
+        e = np.exp(-np.abs(a))                                 # sigmoid(a) from exp(-|a|) <= 1: no overflow,
+        sig = np.where(a >= 0, 1.0, e) / (1.0 + e)             # and accurate in both tails
         h = a * sig * b                                        # SiLU(a) * b
         y, c3 = self.c_proj.forward(h)
         y, c4 = self.dropout.forward(y, masks)

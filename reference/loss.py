@@ -12,7 +12,8 @@ from .module import Module
 
 
 class CrossEntropyLoss(Module):
-    """Mean cross-entropy of logits (..., V) against integer targets (...), like F.cross_entropy."""
+    """Mean cross-entropy of logits (..., V) against integer targets (...), like F.cross_entropy.
+    Derived in docs/cross_entropy.md."""
 
     def __init__(self, ignore_index: int = -100):
         self.ignore_index = ignore_index
@@ -38,12 +39,15 @@ class CrossEntropyLoss(Module):
         logprob = shifted[rows, y[rows]] - np.log(sum_e[rows, 0])
         loss = -logprob.sum() / n if n else np.array(np.nan, dtype=z.dtype)
         probs = e / sum_e                                      # softmax, kept for the backward
-        return z.dtype.type(loss), (probs, y, valid, rows, logits.shape)
+        return z.dtype.type(loss), [probs, y, valid, rows, logits.shape]
 
     def backward(self, dloss, cache) -> np.ndarray:
         probs, y, valid, rows, shape = cache
-        dz = probs                                             # the softmax buffer becomes the gradient, in place:
-        dz[rows, y[rows]] -= 1.0                               # a cache serves one backward
+        if probs is None:
+            raise RuntimeError("this cross-entropy cache was already used by a backward; run forward again")
+        cache[0] = None                                        # the softmax buffer becomes the gradient, in place:
+        dz = probs                                             # a cache serves one backward
+        dz[rows, y[rows]] -= 1.0
         dz *= np.asarray(dloss, dz.dtype) / max(rows.size, 1)
         dz[~valid] = 0.0                                       # ignored positions get no gradient
         return dz.reshape(shape)

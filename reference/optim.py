@@ -112,12 +112,13 @@ class AdamW(Adam):
 def clip_grad_norm_(params, max_norm: float) -> float:
     """Scale all gradients so their global L2 norm is at most max_norm; return the norm before clipping.
 
-    As torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), applied only when < 1.
+    As torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), applied unless it is >= 1
+    (so a non-finite norm spreads to every gradient, as in torch). Derived in docs/clipping.md.
     """
     params = list(params)
     total = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
+    if not coef >= 1.0:
         for p in params:
             p.grad *= coef
     return total
@@ -127,10 +128,11 @@ def cosine_lr(step: int, *, lr: float, min_lr: float, warmup: int, decay_steps: 
     """Linear warmup from 0 to lr over `warmup` steps, then cosine decay to min_lr at `decay_steps`.
 
     nanoGPT's get_lr, with `step` the 0-based optimizer step: lr * (step + 1) / (warmup + 1) while warming up.
+    Derived in docs/lr_schedule.md.
     """
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     if step >= decay_steps:
         return min_lr
-    ratio = (step - warmup) / max(1, decay_steps - warmup)
+    ratio = (step - warmup) / (decay_steps - warmup)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)

@@ -78,3 +78,11 @@ def test_cli_reports_missing_optional_dependency(monkeypatch, capsys):
 def test_cli_unknown_command(capsys):
     with pytest.raises(SystemExit):
         cli.main(["frobnicate"])
+
+
+def test_cross_entropy_cache_serves_one_backward():
+    loss_fn = CrossEntropyLoss()
+    _, cache = loss_fn.forward(np.zeros((2, 3)), np.array([0, 1]))
+    loss_fn.backward(1.0, cache)
+    with pytest.raises(RuntimeError, match="already used by a backward"):
+        loss_fn.backward(1.0, cache)

@@ -91,6 +91,14 @@ def test_reports_wrong_causal_mask(dtype):
     assert "output" in failing(compare(ref, twin, inputs))
 
 
+def test_reports_assigned_instead_of_accumulated_gradient():
+    class Assigning(Linear):
+        def backward(self, dy, x):
+            self.weight.grad[...] = 0.0                        # '=' where '+=' belongs
+            return super().backward(dy, x)
+    assert failing(compare(*build("linear", cls=Assigning))) == {"weight.grad accumulates (+=)"}
+
+
 def test_reports_wrong_forward():
     ref, twin, inputs = build("gelu", "float64", TanhGELU)
     assert "output" in failing(compare(ref, twin, inputs))
