@@ -50,7 +50,7 @@ class TwinTrainer:
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_t.reshape(-1))
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def memory_child(spec: dict) -> dict:

@@ -103,4 +103,4 @@ def test_layernorm_large_constant_rows_against_extended_precision():
     xc = X - X.mean(-1, keepdims=True)
     truth = (D * xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + np.longdouble(1e-5))).sum((0, 1))
     ours, theirs = np.abs(grads["weight"] - truth).max(), np.abs(t_grads["weight"] - truth).max()
-    assert ours < 1e-14 < theirs
+    assert ours < 1e-14, (ours, theirs)          # torch 2.13: theirs ~ 8e-11
