@@ -1,0 +1,130 @@
+"""`python -m reference plot out/log.jsonl [more.jsonl ...] -o curve.png`: loss curves to PNG.
+
+Reads the JSON-lines logs written by `reference.train` (records with "event": "train" and "eval") and
+draws, per log, the training loss of every logged step (thin) and the evaluated train/val losses
+(markers). matplotlib is imported only here, lazily, with the Agg backend (no display needed); when it
+is missing the command says how to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["read_log", "plot_curves", "add_arguments", "run"]
+
+
+def read_log(path) -> dict[str, list[dict]]:
+    """{"train": [...], "eval": [...]} records of a log; blank lines skipped, bad lines refused by number."""
+    out: dict[str, list[dict]] = {"train": [], "eval": []}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line: {e}") from None
+            if isinstance(rec, dict) and rec.get("event") in out:
+                out[rec["event"]].append(rec)
+    if not out["train"] and not out["eval"]:
+        raise ValueError(f"{path}: no training or evaluation records (is it a log.jsonl from `train`?)")
+    return out
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plotting needs matplotlib, which is not installed; "
+                          "install it with: pip install matplotlib  (or pip install -e '.[train]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = None, diff: bool = False) -> Path:
+    """Draw [(label, read_log(...)), ...] on one chart and save it as PNG; returns the path.
+
+    With `diff` and exactly two runs, a lower panel shows |loss_1 - loss_2| at every step both logged
+    (log scale): how far apart two runs of the same recipe are, e.g. the reference and its twin.
+    """
+    plt = _pyplot()
+    two = diff and len(runs) == 2
+    if two:
+        fig, (ax, ax_d) = plt.subplots(2, 1, figsize=(8, 7), dpi=120, sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1.3]})
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, log) in enumerate(runs):
+        c = colors[i % len(colors)]
+        hollow = dict(mfc="none", mew=1.4) if i % 2 else {}          # overlapping curves stay visible
+        tr = [r for r in log["train"] if r.get("loss") is not None]
+        if tr:
+            ax.plot([r["step"] for r in tr], [r["loss"] for r in tr], color=c, alpha=0.25, lw=0.8,
+                    ls="-" if i % 2 == 0 else ":", label=f"{label}: train loss (per step)")
+        ev = [r for r in log["eval"] if r.get("val_loss") is not None]
+        if ev:
+            steps = [r["step"] for r in ev]
+            ax.plot(steps, [r["train_loss"] for r in ev], color=c, ls="--", marker="o", ms=4 + 3 * (i % 2),
+                    label=f"{label}: train loss (eval)", **hollow)
+            ax.plot(steps, [r["val_loss"] for r in ev], color=c, ls="-" if i % 2 == 0 else (0, (4, 3)),
+                    marker="s", ms=4 + 4 * (i % 2), lw=1.8, label=f"{label}: val loss (final {ev[-1]['val_loss']:.4f})",
+                    **hollow)
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title(title or "loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if two:
+        (la, a), (lb, b) = runs
+        for kind, key, style in (("train", "loss", dict(ls="none", marker=".", ms=2, alpha=0.6)),
+                                 ("eval", "val_loss", dict(marker="s", ls="-", color=colors[1]))):
+            xa = {r["step"]: r[key] for r in a[kind] if r.get(key) is not None}
+            xb = {r["step"]: r[key] for r in b[kind] if r.get(key) is not None}
+            steps = sorted(set(xa) & set(xb))
+            if steps:
+                d = [abs(xa[s] - xb[s]) for s in steps]
+                nz = [(s, v) for s, v in zip(steps, d) if v > 0]        # exact agreement has no place on a log scale
+                what = "per-step train loss" if kind == "train" else "val loss (eval)"
+                ax_d.plot([s for s, _ in nz], [v for _, v in nz], **style,
+                          label=f"{what}: max {max(d):.1e}, identical at {len(d) - len(nz)} of {len(d)} steps")
+        ax_d.set_yscale("log")
+        ax_d.set_ylabel("|loss difference|")
+        ax_d.set_title(f"{la} vs {lb}", fontsize=9)
+        ax_d.grid(alpha=0.3)
+        ax_d.legend(fontsize=8)
+        ax_d.set_xlabel("step")
+    else:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("logs", nargs="+", help="log.jsonl file(s) written by `train`")
+    parser.add_argument("-o", "--out", default="loss_curve.png", help="PNG to write (default loss_curve.png)")
+    parser.add_argument("--labels", nargs="+", help="one legend label per log (default: the file names)")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--diff", action="store_true", help="with two logs: add a panel of their loss differences")
+
+
+def run(args: argparse.Namespace) -> int:
+    labels = args.labels or [str(Path(p).parent.name or Path(p).name) for p in args.logs]
+    if len(labels) != len(args.logs):
+        print(f"error: {len(labels)} labels for {len(args.logs)} logs", file=sys.stderr)
+        return 2
+    try:
+        runs = [(label, read_log(p)) for label, p in zip(labels, args.logs)]
+        path = plot_curves(runs, args.out, title=args.title, diff=args.diff)
+    except (OSError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,188 @@
+"""Sampling: `python -m reference sample --ckpt out/ckpt.safetensors --prompt "ROMEO:"`, and `generate()`.
+
+`generate` decodes with a key/value cache: the prompt is run once (prefill), then each new token is a
+one-position forward at the position after the cache's. Every next-token distribution is conditioned on
+the last `block_size` tokens at most, exactly as nanoGPT's `idx[:, -block_size:]`:
+
+* a prompt longer than the context is cropped to its last block_size tokens (the output still holds
+  the whole prompt);
+* once the sequence fills the context, each step re-prefills a fresh cache with the last block_size
+  tokens, at positions 0..block_size-1. That is the same computation as recomputing the window, so it
+  is right for learned positions, RoPE and ALiBi alike (a cache cannot be shifted under learned
+  positions, which are absolute).
+
+tests/test_sample.py proves the cached logits equal recomputing the whole window at every step.
+
+Next-token rule, in this order: logits / temperature; keep the top_k largest (ties at the k-th value
+kept, as nanoGPT); keep the smallest set of most likely tokens whose probability reaches top_p
+(nucleus; the most likely token is always kept); sample from what is left, renormalised. `greedy`
+takes the argmax of the logits instead (first on ties), ignoring temperature, top_k and top_p.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import numpy as np
+
+from .model import GPT, KVCache
+
+__all__ = ["generate", "next_token_probs", "sample_next", "check_sampling_args", "add_arguments", "run"]
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
+    if not greedy and not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r} "
+                         "(use greedy decoding for the argmax)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 (or None for no limit), got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p!r}")
+
+
+def next_token_probs(logits: np.ndarray, *, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None) -> np.ndarray:
+    """The distribution sampled from: (B, V) logits -> (B, V) float64 probabilities (rows sum to 1)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if z.ndim == 1:
+        z = z[None]
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    z = z - z.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        sp = np.take_along_axis(p, order, axis=-1)
+        before = np.cumsum(sp, axis=-1) - sp           # mass of the more likely tokens
+        keep_sorted = before < top_p                   # the first token always (before = 0 < top_p)
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(-1, keepdims=True)
+    return p
+
+
+def sample_next(logits: np.ndarray, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, greedy: bool = False,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """Next token ids (B,) from the last-position logits (B, V)."""
+    logits = np.asarray(logits)
+    if logits.ndim == 1:
+        logits = logits[None]
+    if greedy:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    if rng is None:
+        raise ValueError("sampling needs a numpy Generator (rng=np.random.default_rng(seed)); or pass greedy=True")
+    p = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    cum = np.cumsum(p, axis=-1)
+    u = rng.random(p.shape[0]) * cum[:, -1]            # inverse CDF: zero-probability tokens are never hit
+    ids = np.array([np.searchsorted(c, x, side="right") for c, x in zip(cum, u)], dtype=np.int64)
+    return np.minimum(ids, p.shape[-1] - 1)
+
+
+def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | None = None,
+             use_cache: bool = True, return_logits: bool = False, verbose: bool = True):
+    """Extend token ids `idx` ((T,) or (B, T)) by `max_new_tokens` sampled tokens; same shape kind back.
+
+    With `return_logits`, also the list of last-position logits (B, V) each token was drawn from.
+    `use_cache=False` recomputes the whole (cropped) window at every step: the reference for the cache.
+    """
+    check_sampling_args(temperature, top_k, top_p, greedy)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    idx = np.asarray(idx)
+    squeeze = idx.ndim == 1
+    if squeeze:
+        idx = idx[None]
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(f"the prompt is empty: generation needs at least one token (got shape {idx.shape})")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"token ids must be integers, got dtype {idx.dtype}")
+    block_size = model.config.block_size
+    B, T = idx.shape
+    if T > block_size and verbose:
+        print(f"note: the prompt has {T} tokens, more than the context of {block_size}; the model sees only its "
+              f"last {block_size} (as nanoGPT crops idx[:, -block_size:])", file=sys.stderr)
+    seq = np.empty((B, T + max_new_tokens), dtype=np.int64)
+    seq[:, :T] = idx
+    cache, all_logits = None, []
+    for n in range(T, T + max_new_tokens):
+        window = seq[:, max(0, n - block_size):n]      # the tokens the next one is conditioned on
+        if not use_cache:
+            logits, _ = model.forward(window)
+        elif cache is None or cache.length >= block_size:
+            cache = KVCache(model.config, B)           # (re-)prefill: start, or the context is full
+            logits, _ = model.forward(window, kv_cache=cache)
+        else:
+            logits, _ = model.forward(seq[:, n - 1:n], kv_cache=cache)
+        last = logits[:, -1, :]
+        if return_logits:
+            all_logits.append(last.copy())
+        seq[:, n] = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, rng=rng)
+    out = seq[0] if squeeze else seq
+    return (out, all_logits) if return_logits else out
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint (default out/ckpt.safetensors)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="\n", help="text to continue (default a newline, as nanoGPT)")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500)
+    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.8, help="default 0.8 (nanoGPT)")
+    parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200,
+                        help="keep the k most likely tokens (default 200, as nanoGPT; 0 for no limit)")
+    parser.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None,
+                        help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, build_model, load_checkpoint
+    from .data import tokenizer_from_dict
+
+    top_k = None if args.top_k == 0 else args.top_k
+    try:
+        check_sampling_args(args.temperature, top_k, args.top_p, args.greedy)
+        if args.max_new_tokens < 0:
+            raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        prompt = args.prompt
+        if args.prompt_file:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        ckpt = load_checkpoint(args.ckpt)
+        if ckpt.tokenizer is None:
+            raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")
+        tok = tokenizer_from_dict(ckpt.tokenizer)
+        if not prompt:
+            raise ValueError("the prompt is empty: give at least one character with --prompt")
+        try:
+            ids = tok.encode(prompt)
+        except ValueError as e:
+            raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
+        model = build_model(ckpt)
+    except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.num_samples):
+        out = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
+                       greedy=args.greedy, rng=rng, use_cache=not args.no_cache, verbose=i == 0)
+        sys.stdout.write(tok.decode(out) + "\n")
+        if i + 1 < args.num_samples:
+            sys.stdout.write("---------------\n")
+    sys.stdout.flush()
+    return 0
