@@ -17,7 +17,10 @@ the smallest defect the harness must catch (a gradient off by a relative 1e-6, t
 float32: ours and PyTorch's float32 results are both compared with PyTorch float64 on the same
 float32-representable inputs (the "truth"). We pass when our error is within an order of magnitude
 of PyTorch's own float32 error, or below a floor of a few float32 ulps:
-    err(ours32, truth) <= max(FLOAT32_FACTOR * err(torch32, truth), FLOAT32_FLOOR)
+    err(ours32, truth) <= max(FLOAT32_FACTOR * max(err(torch32, truth), typical), FLOAT32_FLOOR)
+where `typical` is the median of torch's float32 errors over all tensors of the same comparison: a
+single tensor's rounding error is one draw of a random process, and torch getting one tensor lucky
+says nothing about what float32 can deliver for the computation.
 So float32 is held to what float32 can deliver for this very computation, not to a tuned constant.
 
 Finite differences (float64, independent of torch): central differences with step FD_STEP;
