@@ -1,0 +1,80 @@
+"""Sampling, the edges: one row of logits as well as a batch, prompts of the wrong dtype, and the CLI's
+refusal of --num-samples 0 and of a checkpoint without a tokenizer.
+
+(tests/test_sample.py covers the cache, the decoding rules, determinism and the other CLI errors.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import GPT, GPTConfig
+from reference.checkpoint import save_checkpoint
+from reference.cli import main
+from reference.data import CharTokenizer
+from reference.sample import generate, next_token_probs, sample_next
+
+Z = np.array([0.5, 2.0, -1.0, 2.0, 0.0])
+
+
+def small_model(vocab_size: int = 5) -> GPT:
+    return GPT(GPTConfig(vocab_size=vocab_size, block_size=4, n_layer=1, n_head=1, n_embd=4), seed=0)
+
+
+def test_one_row_of_logits_is_a_batch_of_one():
+    p = next_token_probs(Z, temperature=0.7, top_k=3)
+    assert p.shape == (1, 5) and np.array_equal(p, next_token_probs(Z[None], temperature=0.7, top_k=3))
+    assert p.sum() == pytest.approx(1.0) and p[0, 2] == 0.0 and p[0, 4] == 0.0     # top 3: ids 1, 3, 0
+
+    greedy = sample_next(Z, greedy=True)
+    assert greedy.dtype == np.int64 and greedy.tolist() == [1]                   # first of the tied maxima
+    drawn = sample_next(Z, top_k=2, rng=np.random.default_rng(0))
+    assert drawn.shape == (1,) and drawn[0] in (1, 3)
+    assert np.array_equal(drawn, sample_next(Z[None], top_k=2, rng=np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("prompt", [np.array([1.0, 2.0]), np.array([[True, False]])])
+def test_prompt_ids_must_be_integers(prompt):
+    with pytest.raises(TypeError, match=rf"^token ids must be integers, got dtype {prompt.dtype}$"):
+        generate(small_model(), prompt, 2, greedy=True)
+
+
+def test_unsigned_prompt_ids_are_fine():
+    out = generate(small_model(), np.array([1, 2], dtype=np.uint16), 3, greedy=True)
+    assert out.dtype == np.int64 and out.shape == (5,) and out[:2].tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """The same small model saved with its tokenizer and without one."""
+    d = tmp_path_factory.mktemp("ckpts")
+    tok = CharTokenizer("abcde")
+    model = small_model(tok.vocab_size)
+    save_checkpoint(d / "with.safetensors", model, step=0, tokenizer=tok)
+    save_checkpoint(d / "without.safetensors", model, step=0)
+    return d / "with.safetensors", d / "without.safetensors"
+
+
+def sample_cli(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["sample", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_cli_refuses_no_samples(ckpts, capsys, n):
+    rc, out, err = sample_cli(capsys, "--ckpt", ckpts[0], "--prompt", "ab", "--num-samples", n)
+    assert (rc, out, err) == (2, "", f"error: --num-samples must be >= 1, got {n}\n")
+
+
+def test_cli_refuses_a_checkpoint_without_a_tokenizer(ckpts, capsys):
+    rc, out, err = sample_cli(capsys, "--ckpt", ckpts[1], "--prompt", "ab")
+    assert (rc, out) == (2, "")
+    assert err == f"error: {ckpts[1]} holds no tokenizer, so text cannot be encoded\n"
+    rc, out, _ = sample_cli(capsys, "--ckpt", ckpts[0], "--prompt", "ab", "--max-new-tokens", 3, "--greedy",
+                            "--top-k", 0)
+    assert rc == 0 and out.startswith("ab") and len(out) == len("ab") + 3 + 1 and set(out[:-1]) <= set("abcde")
