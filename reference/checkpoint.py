@@ -18,14 +18,19 @@ tensors
          "optimizer": {"type": "AdamW",
                        "param_groups": [{"lr", "betas", "eps", "weight_decay", "params": [names]}],
                        "steps": {param name: Adam's per-parameter step}} | null,
-         "rng": {"train": np.random.Generator.bit_generator.state, ...},
+         "rng": {"train": np.random.Generator.bit_generator.state (arrays as lists of ints), ...},
          "train_config": {TrainConfig fields} | null, "extra": {...}}
 
 Loading reads bytes and parses JSON, nothing else: no pickle, no code from the file is ever run
-(a bit generator is chosen by name from a fixed list). Everything is checked and a problem raises
-`CheckpointError` naming it: truncated or corrupt files (from `safetensors_io`), a missing or
-foreign header, an unknown format version, missing or unexpected tensors, wrong shapes or dtypes,
-and, with `check_compatible`, another model config or another vocabulary than the run expects.
+(a bit generator is chosen by name from a fixed list, and its state checked against that generator's
+layout). Everything is checked and a problem raises `CheckpointError` naming the file and the problem:
+truncated or corrupt files (from `safetensors_io`), a missing or foreign header, an unknown format
+version, an invalid model config, every header field's type (optimizer groups, generator states,
+best_val_loss, train_config, extra), missing or unexpected tensors, wrong shapes or dtypes, and, with
+`check_compatible`, another model config or another vocabulary than the run expects. The tensors are
+compared with the names and shapes the header's config implies (`model_tensor_names`, arithmetic on
+the config) before anything sized by the header is allocated: a small file claiming a huge model is
+refused without building it.
 
 Writing is atomic (temporary file in the same directory, fsync, rename): a crash mid-save leaves the
 previous checkpoint as it was.
@@ -48,13 +53,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import GPTConfig
+from .config import GPTConfig, _is_finite_number, _is_int
 from .data import tokenizer_from_dict
 from .model import GPT
 from .safetensors_io import CheckpointError, load_file, save_file
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT", "VERSION", "save_checkpoint", "load_checkpoint",
-           "build_model", "restore_optimizer", "check_compatible", "generator_from_state", "model_tensor_names"]
+           "build_model", "restore_optimizer", "check_compatible", "generator_from_state", "state_from_json",
+           "model_tensor_names", "model_tensor_count"]
 
 FORMAT = "numpy-gpt-checkpoint"
 VERSION = 1
@@ -63,6 +69,21 @@ OPT_PREFIX = "optimizer."
 MOMENTS = ("exp_avg", "exp_avg_sq")
 # The bit generators a checkpoint may name; anything else is refused (never getattr on file input).
 BIT_GENERATORS = {name: getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")}
+# The layout of each one's `bit_generator.state` (less its "bit_generator" name): an int N is an integer
+# in [0, N); (n, dtype) an array of n such integers (a list in the file); a dict, exactly these keys.
+# numpy checks little when a state is set (MT19937's "pos" or Philox's "buffer_pos" out of range would
+# index past its buffers), so a state from a file is checked against this first.
+_U32 = 2**32
+_PCG_STATE = {"state": {"state": 2**128, "inc": 2**128}, "has_uint32": 2, "uinteger": _U32}
+STATE_LAYOUTS = {
+    "PCG64": _PCG_STATE,
+    "PCG64DXSM": _PCG_STATE,
+    "Philox": {"state": {"counter": (4, np.uint64), "key": (2, np.uint64)}, "buffer": (4, np.uint64),
+               "buffer_pos": 5, "has_uint32": 2, "uinteger": _U32},
+    "SFC64": {"state": {"state": (4, np.uint64)}, "has_uint32": 2, "uinteger": _U32},
+    "MT19937": {"state": {"key": (624, np.uint32), "pos": 625}},
+}
+GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "params")     # one optimizer param group in the header
 
 
 @dataclass
@@ -90,6 +111,28 @@ def _tokenizer_dict(tokenizer) -> dict | None:
     return tokenizer.to_dict()
 
 
+def _state_to_json(value):
+    """A bit generator state as plain JSON: arrays (Philox, SFC64, MT19937) as lists of ints."""
+    if isinstance(value, dict):
+        return {k: _state_to_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()                                  # Python ints
+    return value
+
+
+def _rng_header(rng: dict | None) -> dict:
+    out = {}
+    for role, g in (rng or {}).items():
+        if not isinstance(g, np.random.Generator):
+            raise TypeError(f"rng[{role!r}] must be a numpy Generator, got {type(g).__name__}")
+        bg = type(g.bit_generator)
+        if BIT_GENERATORS.get(bg.__name__) is not bg:
+            raise ValueError(f"rng[{role!r}] uses the bit generator {bg.__name__}; a checkpoint holds only "
+                             f"{sorted(BIT_GENERATORS)}")
+        out[role] = _state_to_json(g.bit_generator.state)
+    return out
+
+
 def _param_names(model: GPT) -> dict[int, str]:
     """id(Parameter) -> name, a tied Parameter under its first name (transformer.wte.weight)."""
     return {id(p): name for name, p in model.named_parameters()}
@@ -100,6 +143,9 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
                     best_val_loss: float | None = None, extra: dict | None = None) -> None:
     """Write model, optimizer moments and per-parameter steps, step, generator states, configs and
     tokenizer to `path`, atomically. `rng` maps a role ("train", "eval", "dropout") to a Generator."""
+    for key, value in (("train_config", train_config), ("extra", extra)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{key} must be a dict (or None), got {type(value).__name__}")
     names = _param_names(model)
     tensors: dict[str, np.ndarray] = {name: p.data for name, p in model.named_parameters()}
     opt_header = None
@@ -130,7 +176,7 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
         "step": int(step),
         "best_val_loss": None if best_val_loss is None else float(best_val_loss),
         "optimizer": opt_header,
-        "rng": {role: g.bit_generator.state for role, g in (rng or {}).items()},
+        "rng": _rng_header(rng),
         "train_config": train_config,
         "extra": extra or {},
     }
@@ -141,9 +187,51 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
 
 
 def model_tensor_names(config: GPTConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The tensors a checkpoint of `config` stores for the model: name -> (shape, dtype); tied once."""
-    model = GPT(config, seed=0)
-    return {name: (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
+    """The tensors a checkpoint of `config` stores for the model: name -> (shape, dtype); tied once.
+
+    Computed from the config alone, in `GPT(config).named_parameters()` order, without building the
+    model: a header may claim any size, and nothing sized by it is allocated before the file's tensors
+    are known to match it. (tests/test_checkpoint_more.py checks this against real models of every variant.)"""
+    C, dtype = config.n_embd, np.dtype(config.dtype)
+    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (config.vocab_size, C)}
+    if config.pos == "learned":
+        shapes["transformer.wpe.weight"] = (config.block_size, C)
+
+    def linear(name: str, n_in: int, n_out: int) -> None:
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if config.bias:
+            shapes[f"{name}.bias"] = (n_out,)
+
+    def norm(name: str) -> None:
+        shapes[f"{name}.weight"] = (C,)
+        if config.norm == "layernorm" and config.bias:
+            shapes[f"{name}.bias"] = (C,)
+
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}"
+        norm(f"{h}.ln_1")
+        linear(f"{h}.attn.c_attn", C, (config.n_head + 2 * config.kv_heads) * config.head_dim)
+        linear(f"{h}.attn.c_proj", C, C)
+        norm(f"{h}.ln_2")
+        linear(f"{h}.mlp.c_fc", C, config.hidden)
+        if config.mlp == "swiglu":
+            linear(f"{h}.mlp.c_gate", C, config.hidden)
+        linear(f"{h}.mlp.c_proj", config.hidden, C)
+    norm("transformer.ln_f")
+    if not config.tie_weights:
+        shapes["lm_head.weight"] = (config.vocab_size, C)
+    return {name: (shape, dtype) for name, shape in shapes.items()}
+
+
+def model_tensor_count(config: GPTConfig) -> int:
+    """len(model_tensor_names(config)), in constant time: a header claiming a billion layers is refused
+    by counting, before a billion names are listed."""
+    per_linear = 2 if config.bias else 1
+    per_norm = 2 if config.norm == "layernorm" and config.bias else 1
+    linears = 5 if config.mlp == "swiglu" else 4              # c_attn, c_proj, c_fc, (c_gate,) c_proj
+    per_layer = 2 * per_norm + linears * per_linear
+    return (1 + (config.pos == "learned") + config.n_layer * per_layer + per_norm
+            + (not config.tie_weights))
 
 
 def _fail(path, problem: str):
@@ -157,7 +245,7 @@ def _header(path, metadata: dict) -> dict:
                     f"(keys: {sorted(metadata)})")
     try:
         header = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:                  # RecursionError: nested too deep
         _fail(path, f"the checkpoint header is not valid JSON: {e}")
     if not isinstance(header, dict):
         _fail(path, f"the checkpoint header must be a JSON object, got {type(header).__name__}")
@@ -169,6 +257,12 @@ def _header(path, metadata: dict) -> dict:
         if key not in header:
             _fail(path, f"the checkpoint header has no {key!r}")
     return header
+
+
+def _brief(value, limit: int = 60) -> str:
+    """repr of a header value, cut short: a refusal should name the value, not print a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_tensor(path, name: str, arr: np.ndarray, shape, dtype) -> None:
@@ -193,7 +287,11 @@ def load_checkpoint(path) -> Checkpoint:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         _fail(path, f"step must be a non-negative integer, got {step!r}")
 
-    expected = model_tensor_names(config)
+    needed = model_tensor_count(config)
+    if needed > len(tensors):
+        _fail(path, f"the model config in the header ({config.n_layer} layers) has {needed} tensors, "
+                    f"but the file holds only {len(tensors)}")
+    expected = model_tensor_names(config)                      # shapes from the config: nothing allocated
     model_state = {}
     for name, (shape, dtype) in expected.items():
         if name not in tensors:
@@ -205,30 +303,8 @@ def load_checkpoint(path) -> Checkpoint:
         _fail(path, f"missing model tensors {missing}")
 
     optimizer, opt_names = None, set()
-    opt_header = header.get("optimizer")
-    if opt_header is not None:
-        if not isinstance(opt_header, dict) or not isinstance(opt_header.get("param_groups"), list) \
-                or not isinstance(opt_header.get("steps"), dict):
-            _fail(path, "the optimizer header must be an object with 'param_groups' (list) and 'steps' (object)")
-        state = {}
-        for name, t in opt_header["steps"].items():
-            if name not in expected:
-                _fail(path, f"optimizer state for {name!r}, which is not a parameter of this model")
-            if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-                _fail(path, f"optimizer step for {name!r} must be a non-negative integer, got {t!r}")
-            entry = {"step": t}
-            for key in MOMENTS:
-                tname = f"{OPT_PREFIX}{name}.{key}"
-                if tname not in tensors:
-                    _fail(path, f"missing optimizer tensor {tname!r}")
-                _check_tensor(path, tname, tensors[tname], *expected[name])
-                entry[key] = tensors[tname]
-                opt_names.add(tname)
-            state[name] = entry
-        grouped = [n for g in opt_header["param_groups"] for n in (g.get("params", []) if isinstance(g, dict) else [])]
-        if sorted(grouped) != sorted(expected):
-            _fail(path, f"the optimizer's param groups name {sorted(grouped)}, expected each of {sorted(expected)} once")
-        optimizer = {"type": opt_header.get("type"), "param_groups": opt_header["param_groups"], "state": state}
+    if header.get("optimizer") is not None:
+        optimizer, opt_names = _optimizer(path, header["optimizer"], tensors, expected)
 
     unexpected = sorted(set(tensors) - set(model_state) - opt_names)
     if unexpected:
@@ -236,17 +312,25 @@ def load_checkpoint(path) -> Checkpoint:
     if config.tie_weights:
         model_state["lm_head.weight"] = model_state["transformer.wte.weight"]
 
-    rng = header.get("rng") or {}
+    rng = {} if header.get("rng") is None else header["rng"]
     if not isinstance(rng, dict):
         _fail(path, "'rng' must be an object mapping a role to a bit generator state")
+    states = {}
     for role, st in rng.items():
         try:
-            generator_from_state(st)
-        except (TypeError, ValueError, KeyError) as e:
+            states[role] = state_from_json(st)
+        except (TypeError, ValueError) as e:
             _fail(path, f"invalid generator state for {role!r}: {e}")
     best = header.get("best_val_loss")
-    if best is not None and not isinstance(best, (int, float)):
-        _fail(path, f"best_val_loss must be a number or null, got {best!r}")
+    if best is not None and not _is_finite_number(best):
+        _fail(path, f"best_val_loss must be a finite number or null, got {_brief(best)}")
+    train_config = header.get("train_config")
+    if train_config is not None and not isinstance(train_config, dict):
+        _fail(path, f"train_config must be an object (the training config's fields) or null, "
+                    f"got {_brief(train_config)}")
+    extra = {} if header.get("extra") is None else header["extra"]
+    if not isinstance(extra, dict):
+        _fail(path, f"extra must be an object, got {_brief(extra)}")
     tokenizer = header.get("tokenizer")
     if tokenizer is not None:
         if not isinstance(tokenizer, dict):
@@ -258,17 +342,95 @@ def load_checkpoint(path) -> Checkpoint:
         if tok.vocab_size != config.vocab_size:
             _fail(path, f"the tokenizer has {tok.vocab_size} symbols but the model's vocab_size is {config.vocab_size}")
     return Checkpoint(path=path, config=config, step=step, model_state=model_state, tokenizer=tokenizer,
-                      optimizer=optimizer, rng=dict(rng), train_config=header.get("train_config"),
-                      best_val_loss=None if best is None else float(best), extra=header.get("extra") or {})
+                      optimizer=optimizer, rng=states, train_config=train_config,
+                      best_val_loss=None if best is None else float(best), extra=extra)
+
+
+def _optimizer(path, opt_header, tensors: dict, expected: dict) -> tuple[dict, set[str]]:
+    """The header's optimizer section, checked through and through, with its moment tensors:
+    ({"type", "param_groups", "state"}, names of the optimizer tensors used)."""
+    if not isinstance(opt_header, dict) or not isinstance(opt_header.get("param_groups"), list) \
+            or not isinstance(opt_header.get("steps"), dict):
+        _fail(path, "the optimizer header must be an object with 'param_groups' (list) and 'steps' (object)")
+    if not isinstance(opt_header.get("type"), str):
+        _fail(path, f"the optimizer's 'type' must be a string (its class name), "
+                    f"got {_brief(opt_header.get('type'))}")
+    for i, g in enumerate(opt_header["param_groups"]):
+        where = f"optimizer param group {i}"
+        if not isinstance(g, dict):
+            _fail(path, f"{where} must be an object with keys {list(GROUP_KEYS)}, got {_brief(g)}")
+        missing = [k for k in GROUP_KEYS if k not in g]
+        if missing:
+            _fail(path, f"{where} has no {missing}; a group holds {list(GROUP_KEYS)}")
+        for key in ("lr", "eps", "weight_decay"):
+            if not _is_finite_number(g[key]):
+                _fail(path, f"{where}: {key!r} must be a finite number, got {_brief(g[key])}")
+        betas = g["betas"]
+        if not isinstance(betas, list) or len(betas) != 2 or not all(_is_finite_number(b) for b in betas):
+            _fail(path, f"{where}: 'betas' must be a list of two finite numbers, got {_brief(betas)}")
+        if not isinstance(g["params"], list):
+            _fail(path, f"{where}: 'params' must be a list of parameter names, got {_brief(g['params'])}")
+        bad = [n for n in g["params"] if not isinstance(n, str)]
+        if bad:
+            _fail(path, f"{where}: 'params' holds {_brief(bad[0])}, not a parameter name (a string)")
+    grouped = [n for g in opt_header["param_groups"] for n in g["params"]]
+    if sorted(grouped) != sorted(expected):
+        _fail(path, f"the optimizer's param groups name {sorted(grouped)}, expected each of {sorted(expected)} once")
+
+    state, opt_names = {}, set()
+    for name, t in opt_header["steps"].items():
+        if name not in expected:
+            _fail(path, f"optimizer state for {name!r}, which is not a parameter of this model")
+        if not _is_int(t) or t < 0:
+            _fail(path, f"optimizer step for {name!r} must be a non-negative integer, got {t!r}")
+        entry = {"step": t}
+        for key in MOMENTS:
+            tname = f"{OPT_PREFIX}{name}.{key}"
+            if tname not in tensors:
+                _fail(path, f"missing optimizer tensor {tname!r}")
+            _check_tensor(path, tname, tensors[tname], *expected[name])
+            entry[key] = tensors[tname]
+            opt_names.add(tname)
+        state[name] = entry
+    return {"type": opt_header["type"], "param_groups": opt_header["param_groups"], "state": state}, opt_names
+
+
+def state_from_json(state) -> dict:
+    """A bit generator state as read from a file, checked against its layout (STATE_LAYOUTS), with its
+    lists back as the arrays numpy gives (uint64 / uint32). ValueError names what is wrong."""
+    if not isinstance(state, dict):
+        raise ValueError(f"a bit generator state must be an object {{'bit_generator': name, ...}}, "
+                         f"got {_brief(state)}")
+    name = state.get("bit_generator")
+    if not isinstance(name, str) or name not in BIT_GENERATORS:          # (a list is not hashable)
+        raise ValueError(f"unknown bit generator {_brief(name)}; expected one of {sorted(BIT_GENERATORS)}")
+    rest = {k: v for k, v in state.items() if k != "bit_generator"}
+    return {"bit_generator": name, **_state_value(rest, STATE_LAYOUTS[name], f"{name} state")}
+
+
+def _state_value(value, layout, where: str):
+    if isinstance(layout, dict):
+        if not isinstance(value, dict) or set(value) != set(layout):
+            got = sorted(value) if isinstance(value, dict) else _brief(value)
+            raise ValueError(f"{where} must be an object with keys {sorted(layout)}, got {got}")
+        return {k: _state_value(value[k], sub, f"{where}[{k!r}]") for k, sub in layout.items()}
+    if isinstance(layout, tuple):
+        n, dtype = layout
+        bits = 8 * np.dtype(dtype).itemsize
+        items = value.tolist() if isinstance(value, np.ndarray) else value
+        if not isinstance(items, list) or len(items) != n or not all(_is_int(x) and 0 <= x < 2**bits for x in items):
+            raise ValueError(f"{where} must be a list of {n} integers in [0, 2**{bits}), got {_brief(value)}")
+        return np.array(items, dtype=dtype)
+    if not _is_int(value) or not 0 <= value < layout:
+        raise ValueError(f"{where} must be an integer in [0, {layout}), got {_brief(value)}")
+    return value
 
 
 def generator_from_state(state: dict) -> np.random.Generator:
-    """A numpy Generator in exactly the saved state (`bit_generator.state` is plain JSON)."""
-    if not isinstance(state, dict) or state.get("bit_generator") not in BIT_GENERATORS:
-        name = state.get("bit_generator") if isinstance(state, dict) else state
-        raise ValueError(f"unknown bit generator {name!r}; expected one of {sorted(BIT_GENERATORS)}")
-    bg = BIT_GENERATORS[state["bit_generator"]]()
-    bg.state = state
+    """A numpy Generator in exactly the saved state (a live `bit_generator.state`, or its JSON form)."""
+    checked = state_from_json(state)
+    bg = BIT_GENERATORS[checked["bit_generator"]]()
+    bg.state = checked
     return np.random.Generator(bg)
 
 

@@ -96,11 +96,13 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     idx = np.asarray(idx)
+    if idx.ndim not in (1, 2):
+        raise ValueError(f"prompt must be 1-D (T,) or 2-D (B, T) token ids, got shape {idx.shape}")
+    if idx.size == 0:
+        raise ValueError(f"the prompt is empty: generation needs at least one token (got shape {idx.shape})")
     squeeze = idx.ndim == 1
     if squeeze:
         idx = idx[None]
-    if idx.ndim != 2 or idx.shape[1] == 0:
-        raise ValueError(f"the prompt is empty: generation needs at least one token (got shape {idx.shape})")
     if not np.issubdtype(idx.dtype, np.integer):
         raise TypeError(f"token ids must be integers, got dtype {idx.dtype}")
     block_size = model.config.block_size

@@ -152,8 +152,8 @@ class TrainConfig:
 
 
 def _check(name, value, kind, ok, what):
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    """Refuse a value that is not of `kind` (a bool is never an int or a float) or fails `ok`.
+    Ints given for float fields were already made floats by TrainConfig.__post_init__."""
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)) or not ok(value):
         raise ValueError(f"{name} must be {what} ({kind.__name__}), got {value!r}")
 
@@ -219,9 +219,11 @@ class Trainer:
             if len(data) < config.block_size + 1:
                 raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
                                  f"block_size {config.block_size} (+1 target); use a smaller block_size")
-            if data.size and (data.min() < 0 or data.max() >= vocab_size):
-                raise ValueError(f"the {split} split holds token id {int(data.max())} outside the vocabulary "
-                                 f"of {vocab_size}")
+            outside = (data < 0) | (data >= vocab_size)
+            if outside.any():
+                bad = int(data[outside][0])                     # the first offending id, negative or too large
+                raise ValueError(f"the {split} split holds token id {bad} outside the vocabulary of {vocab_size} "
+                                 f"(expected 0 <= id < {vocab_size})")
         self.model_config = config.model_config(vocab_size)
         self.model = GPT(self.model_config, seed=config.seed)
         self.params = self.model.parameters()

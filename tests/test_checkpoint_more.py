@@ -7,14 +7,19 @@ restore moments into an optimizer grouped differently; and a vocabulary of anoth
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 
-from reference.checkpoint import (METADATA_KEY, CheckpointError, build_model, check_compatible, generator_from_state,
-                                  load_checkpoint, restore_optimizer, save_checkpoint)
+from reference.checkpoint import (BIT_GENERATORS, METADATA_KEY, STATE_LAYOUTS, CheckpointError, build_model,
+                                  check_compatible, generator_from_state, load_checkpoint, model_tensor_count,
+                                  model_tensor_names, restore_optimizer, save_checkpoint, state_from_json)
+from reference.config import GPTConfig
+from reference.model import GPT
 from reference.data import ByteTokenizer, CharTokenizer
 from reference.module import Parameter
 from reference.optim import AdamW
@@ -188,8 +193,114 @@ def test_generator_states_round_trip_through_the_file(trained, tmp_path):
     assert np.array_equal(generator_from_state(state).random(4), philox.random(4))
     with pytest.raises(ValueError, match=r"^unknown bit generator 'PCG65'; expected one of \['MT19937', 'PCG64', "):
         generator_from_state({"bit_generator": "PCG65"})
-    with pytest.raises(ValueError, match=r"^unknown bit generator 42;"):
-        generator_from_state(42)
+    for not_a_state in (42, "PCG64"):
+        with pytest.raises(ValueError, match=r"^a bit generator state must be an object \{'bit_generator': name, "
+                                             rf"\.\.\.\}}, got {not_a_state!r}$"):
+            generator_from_state(not_a_state)
+
+
+@pytest.mark.parametrize("name", sorted(BIT_GENERATORS))
+def test_every_allowed_bit_generator_round_trips_through_the_file(trained, tmp_path, name):
+    """Philox, SFC64 and MT19937 hold arrays in their state: saved as lists of ints, read back as the
+    arrays numpy gives (same dtype), and the generator goes on with the same stream."""
+    g = np.random.Generator(BIT_GENERATORS[name](11))
+    g.random(7)                                                 # mid-stream (Philox: mid-buffer)
+    g.integers(0, 10, 3, dtype=np.uint32)                       # and a buffered 32-bit half where there is one
+    before = g.bit_generator.state
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, trained[0].model, step=0, rng={"train": g})
+    saved = load_checkpoint(path).rng["train"]
+
+    def same(a, b):
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, np.ndarray):
+            return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+        return type(a) is type(b) and a == b
+    assert same(saved, before)
+    again = generator_from_state(saved)
+    assert type(again.bit_generator) is BIT_GENERATORS[name]
+    assert np.array_equal(again.random(5), g.random(5))
+    assert np.array_equal(again.integers(0, 99, 5), g.integers(0, 99, 5))
+
+
+@pytest.mark.parametrize("name", sorted(BIT_GENERATORS))
+def test_state_layouts_describe_numpys_states(name):
+    """STATE_LAYOUTS, against which a state from a file is checked, is what numpy's states look like."""
+    def layout_of(value):
+        if isinstance(value, dict):
+            return {k: layout_of(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray):
+            return (len(value), value.dtype)
+        return int
+    def simplify(layout):
+        if isinstance(layout, dict):
+            return {k: simplify(v) for k, v in layout.items()}
+        return (layout[0], np.dtype(layout[1])) if isinstance(layout, tuple) else int
+    state = BIT_GENERATORS[name](5).state
+    assert state.pop("bit_generator") == name
+    assert layout_of(state) == simplify(STATE_LAYOUTS[name])
+    assert set(STATE_LAYOUTS) == set(BIT_GENERATORS)
+
+
+def _mt(key=None, pos=0):
+    return {"bit_generator": "MT19937", "state": {"key": [1] * 624 if key is None else key, "pos": pos}}
+
+
+def _philox(**changes):
+    state = {"bit_generator": "Philox", "state": {"counter": [0] * 4, "key": [1, 2]}, "buffer": [0] * 4,
+             "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return {**state, **changes}
+
+
+@pytest.mark.parametrize("state, message", [
+    # numpy itself would take these two and then read past its buffers
+    (_mt(pos=9999), r"^MT19937 state\['state'\]\['pos'\] must be an integer in \[0, 625\), got 9999$"),
+    (_philox(buffer_pos=99), r"^Philox state\['buffer_pos'\] must be an integer in \[0, 5\), got 99$"),
+    (_mt(key=[1, 2, 3]), r"^MT19937 state\['state'\]\['key'\] must be a list of 624 integers in \[0, 2\*\*32\), "
+                         r"got \[1, 2, 3\]$"),
+    (_mt(key=[-1] * 624), r"must be a list of 624 integers in \[0, 2\*\*32\), got \[-1, -1, "),
+    (_mt(key=[2**32] * 624), r"must be a list of 624 integers in \[0, 2\*\*32\)"),
+    (_mt(key=[1.0] * 624), r"must be a list of 624 integers"),
+    (_mt(key=np.ones(624, np.float64)), r"must be a list of 624 integers"),
+    (_philox(state={"counter": [0] * 4}),
+     r"^Philox state\['state'\] must be an object with keys \['counter', 'key'\], got \['counter'\]$"),
+    (_philox(state=[0] * 6),
+     r"^Philox state\['state'\] must be an object with keys \['counter', 'key'\], got \[0, "),
+    (_philox(has_uint32=True), r"^Philox state\['has_uint32'\] must be an integer in \[0, 2\), got True$"),
+    ({"bit_generator": "SFC64", "state": {"state": [1, 2, 3, 4]}},
+     r"^SFC64 state must be an object with keys \['has_uint32', 'state', 'uinteger'\], got \['state'\]$"),
+    ({"bit_generator": ["PCG64"]}, r"^unknown bit generator \['PCG64'\]; expected one of \['MT19937', "),
+    ({"bit_generator": "PCG64", "state": {"state": 2**128, "inc": 1}, "has_uint32": 0, "uinteger": 0},
+     r"^PCG64 state\['state'\]\['state'\] must be an integer in \[0, \d+\), got \d+$"),
+])
+def test_malformed_generator_states_are_refused(state, message):
+    with pytest.raises(ValueError, match=message):
+        generator_from_state(state)
+    with pytest.raises(ValueError, match=message):
+        state_from_json(json.loads(json.dumps(state, default=lambda a: a.tolist())))
+
+
+def test_a_malformed_generator_state_in_a_file_is_refused(ckpt_path):
+    edit_header(ckpt_path, lambda h: h["rng"].update(train=_mt(pos=700)))
+    refused(ckpt_path, r"invalid generator state for 'train': MT19937 state\['state'\]\['pos'\] must be an integer "
+                       r"in \[0, 625\), got 700$")
+
+
+def test_saving_a_generator_a_checkpoint_cannot_hold_is_refused(trained, tmp_path):
+    class MyPCG(np.random.PCG64):
+        pass
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(ValueError, match=r"^rng\['train'\] uses the bit generator MyPCG; a checkpoint holds only "
+                                         r"\['MT19937', 'PCG64', 'PCG64DXSM', 'Philox', 'SFC64'\]$"):
+        save_checkpoint(path, trained[0].model, rng={"train": np.random.Generator(MyPCG(1))})
+    with pytest.raises(TypeError, match=r"^rng\['eval'\] must be a numpy Generator, got RandomState$"):
+        save_checkpoint(path, trained[0].model, rng={"eval": np.random.RandomState(1)})
+    with pytest.raises(TypeError, match=r"^extra must be a dict \(or None\), got list$"):
+        save_checkpoint(path, trained[0].model, extra=[1])
+    with pytest.raises(TypeError, match=r"^train_config must be a dict \(or None\), got str$"):
+        save_checkpoint(path, trained[0].model, train_config="cfg.json")
+    assert not path.exists()
 
 
 # ------------------------------------------------------------------------------------ header refusals
@@ -199,6 +310,13 @@ def test_header_that_is_not_an_object_is_refused(tmp_path):
     path = tmp_path / "c.safetensors"
     save_file({"w": np.zeros(2, np.float32)}, path, metadata={METADATA_KEY: "[1, 2]"})
     refused(path, r"the checkpoint header must be a JSON object, got list$")
+
+
+def test_header_nested_too_deep_is_refused(tmp_path):
+    """json raises RecursionError (not ValueError) on deep nesting: still a refusal naming the file."""
+    path = tmp_path / "c.safetensors"
+    save_file({"w": np.zeros(2, np.float32)}, path, metadata={METADATA_KEY: "[" * 100_000 + "]" * 100_000})
+    refused(path, r"the checkpoint header is not valid JSON: ")
 
 
 def _param_groups_drop_one(h):
@@ -235,7 +353,64 @@ def _param_groups_duplicate(h):
     (lambda h: h.update(rng=["PCG64"]), r"'rng' must be an object mapping a role to a bit generator state$"),
     (lambda h: h["rng"].update(eval={"bit_generator": "PCG64", "state": "?"}),
      r"invalid generator state for 'eval': "),
-    (lambda h: h.update(best_val_loss="low"), r"best_val_loss must be a number or null, got 'low'$"),
+    (lambda h: h.update(best_val_loss="low"), r"best_val_loss must be a finite number or null, got 'low'$"),
+    # Python's json reads NaN and Infinity, and true is an int to Python: none is a loss
+    (lambda h: h.update(best_val_loss=float("nan")), r"best_val_loss must be a finite number or null, got nan$"),
+    (lambda h: h.update(best_val_loss=float("inf")), r"best_val_loss must be a finite number or null, got inf$"),
+    (lambda h: h.update(best_val_loss=True), r"best_val_loss must be a finite number or null, got True$"),
+    (lambda h: h.update(best_val_loss=10**400), r"best_val_loss must be a finite number or null, got 1000+\.\.\.$"),
+    (lambda h: h.update(extra=[1]), r"extra must be an object, got \[1\]$"),
+    (lambda h: h.update(extra="last_eval_step"), r"extra must be an object, got 'last_eval_step'$"),
+    (lambda h: h.update(train_config=[1]),
+     r"train_config must be an object \(the training config's fields\) or null, got \[1\]$"),
+    (lambda h: h.update(train_config=0), r"train_config must be an object .* or null, got 0$"),
+    (lambda h: h.update(rng=[]), r"'rng' must be an object mapping a role to a bit generator state$"),
+    # the optimizer section, all of it: restore_optimizer relies on every group's "params"
+    (lambda h: h["optimizer"]["param_groups"].__setitem__(0, 5),
+     r"optimizer param group 0 must be an object with keys \['lr', 'betas', 'eps', 'weight_decay', 'params'\], "
+     r"got 5$"),
+    (lambda h: h["optimizer"]["param_groups"][1].pop("params"),
+     r"optimizer param group 1 has no \['params'\]; "
+     r"a group holds \['lr', 'betas', 'eps', 'weight_decay', 'params'\]$"),
+    (lambda h: h["optimizer"]["param_groups"][0]["params"].__setitem__(0, 3),
+     r"optimizer param group 0: 'params' holds 3, not a parameter name \(a string\)$"),
+    (lambda h: h["optimizer"]["param_groups"][1]["params"].append(None),
+     r"optimizer param group 1: 'params' holds None, not a parameter name \(a string\)$"),
+    (lambda h: h["optimizer"]["param_groups"][0].update(params="transformer.wte.weight"),
+     r"optimizer param group 0: 'params' must be a list of parameter names, got 'transformer.wte.weight'$"),
+    (lambda h: h["optimizer"]["param_groups"][0].update(lr="fast"),
+     r"optimizer param group 0: 'lr' must be a finite number, got 'fast'$"),
+    (lambda h: h["optimizer"]["param_groups"][1].update(eps=float("nan")),
+     r"optimizer param group 1: 'eps' must be a finite number, got nan$"),
+    (lambda h: h["optimizer"]["param_groups"][0].update(weight_decay=True),
+     r"optimizer param group 0: 'weight_decay' must be a finite number, got True$"),
+    (lambda h: h["optimizer"]["param_groups"][0].update(betas=[0.9]),
+     r"optimizer param group 0: 'betas' must be a list of two finite numbers, got \[0.9\]$"),
+    (lambda h: h["optimizer"]["param_groups"][0].update(betas="ab"),
+     r"optimizer param group 0: 'betas' must be a list of two finite numbers, got 'ab'$"),
+    (lambda h: h["optimizer"].pop("type"), r"the optimizer's 'type' must be a string \(its class name\), got None$"),
+    # model config fields GPTConfig refuses: each a CheckpointError naming the file and the field
+    (lambda h: h["config"].update(mlp_hidden="8"),
+     r"invalid model config in the checkpoint: mlp_hidden must be None or a positive integer, got '8'$"),
+    (lambda h: h["config"].update(mlp_hidden=-1),
+     r"invalid model config in the checkpoint: mlp_hidden must be None or a positive integer, got -1$"),
+    (lambda h: h["config"].update(rope_base="x"),
+     r"invalid model config in the checkpoint: rope_base must be a positive finite number, got 'x'$"),
+    (lambda h: h["config"].update(rope_base=10**400),
+     r"invalid model config in the checkpoint: rope_base must be a positive finite number, got 1000+$"),
+    (lambda h: h["config"].update(n_kv_head=1.0),
+     r"invalid model config in the checkpoint: n_kv_head must be None or a positive integer, got 1.0$"),
+    (lambda h: h["config"].update(dropout="0"),
+     r"invalid model config in the checkpoint: dropout must be a number in \[0, 1\), got '0' \(str\)$"),
+    (lambda h: h["config"].update(norm_eps=None),
+     r"invalid model config in the checkpoint: norm_eps must be positive \(a finite number > 0\), got None$"),
+    (lambda h: h["config"].update(bias="true"),
+     r"invalid model config in the checkpoint: bias must be a boolean \(true or false\), got 'true'$"),
+    (lambda h: h["config"].update(tie_weights=0),
+     r"invalid model config in the checkpoint: tie_weights must be a boolean \(true or false\), got 0$"),
+    (lambda h: h.update(config=[["n_layer", 1]]),
+     r"invalid model config in the checkpoint: a GPTConfig is built from a dict \(JSON object\) of its fields, "
+     r"got list$"),
     (lambda h: h.update(tokenizer="abc"), r"tokenizer must be an object, got 'abc'$"),
     (lambda h: h.update(tokenizer={"kind": "bpe"}),
      r"invalid tokenizer: unknown tokenizer kind 'bpe'; expected one of 'byte', 'char'$"),
@@ -254,6 +429,49 @@ def test_an_untouched_copy_still_loads(ckpt_path, trained):
     edit_header(ckpt_path, lambda h: None)
     ckpt = load_checkpoint(ckpt_path)
     assert ckpt.step == 2 and ckpt.config == trained[0].model_config
+    assert ckpt.extra == {"last_eval_step": 2} and ckpt.train_config == trained[0].config.to_dict()
+
+
+def test_null_extra_train_config_and_rng_load_as_empty(ckpt_path):
+    edit_header(ckpt_path, lambda h: h.update(extra=None, train_config=None, rng=None))
+    ckpt = load_checkpoint(ckpt_path)
+    assert (ckpt.extra, ckpt.train_config, ckpt.rng) == ({}, None, {})
+
+
+# ------------------------------------------------------------------------------------ sizes from the header
+
+
+def test_model_tensor_names_are_the_models_without_building_it():
+    """The names, shapes and dtypes load_checkpoint expects come from the config alone; they are exactly
+    those of the GPT that config builds, in the same order, for every variant (and the count agrees)."""
+    variants = itertools.product(["layernorm", "rmsnorm"], ["gelu", "swiglu"], ["learned", "rope", "alibi"],
+                                 [True, False], [True, False])
+    for i, (norm, mlp, pos, bias, tie) in enumerate(variants):
+        config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=4, n_embd=16, norm=norm, mlp=mlp, pos=pos,
+                           bias=bias, tie_weights=tie, n_kv_head=(None, 1, 2)[i % 3], mlp_hidden=(None, 24)[i % 2],
+                           dtype=("float32", "float64")[i % 2])
+        want = [(name, (p.data.shape, p.data.dtype)) for name, p in GPT(config).named_parameters()]
+        assert list(model_tensor_names(config).items()) == want, config
+        assert model_tensor_count(config) == len(want), config
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(n_embd=2**20, vocab_size=2**20, n_head=2),
+     r"tensor 'transformer.wte.weight' has shape \(\d+, 16\), expected \(1048576, 1048576\) for this config$"),
+    (dict(mlp_hidden=2**40),
+     r"tensor 'transformer.h.0.mlp.c_fc.weight' has shape \(64, 16\), expected \(1099511627776, 16\)"),
+    (dict(block_size=2**40), r"tensor 'transformer.wpe.weight' has shape \(8, 16\), expected \(1099511627776, 16\)"),
+    (dict(n_layer=10**9), r"the model config in the header \(1000000000 layers\) has \d+ tensors, but the file "
+                          r"holds only \d+$"),
+])
+def test_a_header_claiming_a_huge_model_is_refused_without_building_it(ckpt_path, monkeypatch, changes, message):
+    """A small file whose header claims a huge model: refused by comparing the tensors with the sizes the
+    config implies, before any array sized by the header is allocated (GPT is never constructed)."""
+    edit_header(ckpt_path, lambda h: h["config"].update(changes))
+    monkeypatch.setattr(GPT, "__init__", lambda *a, **k: pytest.fail("GPT built while loading a checkpoint"))
+    t0 = time.perf_counter()
+    refused(ckpt_path, message)
+    assert time.perf_counter() - t0 < 1.0
 
 
 # ------------------------------------------------------------------------------------ restoring

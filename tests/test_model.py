@@ -110,6 +110,30 @@ def test_bad_input_errors(bad, error, words):
     (dict(norm_eps=0.0), "norm_eps must be positive"),
     (dict(pos="rope", n_embd=12, n_head=4), "RoPE needs an even head dimension, got n_embd/n_head = 3"),
     (dict(dtype="float16"), "dtype must be one of"),
+    # every field's type and range (a config may come from a checkpoint header: any JSON)
+    (dict(n_layer=True), "n_layer must be a positive integer, got True"),
+    (dict(block_size=8.0), "block_size must be a positive integer, got 8.0"),
+    (dict(n_kv_head=0), "n_kv_head must be None or a positive integer, got 0"),
+    (dict(n_kv_head=2.0), "n_kv_head must be None or a positive integer, got 2.0"),
+    (dict(n_kv_head="2"), "n_kv_head must be None or a positive integer, got '2'"),
+    (dict(mlp_hidden="8"), "mlp_hidden must be None or a positive integer, got '8'"),
+    (dict(mlp_hidden=-1), "mlp_hidden must be None or a positive integer, got -1"),
+    (dict(mlp_hidden=True), "mlp_hidden must be None or a positive integer, got True"),
+    (dict(rope_base="x"), "rope_base must be a positive finite number, got 'x'"),
+    (dict(rope_base=0), "rope_base must be a positive finite number, got 0"),
+    (dict(rope_base=float("inf")), "rope_base must be a positive finite number, got inf"),
+    (dict(rope_base=10**400), "rope_base must be a positive finite number, got 1000"),     # beyond a float
+    (dict(rope_base=True), "rope_base must be a positive finite number, got True"),
+    (dict(dropout="0.1"), "dropout must be a number in [0, 1), got '0.1' (str)"),
+    (dict(dropout=False), "dropout must be a number in [0, 1), got False (bool)"),
+    (dict(dropout=float("nan")), "dropout must be in [0, 1), got nan"),
+    (dict(norm_eps="1e-5"), "norm_eps must be positive (a finite number > 0), got '1e-5'"),
+    (dict(norm_eps=True), "norm_eps must be positive (a finite number > 0), got True"),
+    (dict(norm_eps=float("nan")), "norm_eps must be positive (a finite number > 0), got nan"),
+    (dict(bias="yes"), "bias must be a boolean (true or false), got 'yes'"),
+    (dict(bias=1), "bias must be a boolean (true or false), got 1"),
+    (dict(tie_weights=None), "tie_weights must be a boolean (true or false), got None"),
+    (dict(norm=["layernorm"]), "norm must be one of ('layernorm', 'rmsnorm'), got ['layernorm']"),
 ])
 def test_bad_config_errors(changes, words):
     with pytest.raises(ValueError) as e:

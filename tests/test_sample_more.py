@@ -6,6 +6,8 @@ refusal of --num-samples 0 and of a checkpoint without a tokenizer.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,24 @@ def test_one_row_of_logits_is_a_batch_of_one():
 @pytest.mark.parametrize("prompt", [np.array([1.0, 2.0]), np.array([[True, False]])])
 def test_prompt_ids_must_be_integers(prompt):
     with pytest.raises(TypeError, match=rf"^token ids must be integers, got dtype {prompt.dtype}$"):
+        generate(small_model(), prompt, 2, greedy=True)
+
+
+@pytest.mark.parametrize("prompt", [np.zeros((1, 1, 2), dtype=np.int64), np.array(3)])
+def test_prompt_of_another_rank_is_refused_as_such(prompt):
+    """A 3-D (or 0-D) prompt is not 'empty': the message says which shapes are taken and which one came."""
+    shape = re.escape(str(prompt.shape))
+    message = rf"^prompt must be 1-D \(T,\) or 2-D \(B, T\) token ids, got shape {shape}$"
+    with pytest.raises(ValueError, match=message):
+        generate(small_model(), prompt, 2, greedy=True)
+
+
+@pytest.mark.parametrize("prompt", [np.zeros(0, dtype=np.int64), np.zeros((2, 0), dtype=np.int64),
+                                    np.zeros((0, 3), dtype=np.int64)])
+def test_an_empty_prompt_is_refused_with_its_shape(prompt):
+    shape = re.escape(str(prompt.shape))
+    message = rf"^the prompt is empty: generation needs at least one token \(got shape {shape}\)$"
+    with pytest.raises(ValueError, match=message):
         generate(small_model(), prompt, 2, greedy=True)
 
 

@@ -64,8 +64,10 @@ def test_ints_are_taken_for_floats():
     c = TrainConfig(learning_rate=1, min_lr=0, beta1=0, grad_clip=2)
     assert (c.learning_rate, c.min_lr, c.beta1, c.grad_clip) == (1.0, 0.0, 0.0, 2.0)
     assert all(type(v) is float for v in (c.learning_rate, c.min_lr, c.beta1, c.grad_clip))
-    # the checker itself takes an int where a float is wanted, and never a bool
-    train_mod._check("x", 3, float, lambda v: v > 0, "> 0")
+    # the checker never takes a bool for a number (True is an int to Python); ints for floats are
+    # converted by __post_init__ before it, so it need not (and does not) convert them itself
+    with pytest.raises(ValueError, match=r"^x must be > 0 \(float\), got 3$"):
+        train_mod._check("x", 3, float, lambda v: v > 0, "> 0")
     with pytest.raises(ValueError, match=r"^x must be > 0 \(float\), got True$"):
         train_mod._check("x", True, float, lambda v: v > 0, "> 0")
 
@@ -100,7 +102,8 @@ def test_data_arguments_must_come_together():
                    r"use a smaller block_size$"),
     (IDS[:3], IDS, r"^the train split has 3 tokens, too few"),
     (np.append(IDS, TOK.vocab_size), IDS, rf"^the train split holds token id {TOK.vocab_size} outside the "
-                                          rf"vocabulary of {TOK.vocab_size}$"),
+                                          rf"vocabulary of {TOK.vocab_size} "
+                                          rf"\(expected 0 <= id < {TOK.vocab_size}\)$"),
 ])
 def test_data_that_cannot_be_trained_on_is_refused(train_data, val_data, message):
     with pytest.raises(ValueError, match=message):
@@ -108,8 +111,14 @@ def test_data_that_cannot_be_trained_on_is_refused(train_data, val_data, message
 
 
 def test_a_negative_token_id_is_refused():
-    with pytest.raises(ValueError, match=r"^the val split holds token id .* outside the vocabulary"):
+    """The message names the id that is out of range (here -1), not the largest id of the split."""
+    V = TOK.vocab_size
+    with pytest.raises(ValueError, match=rf"^the val split holds token id -1 outside the vocabulary of {V} "
+                                         rf"\(expected 0 <= id < {V}\)$"):
         Trainer(tiny(), train_data=IDS, val_data=np.append(IDS, -1), tokenizer=TOK)
+    # several bad ids: the first one in the split is named
+    with pytest.raises(ValueError, match=rf"^the train split holds token id -7 outside the vocabulary of {V} "):
+        Trainer(tiny(), train_data=np.concatenate([IDS, [-7, V + 3, -1]]), val_data=IDS, tokenizer=TOK)
 
 
 # ------------------------------------------------------------------------------------ save / resume
