@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .functional import softmax, softmax_backward
+from .functional import empty, softmax, softmax_backward
 from .layers import Dropout, Linear, MaskSource
 from .module import Module
 
@@ -120,45 +120,68 @@ class CausalSelfAttention(Module):
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         g = H // Hkv
         qkv, c_lin = self.c_attn.forward(x)                    # (B, T, (H + 2 Hkv) hd)
-        q = qkv[..., : H * hd].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)             # (B, Hkv, g, T, hd)
-        k = qkv[..., H * hd:(H + Hkv) * hd].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)  # (B, Hkv, 1, T, hd)
-        v = qkv[..., (H + Hkv) * hd:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)       # (B, Hkv, 1, T, hd)
+        # q, k, v are strided views of qkv, not copies: each (T, hd) matrix has a row stride of
+        # (H + 2 Hkv) hd, which BLAS takes as its leading dimension, so the products read them in place.
+        heads = qkv.reshape(B, T, H + 2 * Hkv, hd)
+        q = heads[:, :, :H].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)             # (B, Hkv, g, T, hd)
+        k = heads[:, :, H:H + Hkv].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)      # (B, Hkv, 1, T, hd)
+        v = heads[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)       # (B, Hkv, 1, T, hd)
         start = kv_cache.length if kv_cache is not None else 0
         if self.rotary is not None:
             q, k = self.rotary.apply(q, start), self.rotary.apply(k, start)
-        q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)                       # (B, Hkv, 1, S, hd), S = start + T
-        scale = 1.0 / math.sqrt(hd)
-        scores = (q @ k.swapaxes(-1, -2)) * scale              # (B, Hkv, g, T, S)
+        # The 1/sqrt(hd) scale goes on q (T hd numbers per head) instead of the scores (T S per head),
+        # in place: qkv is this call's own array (c_attn caches its input, not its output).
+        q *= 1.0 / math.sqrt(hd)
+        scores = np.matmul(q, k.swapaxes(-1, -2), out=empty((B, Hkv, g, T, k.shape[-2]), x.dtype))   # (B, Hkv, g, T, S)
         scores += self._bias(T, k.shape[-2], start, x.dtype)
-        p = softmax(scores)                                    # masked entries are exactly 0
+        p = softmax(scores, out=scores)                        # in place; masked entries are exactly 0
         pd, c_drop = self.attn_dropout.forward(p.reshape(B, H, T, -1), masks)
         pd = pd.reshape(p.shape)
-        y = pd @ v                                             # (B, Hkv, g, T, hd)
-        y = y.transpose(0, 3, 1, 2, 4).reshape(B, T, C)        # heads side by side again
-        out, c_out = self.c_proj.forward(y)
+        # p @ v writes straight into a (B, T, H, hd) array: the heads come out side by side, (B, T, C),
+        # without the copy a transpose-then-reshape would make.
+        y = empty((B, T, Hkv, g, hd), x.dtype)
+        np.matmul(pd, v, out=y.transpose(0, 2, 3, 1, 4))       # (B, Hkv, g, T, hd) view of y
+        out, c_out = self.c_proj.forward(y.reshape(B, T, C))
         out, c_rd = self.resid_dropout.forward(out, masks)
         return out, (c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start)
 
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
-        c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start = cache
+        c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start = cache   # q is scaled by 1/sqrt(hd)
         B, Hkv, g, T, hd = q.shape
+        H = Hkv * g
         if k.shape[-2] != T:
             raise RuntimeError("backward through a KV-cached forward is not supported (the cache is for inference)")
         dy = self.c_proj.backward(self.resid_dropout.backward(dout, c_rd), c_out)   # (B, T, C)
-        dy = dy.reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)                   # (B, Hkv, g, T, hd)
-        dpd = dy @ v.swapaxes(-1, -2)                          # (B, Hkv, g, T, S)
-        dv = (pd.swapaxes(-1, -2) @ dy).sum(2, keepdims=True)  # (B, Hkv, 1, S, hd): sum over sharing heads
+        dy = dy.reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)                   # (B, Hkv, g, T, hd) view
+        # The gradients of q, k and v are written straight into the (B, T, H + 2 Hkv, hd) array that
+        # c_attn's backward takes (as in the forward, through transposed views): no concatenation.
+        dqkv = empty((B, T, H + 2 * Hkv, hd), dy.dtype)
+        dq = dqkv[:, :, :H].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)         # (B, Hkv, g, T, hd)
+        dk = dqkv[:, :, H:H + Hkv].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)  # (B, Hkv, 1, S, hd)
+        dv = dqkv[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)   # (B, Hkv, 1, S, hd)
+        _matmul_sum_heads(pd.swapaxes(-1, -2), dy, dv)         # dv = sum over sharing heads of pd^T dy
+        dpd = np.matmul(dy, v.swapaxes(-1, -2), out=empty((B, Hkv, g, T, T), dy.dtype))   # (B, Hkv, g, T, S)
         dp = self.attn_dropout.backward(dpd.reshape(c_drop.shape) if c_drop is not None else dpd, c_drop)
-        ds = softmax_backward(dp.reshape(p.shape), p) * (1.0 / math.sqrt(hd))
-        dq = ds @ k                                            # (B, Hkv, g, T, hd)
-        dk = (ds.swapaxes(-1, -2) @ q).sum(2, keepdims=True)   # (B, Hkv, 1, S, hd)
-        if self.rotary is not None:
-            dq, dk = self.rotary.backward(dq, start), self.rotary.backward(dk, start)
-        dqkv = np.concatenate([
-            dq.transpose(0, 3, 1, 2, 4).reshape(B, T, -1),
-            dk.transpose(0, 3, 1, 2, 4).reshape(B, T, -1),
-            dv.transpose(0, 3, 1, 2, 4).reshape(B, T, -1),
-        ], axis=-1)                                            # (B, T, (H + 2 Hkv) hd)
-        return self.c_attn.backward(dqkv, c_lin)
+        ds = softmax_backward(dp.reshape(p.shape), p, out=dp.reshape(p.shape))   # in place: dp is ours
+        scale = 1.0 / math.sqrt(hd)
+        if self.rotary is None:
+            np.matmul(ds, k, out=dq)
+            dq *= scale                                        # s = (scale q) k^T
+            _matmul_sum_heads(ds.swapaxes(-1, -2), q, dk)      # q is already scaled
+        else:
+            dq[...] = self.rotary.backward((ds @ k) * scale, start)
+            dk[...] = self.rotary.backward((ds.swapaxes(-1, -2) @ q).sum(2, keepdims=True), start)
+        return self.c_attn.backward(dqkv.reshape(B, T, -1), c_lin)
+
+
+def _matmul_sum_heads(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = (a @ b) summed over the group axis 2 (the query heads sharing one key/value head).
+
+    With one query head per key/value head (plain multi-head attention) there is nothing to sum,
+    and the product is written into `out` directly."""
+    if a.shape[2] == 1 and b.shape[2] == 1:
+        np.matmul(a, b, out=out)
+    else:
+        np.sum(a @ b, axis=2, keepdims=True, out=out)

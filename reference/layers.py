@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .functional import gelu, gelu_grad
+from .functional import empty, for_blocks, gelu, gelu_and_grad, gelu_grad
 from .module import Module, Parameter, as_dtype
 
 
@@ -37,11 +37,18 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             bad = idx[(idx < 0) | (idx >= n)].flat[0]
             raise IndexError(f"index {bad} is out of range for an embedding of {n} rows (expected 0 <= id < {n})")
-        return self.weight.data[idx], idx                      # (..., C)
+        w = self.weight.data
+        return np.take(w, idx, axis=0, out=empty((*np.shape(idx), w.shape[1]), w.dtype)), idx   # (..., C)
 
     def backward(self, dy: np.ndarray, idx: np.ndarray) -> None:
-        # Rows used several times receive the sum of their gradients: unbuffered add.at.
-        np.add.at(self.weight.grad, idx.reshape(-1), _flat2d(dy))
+        # Rows used several times receive the sum of their gradients. np.add.at does that, but
+        # element by element (5x slower); instead sort the ids (stably, so each row's sum runs in
+        # the same order as add.at's) and add each run of equal ids with one reduceat.
+        ids = idx.reshape(-1)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])   # first of each run
+        self.weight.grad[sorted_ids[starts]] += np.add.reduceat(_flat2d(dy)[order], starts, axis=0)
         return None                                            # integer input: no gradient
 
 
@@ -54,18 +61,24 @@ class Linear(Module):
         self.weight = Parameter(normal_init(rng, (out_features, in_features), std, dtype))
         self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
 
+    # All products are 2-d: (..., in) is flattened to (N, in) first. NumPy runs a 3-d @ 2-d product
+    # as one small GEMM per leading index, which is several times slower than one (N, in) GEMM.
+    # The transposed weight is a view: BLAS reads it transposed, nothing is copied. Outputs go into
+    # recycled memory (functional.Recycler): a GEMM writing fresh pages runs at half speed.
     def forward(self, x: np.ndarray):                          # x (..., in)
-        y = x @ self.weight.data.T                             # (..., out)
+        x2, w = _flat2d(x), self.weight.data
+        y = np.matmul(x2, w.T, out=empty((x2.shape[0], w.shape[0]), x.dtype))   # (N, out)
         if self.bias is not None:
             y += self.bias.data
-        return y, x
+        return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
     def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
         dy2 = _flat2d(dy)                                      # (N, out)
         self.weight.grad += dy2.T @ _flat2d(x)                 # (out, in)
         if self.bias is not None:
             self.bias.grad += dy2.sum(0)
-        return dy @ self.weight.data                           # (..., in)
+        w = self.weight.data
+        return np.matmul(dy2, w, out=empty((dy2.shape[0], w.shape[1]), dy.dtype)).reshape(x.shape)   # (..., in)
 
 
 class LayerNorm(Module):
@@ -77,23 +90,57 @@ class LayerNorm(Module):
         self.weight = Parameter(np.ones(dim, dtype))
         self.bias = Parameter(np.zeros(dim, dtype)) if bias else None
 
+    # Speed: both passes run block by block over the rows (functional.for_blocks: cache-sized blocks,
+    # several threads), with every intermediate written in place into the outputs. The backward's
+    # two row means of g = dy * weight are row-dot-products with the weight
+    # (mean(dy * w) = dy . w / C), so no (..., C) temporary is made for them.
     def forward(self, x: np.ndarray):                          # x (..., C)
-        mean = x.mean(-1, keepdims=True)
-        xc = x - mean
-        rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + self.eps)  # biased variance, as torch
-        xhat = xc * rstd                                       # (..., C)
-        y = xhat * self.weight.data
-        if self.bias is not None:
-            y += self.bias.data
-        return y, (xhat, rstd)
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)                                  # (N, C)
+        xhat, y = empty(x2.shape, x.dtype), empty(x2.shape, x.dtype)
+        rstd = np.empty((x2.shape[0], 1), x.dtype)             # (N, 1)
+        w, b = self.weight.data, (self.bias.data if self.bias is not None else None)
+
+        def block(lo: int, hi: int) -> None:
+            xh, r = xhat[lo:hi], rstd[lo:hi]
+            np.subtract(x2[lo:hi], x2[lo:hi].mean(-1, keepdims=True), out=xh)   # x - mean
+            np.einsum("ij,ij->i", xh, xh, out=r[:, 0])         # sum of squares, then in place:
+            r /= C                                             # biased variance, as torch
+            r += self.eps
+            np.sqrt(r, out=r)
+            np.divide(1.0, r, out=r)                           # rstd
+            xh *= r                                            # xhat
+            np.multiply(xh, w, out=y[lo:hi])
+            if b is not None:
+                y[lo:hi] += b
+        for_blocks(block, x2.shape[0], C)
+        lead = x.shape[:-1]
+        return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*lead, 1))
 
     def backward(self, dy: np.ndarray, cache) -> np.ndarray:
         xhat, rstd = cache
-        self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
-        if self.bias is not None:
-            self.bias.grad += _flat2d(dy).sum(0)
-        g = dy * self.weight.data                              # dL/dxhat
-        return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+        C = xhat.shape[-1]
+        dy2, xh2, r2 = dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1, 1)   # (N, C), (N, 1)
+        dx = empty(dy2.shape, dy.dtype)
+        w = self.weight.data
+
+        def block(lo: int, hi: int):
+            d, xh, out = dy2[lo:hi], xh2[lo:hi], dx[lo:hi]
+            dy_xhat = d * xh
+            partial = (dy_xhat.sum(0), d.sum(0))               # this block's share of dweight, dbias
+            mean_g = np.einsum("ij,j->i", d, w)[:, None] / C   # mean(g), g = dL/dxhat = dy * w
+            mean_gx = np.einsum("ij,j->i", dy_xhat, w)[:, None] / C   # mean(g * xhat)
+            np.multiply(d, w, out=out)                         # g, then in place:
+            out -= mean_g
+            out -= np.multiply(xh, mean_gx, out=dy_xhat)       # reuse the buffer
+            out *= r2[lo:hi]                                   # rstd (g - mean(g) - xhat mean(g xhat))
+            return partial
+        partials = for_blocks(block, dy2.shape[0], C)
+        for dw, db in partials:                                # in block order: deterministic
+            self.weight.grad += dw
+            if self.bias is not None:
+                self.bias.grad += db
+        return dx.reshape(dy.shape)
 
 
 class RMSNorm(Module):
@@ -194,17 +241,23 @@ class MLP(Module):
         self.c_proj = Linear(hidden, n_embd, bias=bias, rng=rng, dtype=dtype, std=proj_std)
         self.dropout = Dropout(dropout)
 
+    # Speed: GELU's derivative is computed in the forward, together with GELU (they share the erf
+    # and exp), and cached instead of GELU's input h: the backward is then one multiplication, with
+    # the same memory (two (B, T, 4C) arrays: a for c_proj's weight gradient, and GELU'(h)).
     def forward(self, x: np.ndarray, masks: MaskSource | None = None):
         h, c1 = self.c_fc.forward(x)                           # (B, T, 4C)
-        a, c2 = self.gelu.forward(h)
+        a, dgelu = gelu_and_grad(h, self.gelu.approximate)     # a = GELU(h), dgelu = GELU'(h)
+        del h                                                  # not needed by the backward
         y, c3 = self.c_proj.forward(a)                         # (B, T, C)
         y, c4 = self.dropout.forward(y, masks)
-        return y, (c1, c2, c3, c4)
+        return y, (c1, dgelu, c3, c4)
 
     def backward(self, dy: np.ndarray, cache) -> np.ndarray:
-        c1, c2, c3, c4 = cache
+        c1, dgelu, c3, c4 = cache
         dy = self.dropout.backward(dy, c4)
-        return self.c_fc.backward(self.gelu.backward(self.c_proj.backward(dy, c3), c2), c1)
+        da = self.c_proj.backward(dy, c3)                      # (B, T, 4C), ours: multiplied in place
+        da *= dgelu                                            # dh = da * GELU'(h)
+        return self.c_fc.backward(da, c1)
 
 
 class SwiGLU(Module):

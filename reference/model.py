@@ -45,15 +45,22 @@ class Block(Module):
     def forward(self, x: np.ndarray, masks: MaskSource | None = None, kv_cache: LayerKV | None = None):
         h, c1 = self.ln_1.forward(x)
         a, c2 = self.attn.forward(h, masks, kv_cache)
-        x = x + a                                              # residual 1
+        # The residual sums are taken in place, in the sublayer's output (a new array of this call's
+        # own) rather than in another new (B, T, C) array; the same in the backward.
+        a += x
+        x = a                                                  # residual 1: x + attn(ln_1(x))
         h, c3 = self.ln_2.forward(x)
         m, c4 = self.mlp.forward(h, masks)
-        return x + m, (c1, c2, c3, c4)                         # residual 2
+        m += x
+        return m, (c1, c2, c3, c4)                             # residual 2: x + mlp(ln_2(x))
 
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
         c1, c2, c3, c4 = cache
-        dx = dout + self.ln_2.backward(self.mlp.backward(dout, c4), c3)   # the residual passes dout through
-        return dx + self.ln_1.backward(self.attn.backward(dx, c2), c1)
+        dx = self.ln_2.backward(self.mlp.backward(dout, c4), c3)
+        dx += dout                                             # the residual passes dout through
+        dx_in = self.ln_1.backward(self.attn.backward(dx, c2), c1)
+        dx_in += dx
+        return dx_in
 
 
 class KVCache:
@@ -115,7 +122,7 @@ class GPT(Module):
         c_wpe = None
         if self.config.pos == "learned":
             pe, c_wpe = tr.wpe.forward(np.arange(start, start + idx.shape[1]))   # (T, C)
-            x = x + pe
+            x += pe                                            # x is the lookup's own new array
         x, c_drop = tr.drop.forward(x, masks)
         c_blocks = []
         for i, block in enumerate(tr.h):

@@ -1,0 +1,545 @@
+"""`python -m reference bench`: time training steps of the NumPy GPT against its PyTorch twin.
+
+For each configuration and dtype, a fresh child process builds the reference and its twin
+(oracle/bench_twin.py) with the same weights, and runs one training step of each in turn, with the
+same batch and the same number of threads (torch.set_num_threads = OpenBLAS's thread count =
+NumPy-GPT's own elementwise threads). A step is forward, mean cross-entropy, backward and an AdamW
+step (nanoGPT's groups: weight decay on matrices only).
+
+Reported per row: the median step time, tokens/s, achieved GFLOP/s and its fraction of NumPy's
+matmul peak (a large GEMM in the same dtype, measured in the same child before and after the
+steps, best value kept), the peak resident memory of each side (each measured alone in a fresh
+child process), and the ratio of the two times.
+
+Children start with OPENBLAS_THREAD_TIMEOUT=18 (--blas-thread-timeout): OpenBLAS's idle worker
+threads then go to sleep after about 0.1 ms instead of spinning for about 0.1 s after every call,
+which would take the cores from NumPy-GPT's elementwise threads (docs/performance.md measures
+both). torch uses MKL and OpenMP, which this variable does not touch.
+
+FLOPs per step use nanoGPT's / PaLM's count of the matmuls (forward 1x, backward 2x):
+
+    FLOP/step = (6 N + 12 L T C) * B T
+
+with N the parameters excluding the position table (the tied token table counts once, as the
+LM head's matmul), L layers, T the context, C the width, B the batch. 6 N is 2 (multiply-add)
+x 3 (forward, input gradient, weight gradient) per parameter and token; 12 L T C is the two
+attention matmuls (q k^T and p v, full T x T as both sides compute them), forward and backward.
+
+Also timed: generating T tokens with the KV cache (one token per forward) against recomputing the
+whole context for every new token. torch is imported only in the children that time the twin
+(reference/ stays NumPy-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import GPTConfig
+from .model import GPT, KVCache
+from .optim import AdamW
+
+# nanoGPT's Shakespeare-char settings (vocab 65, learned positions, exact GELU, no dropout, biases,
+# tied head), at two sizes; `tiny` is for the CI smoke test.
+PRESETS = {
+    "small": dict(n_embd=128, n_layer=4, n_head=4, block_size=64, batch=32),
+    "large": dict(n_embd=384, n_layer=6, n_head=6, block_size=256, batch=16),
+    "tiny": dict(n_embd=32, n_layer=2, n_head=2, block_size=16, batch=4),
+}
+LR, WEIGHT_DECAY, BETAS = 1e-3, 0.1, (0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    n_embd: int
+    n_layer: int
+    n_head: int
+    block_size: int
+    batch: int
+    vocab_size: int = 65
+
+    def gpt_config(self, dtype: str) -> GPTConfig:
+        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=0.0, bias=True, tie_weights=True,
+                         pos="learned", gelu_approximate="none", dtype=dtype)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.block_size
+
+    def label(self) -> str:
+        return (f"d{self.n_embd}, {self.n_layer} layers, {self.n_head} heads, "
+                f"T {self.block_size}, batch {self.batch}")
+
+
+def parse_config(text: str) -> BenchConfig:
+    """A preset name, or `name:d=256,layers=4,heads=4,T=128,batch=8[,vocab=65]`."""
+    if text in PRESETS:
+        return BenchConfig(text, **PRESETS[text])
+    name, _, spec = text.partition(":")
+    keys = {"d": "n_embd", "layers": "n_layer", "heads": "n_head", "T": "block_size", "batch": "batch",
+            "vocab": "vocab_size"}
+    try:
+        fields = {keys[k.strip()]: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+        return BenchConfig(name or "custom", **fields)
+    except (KeyError, ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(
+            f"bad config {text!r} ({e}): use a preset ({', '.join(PRESETS)}) or "
+            "name:d=256,layers=4,heads=4,T=128,batch=8") from None
+
+
+def flops_per_step(cfg: BenchConfig, n_params: int) -> float:
+    """(6 N + 12 L T C) B T, N without the position table (see the module docstring)."""
+    n = n_params - cfg.block_size * cfg.n_embd
+    return (6.0 * n + 12.0 * cfg.n_layer * cfg.block_size * cfg.n_embd) * cfg.tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads and memory
+
+
+def _blas_fn(name: str):
+    """OpenBLAS's openblas_<name> from the library numpy loaded (found in /proc/self/maps), or None."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    libs = [ctypes.CDLL(path) for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps)))]
+    symbols = (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}")
+    return next((getattr(lib, sym) for lib in libs for sym in symbols if hasattr(lib, sym)), None)
+
+
+def blas_threads() -> int:
+    """How many threads numpy's BLAS uses (OpenBLAS's own answer; else the environment or the cores)."""
+    fn = _blas_fn("get_num_threads")
+    env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return int(fn()) if fn is not None else int(env or os.cpu_count() or 1)
+
+
+def set_blas_threads(n: int) -> None:
+    """Set numpy's BLAS threads (OpenBLAS only; another BLAS keeps its own setting)."""
+    fn = _blas_fn("set_num_threads")
+    if fn is not None:  # pragma: no branch - numpy's wheels ship OpenBLAS
+        fn(ctypes.c_int(n))
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (VmHWM: this interpreter only, not its parent), in MB."""
+    mb = _proc_status_mb("VmHWM")
+    if mb is None:  # pragma: no cover - not Linux: ru_maxrss (KiB, or bytes on macOS)
+        import resource
+        scale = 1 if sys.platform == "darwin" else 1024
+        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    return mb
+
+
+def rss_mb() -> float:
+    """Current resident set of this process, in MB (nan where /proc is missing)."""
+    mb = _proc_status_mb("VmRSS")
+    return float("nan") if mb is None else mb
+
+
+def child_env(threads: int, blas_thread_timeout: int) -> dict:
+    """The environment of a benchmark child: every thread pool sized `threads`, the repo importable."""
+    env = {**os.environ, "NUMPY_GPT_THREADS": str(threads)}
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    if blas_thread_timeout:
+        env["OPENBLAS_THREAD_TIMEOUT"] = str(blas_thread_timeout)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def in_child(target: str, spec: dict, env: dict) -> dict:
+    """Run `module:function`(spec) in a fresh interpreter and return its JSON result."""
+    module, function = target.split(":")
+    code = f"import json, sys; from {module} import {function} as f; print(json.dumps(f(json.loads(sys.argv[1]))))"
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env,
+                         check=False)
+    if out.returncode != 0:  # pragma: no cover - reported, not raised: the other rows are still worth writing
+        return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference side
+
+
+def batch_of(cfg: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, cfg.vocab_size, (cfg.batch, cfg.block_size + 1))
+    return idx[:, :-1].copy(), idx[:, 1:].copy()
+
+
+def make_reference(cfg: BenchConfig, dtype: str, seed: int = 0):
+    """The NumPy GPT and its AdamW, with nanoGPT's groups (decay matrices, not vectors)."""
+    model = GPT(cfg.gpt_config(dtype), seed=seed)
+    params = model.parameters()
+    groups = [{"params": [p for p in params if p.data.ndim >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in params if p.data.ndim < 2], "weight_decay": 0.0}]
+    return model, AdamW(groups, lr=LR, betas=BETAS)
+
+
+def reference_step(model: GPT, opt: AdamW, idx: np.ndarray, targets: np.ndarray) -> float:
+    opt.zero_grad()
+    loss = model.loss_and_backward(idx, targets)
+    opt.step()
+    return loss
+
+
+def memory_child(spec: dict) -> dict:
+    """Child body: `steps` training steps of the NumPy side alone; peak RSS, and RSS after setup."""
+    set_blas_threads(spec["threads"])
+    cfg = BenchConfig(**spec["cfg"])
+    model, opt = make_reference(cfg, spec["dtype"])
+    idx, targets = batch_of(cfg)
+    baseline = rss_mb()
+    for _ in range(spec["steps"]):
+        reference_step(model, opt, idx, targets)
+    return {"peak_mb": peak_rss_mb(), "baseline_mb": baseline}
+
+
+def timing_child(spec: dict) -> dict:
+    """Child body: both sides from the same weights, one step each in turn; times, first losses, peaks."""
+    from oracle import bench_twin                              # torch, in this child only
+
+    set_blas_threads(spec["threads"])
+    bench_twin.set_threads(spec["threads"])
+    cfg, dtype = BenchConfig(**spec["cfg"]), spec["dtype"]
+    peaks = [matmul_peak(dtype)]
+    model, opt = make_reference(cfg, dtype)
+    twin = bench_twin.TwinTrainer(model, dtype, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    idx, targets = batch_of(cfg)
+    ref_t, twin_t, ref_loss, twin_loss = [], [], [], []
+    for i in range(spec["warmup"] + spec["steps"]):           # alternate: both sides see the same machine state
+        gc.collect()
+        t0 = time.perf_counter()
+        ref_loss.append(reference_step(model, opt, idx, targets))
+        t1 = time.perf_counter()
+        twin_loss.append(twin.step(idx, targets))
+        t2 = time.perf_counter()
+        if i >= spec["warmup"]:
+            ref_t.append(t1 - t0)
+            twin_t.append(t2 - t1)
+    n_params = model.num_parameters()
+    del model, opt, twin
+    gc.collect()
+    peaks.append(matmul_peak(dtype))
+    return {"numpy_times": ref_t, "torch_times": twin_t, "loss_first_step": {"numpy": ref_loss[0], "torch": twin_loss[0]},
+            "n_params": n_params, "matmul_peaks": peaks, "torch_version": bench_twin.torch_version()}
+
+
+def profile_child(spec: dict) -> list:
+    """Child body: `profile_reference` with the benchmark's threads."""
+    set_blas_threads(spec["threads"])
+    return profile_reference(BenchConfig(**spec["cfg"]), spec["dtype"])
+
+
+def sampling_child(spec: dict) -> dict:
+    """Child body: `time_sampling` with the benchmark's threads."""
+    set_blas_threads(spec["threads"])
+    cfg = BenchConfig(**spec["cfg"])
+    return time_sampling(cfg, spec["dtype"], cfg.block_size)
+
+
+def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """NumPy's GEMM throughput (GFLOP/s): best of `repeats` n x n x n products in `dtype`."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    out = np.empty((n, n), dtype)
+    np.matmul(a, b, out=out)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: KV cache against recomputing the context
+
+
+def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1) -> dict:
+    """Greedy generation of n_tokens from a 1-token prompt, both ways; seconds per token."""
+    model = GPT(cfg.gpt_config(dtype), seed=0)
+    n_tokens = min(n_tokens, cfg.block_size)
+    prompt = np.zeros((batch, 1), dtype=np.int64)
+
+    def cached() -> np.ndarray:
+        cache = KVCache(model.config, batch)
+        idx, nxt = prompt, prompt
+        for _ in range(n_tokens - 1):
+            logits, _ = model.forward(nxt, kv_cache=cache)     # only the new token goes through
+            nxt = logits[:, -1].argmax(-1)[:, None]
+            idx = np.concatenate([idx, nxt], axis=1)
+        return idx
+
+    def recompute() -> np.ndarray:
+        idx = prompt
+        for _ in range(n_tokens - 1):
+            logits, _ = model.forward(idx)                     # the whole context again
+            idx = np.concatenate([idx, logits[:, -1].argmax(-1)[:, None]], axis=1)
+        return idx
+
+    times = {}
+    for name, fn in (("cached", cached), ("recompute", recompute)):
+        t0 = time.perf_counter()
+        tokens = fn()
+        times[name] = (time.perf_counter() - t0) / (n_tokens - 1)
+        times[name + "_tokens"] = tokens
+    return {"config": cfg.name, "dtype": dtype, "T": n_tokens, "batch": batch,
+            "cached_ms_per_token": 1e3 * times["cached"], "recompute_ms_per_token": 1e3 * times["recompute"],
+            "speedup": times["recompute"] / times["cached"],
+            "same_tokens": bool(np.array_equal(times["cached_tokens"], times["recompute_tokens"]))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile: exclusive time per layer type, forward and backward
+
+
+def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3) -> list[tuple[str, float, float]]:
+    """Exclusive seconds per step spent in each layer type's forward and backward, and the optimizer.
+
+    Wraps the forward/backward of every layer class with a timer that subtracts the time of the
+    layers it calls, so the rows add up to the step. Returns [(name, seconds, share)], largest first.
+    """
+    from . import attention, layers, loss, model as model_mod, optim
+
+    totals: dict[str, float] = {}
+    stack: list[float] = []                                    # child time accumulated per open frame
+
+    def wrap(owner, name: str, label: str):
+        original = getattr(owner, name)
+
+        def timed(*a, **k):
+            stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                elapsed = time.perf_counter() - t0
+                child = stack.pop()
+                totals[label] = totals.get(label, 0.0) + elapsed - child
+                if stack:
+                    stack[-1] += elapsed
+        setattr(owner, name, timed)
+        return owner, name, original
+
+    patched = []
+    targets = [(layers.Linear, "Linear"), (layers.LayerNorm, "LayerNorm"), (layers.GELU, "GELU"),
+               (layers.Embedding, "Embedding"), (layers.MLP, "MLP (glue)"),
+               (attention.CausalSelfAttention, "attention core"), (loss.CrossEntropyLoss, "cross-entropy"),
+               (model_mod.Block, "Block (residuals)"), (model_mod.GPT, "GPT (glue)")]
+    for cls, label in targets:
+        patched.append(wrap(cls, "forward", f"{label} forward"))
+        patched.append(wrap(cls, "backward", f"{label} backward"))
+    patched.append(wrap(optim.Adam, "step", "AdamW step"))
+    patched.append(wrap(optim.Adam, "zero_grad", "zero_grad"))
+    # The elementwise kernels, inside the layers above (their time is taken out of the layer's row).
+    kernels = ((layers, "gelu_and_grad", "GELU and GELU' (in MLP forward)"),
+               (attention, "softmax", "softmax (in attention)"),
+               (attention, "softmax_backward", "softmax backward (in attention)"))
+    patched += [wrap(module, name, label) for module, name, label in kernels if hasattr(module, name)]
+    try:
+        model, opt = make_reference(cfg, dtype)
+        idx, tgt = batch_of(cfg)
+        reference_step(model, opt, idx, tgt)                   # warm up (first-touch of buffers)
+        totals.clear()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            reference_step(model, opt, idx, tgt)
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        for owner, name, original in patched:
+            setattr(owner, name, original)
+    rows = sorted(((k, v / steps) for k, v in totals.items()), key=lambda r: -r[1])
+    accounted = sum(v for _, v in rows)
+    rows.append(("(outside any layer)", total - accounted))
+    return [(k, v, v / total) for k, v in rows] + [("total step", total, 1.0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", type=parse_config, metavar="NAME|SPEC",
+                        help="a preset (small, large, tiny) or name:d=256,layers=4,heads=4,T=128,batch=8; "
+                             "repeat for several (default: small and large)")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"])
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per side (default 7; median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both sides (default: numpy's BLAS thread count)")
+    parser.add_argument("--blas-thread-timeout", type=int, default=18, metavar="N",
+                        help="OPENBLAS_THREAD_TIMEOUT for the children: idle OpenBLAS threads spin 2^N cycles "
+                             "before sleeping (default 18, about 0.1 ms; 0 keeps OpenBLAS's default of 2^28)")
+    parser.add_argument("--memory-steps", type=int, default=2,
+                        help="steps each side runs alone in a child process for peak memory (0 skips)")
+    parser.add_argument("--sample-config", type=parse_config, default=None, metavar="NAME|SPEC",
+                        help="config for the KV-cache sampling timing, generating block_size tokens (default: large)")
+    parser.add_argument("--no-sample", action="store_true", help="skip the KV-cache sampling timing")
+    parser.add_argument("--profile", action="store_true", help="also report where the reference's step time goes")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench"),
+                        help="write OUT.md and OUT.json (default benchmarks/results/bench)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None:  # pragma: no cover - the test extra installs torch
+        print("error: the benchmark needs torch for the twin.\n"
+              "Install it with: pip install torch==2.13.0 && pip install -e '.[test]'", file=sys.stderr)
+        return 2
+    configs = args.config or [parse_config("small"), parse_config("large")]
+    threads = args.threads or blas_threads()
+    env = child_env(threads, args.blas_thread_timeout)
+    rows = []
+    for cfg in configs:
+        for dtype in args.dtype:
+            rows.append(bench_row(cfg, dtype, args, threads, env))
+            print(format_row(rows[-1]), flush=True)
+
+    profiles = {}
+    if args.profile:
+        for cfg in configs:
+            for dtype in args.dtype:
+                spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads}
+                prof = profiles[f"{cfg.name} {dtype}"] = in_child("reference.bench:profile_child", spec, env)
+                print(f"\nwhere the reference's step goes: {cfg.name} ({cfg.label()}), {dtype}")
+                for name, sec, share in prof:
+                    print(f"  {name:<34} {1e3 * sec:9.1f} ms  {100 * share:5.1f}%")
+
+    sampling = None
+    if not args.no_sample:
+        scfg = args.sample_config or parse_config("large")
+        spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads}
+        sampling = in_child("reference.bench:sampling_child", spec, env)
+        print(f"sampling {scfg.name}, T {sampling['T']}: KV cache {sampling['cached_ms_per_token']:.2f} ms/token, "
+              f"recompute {sampling['recompute_ms_per_token']:.2f} ms/token, speedup {sampling['speedup']:.1f}x",
+              flush=True)
+
+    peaks = {dt: max(p for r in rows if r["dtype"] == dt for p in r["matmul_peaks"]) for dt in args.dtype}
+    for r in rows:                                             # fractions of the best peak seen in the run
+        r["numpy_peak_frac"] = r["numpy_gflops"] / peaks[r["dtype"]]
+        r["torch_peak_frac"] = r["torch_gflops"] / peaks[r["dtype"]]
+    environment = {"python": platform.python_version(), "numpy": np.__version__,
+                   "torch": rows[0]["torch_version"], "machine": platform.machine(),
+                   "processor": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
+                   "openblas_thread_timeout": args.blas_thread_timeout or "default",
+                   "matmul_peak_gflops": peaks, "date": time.strftime("%Y-%m-%d %H:%M")}
+    result = {"env": environment, "flop_formula": "(6 N + 12 L T C) B T per step, N = parameters without wpe",
+              "rows": rows, "sampling": sampling, "profiles": profiles}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(to_markdown(result))
+    print(f"\nNumPy matmul peak " + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
+    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
+    return 0
+
+
+def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict) -> dict:
+    spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "steps": args.steps, "warmup": args.warmup}
+    timing = in_child("reference.bench:timing_child", spec, env)
+    flops = flops_per_step(cfg, timing["n_params"])
+    ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])
+    row = {"config": cfg.name, "label": cfg.label(), "dtype": dtype, "tokens_per_step": cfg.tokens,
+           "gflop_per_step": flops / 1e9, "numpy_s": ref_s, "torch_s": twin_s, "ratio": ref_s / twin_s,
+           "numpy_tok_s": cfg.tokens / ref_s, "torch_tok_s": cfg.tokens / twin_s,
+           "numpy_gflops": flops / ref_s / 1e9, "torch_gflops": flops / twin_s / 1e9,
+           "numpy_min_s": min(timing["numpy_times"]), "torch_min_s": min(timing["torch_times"]), **timing}
+    if args.memory_steps > 0:
+        mem_spec = {**spec, "steps": args.memory_steps}
+        row["numpy_mem"] = in_child("reference.bench:memory_child", mem_spec, env)
+        row["torch_mem"] = in_child("oracle.bench_twin:memory_child", mem_spec, env)
+    return row
+
+
+def _mb(mem: dict | None, baseline: bool = False) -> str:
+    """'peak' or 'peak (baseline)' in MB; '-' when not measured or when the child failed."""
+    if not mem or "peak_mb" not in mem:
+        return "-"
+    return f"{mem['peak_mb']:.0f} ({mem['baseline_mb']:.0f})" if baseline else f"{mem['peak_mb']:.0f}"
+
+
+def format_row(r: dict) -> str:
+    peak = max(r["matmul_peaks"])
+    return (f"{r['config']:<6} {r['dtype']}: numpy {r['numpy_s']:.3f} s/step, torch {r['torch_s']:.3f} s/step, "
+            f"ratio {r['ratio']:.2f}x, {r['numpy_gflops']:.0f} GFLOP/s ({100 * r['numpy_gflops'] / peak:.0f}% of "
+            f"this row's peak {peak:.0f}), "
+            f"peak RSS numpy {_mb(r.get('numpy_mem'))} MB, torch {_mb(r.get('torch_mem'))} MB")
+
+
+def _cpu_name() -> str:
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:  # pragma: no cover - not Linux
+        found = None
+    return found.group(1).strip() if found else (platform.processor() or "unknown")
+
+
+def to_markdown(result: dict) -> str:
+    env = result["env"]
+    peaks = ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in env["matmul_peak_gflops"].items())
+    lines = [
+        "# Benchmark: NumPy reference against the PyTorch twin (eager, CPU)",
+        "",
+        f"{env['processor']}, {env['cores']} cores, {env['threads']} threads on both sides; "
+        f"Python {env['python']}, NumPy {env['numpy']}, torch {env['torch']}; {env['date']}.",
+        f"NumPy's measured matmul peak (2048^3 GEMM, best of the measurements taken around each row): {peaks}. "
+        f"OPENBLAS_THREAD_TIMEOUT: {env['openblas_thread_timeout']}.",
+        "",
+        "One step = forward + mean cross-entropy + backward + AdamW. FLOP/step = (6 N + 12 L T C) B T "
+        "(N: parameters without the position table). Median of the timed steps; the two sides alternate "
+        "in one fresh process per row. Peak memory: peak RSS (VmHWM) of a fresh process running that side alone, "
+        "including the interpreter and libraries (baseline after setup in brackets).",
+        "",
+        "| config | dtype | NumPy s/step | PyTorch s/step | ratio | NumPy tok/s | NumPy GFLOP/s "
+        "| % of matmul peak (NumPy / PyTorch) | peak RSS MB NumPy | peak RSS MB PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    for r in result["rows"]:
+        lines.append(f"| {r['label']} | {r['dtype']} | {r['numpy_s']:.3f} | {r['torch_s']:.3f} | {r['ratio']:.2f}x "
+                     f"| {r['numpy_tok_s']:,.0f} | {r['numpy_gflops']:.0f} "
+                     f"| {100 * r['numpy_peak_frac']:.0f}% / {100 * r['torch_peak_frac']:.0f}% "
+                     f"| {_mb(r.get('numpy_mem'), True)} | {_mb(r.get('torch_mem'), True)} |")
+    s = result.get("sampling")
+    if s:
+        lines += ["", f"Sampling ({s['config']}, {s['dtype']}, batch {s['batch']}, {s['T']} tokens from a 1-token "
+                      "prompt, greedy):", "",
+                  "| method | ms/token | speedup |", "|---|---|---|",
+                  f"| recompute the whole context per token | {s['recompute_ms_per_token']:.2f} | 1.0x |",
+                  f"| KV cache, one token per forward | {s['cached_ms_per_token']:.2f} | {s['speedup']:.1f}x |",
+                  "", f"Both methods produced the same tokens: {'yes' if s['same_tokens'] else 'no'}."]
+    for key, prof in result.get("profiles", {}).items():
+        lines += ["", f"Where the NumPy step goes ({key}): exclusive time per layer type", "",
+                  "| part | ms/step | share |", "|---|---|---|"]
+        lines += [f"| {name} | {1e3 * sec:.1f} | {100 * share:.1f}% |" for name, sec, share in prof]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,117 @@
+"""The benchmark runs and writes its table: once, on a tiny configuration. Timings are never asserted."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from reference import bench  # noqa: E402
+from reference.cli import main  # noqa: E402
+
+
+def test_bench_writes_markdown_and_json(tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["bench", "--config", "tiny", "--dtype", "float32", "float64", "--steps", "1", "--warmup", "0", "--memory-steps", "1",
+               "--sample-config", "tiny", "--profile", "--out", str(out)])
+    assert rc == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["config"], r["dtype"]) for r in result["rows"]] == [("tiny", "float32"), ("tiny", "float64")]
+    for row in result["rows"]:
+        assert row["numpy_s"] > 0 and row["torch_s"] > 0 and row["ratio"] > 0 and row["gflop_per_step"] > 0
+        assert row["numpy_mem"]["peak_mb"] > 0 and row["torch_mem"]["peak_mb"] > 0
+        assert abs(row["loss_first_step"]["numpy"] - row["loss_first_step"]["torch"]) < 1e-4   # same model
+    assert result["sampling"]["speedup"] > 0 and result["sampling"]["same_tokens"] in (True, False)
+    assert set(result["profiles"]) == {"tiny float32", "tiny float64"}
+    md = out.with_suffix(".md").read_text()
+    assert "| config | dtype | NumPy s/step | PyTorch s/step | ratio |" in md and "KV cache" in md
+    assert "(6 N + 12 L T C) B T" in md
+    assert "wrote" in capsys.readouterr().out
+    assert bench.child_env(2, 0).get("OPENBLAS_THREAD_TIMEOUT") == os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    assert bench.child_env(2, 4)["OPENBLAS_THREAD_TIMEOUT"] == "4"
+
+
+def test_bench_without_extras(tmp_path):
+    out = tmp_path / "plain"
+    assert main(["bench", "--config", "tiny", "--dtype", "float32", "--steps", "1", "--memory-steps", "0",
+                 "--no-sample", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["sampling"] is None and result["profiles"] == {} and "numpy_mem" not in result["rows"][0]
+    assert "KV cache" not in out.with_suffix(".md").read_text()
+
+
+def test_config_specs_and_flops():
+    cfg = bench.parse_config("x:d=64,layers=2,heads=4,T=32,batch=3,vocab=50")
+    assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.block_size, cfg.batch, cfg.vocab_size) == (64, 2, 4, 32, 3, 50)
+    with pytest.raises(Exception, match="bad config"):
+        bench.parse_config("x:d=64,depth=2")
+    model, _ = bench.make_reference(cfg, "float32")
+    n = model.num_parameters() - 32 * 64                       # without the position table
+    assert bench.flops_per_step(cfg, model.num_parameters()) == (6 * n + 12 * 2 * 32 * 64) * 3 * 32
+
+
+def test_children_run_in_process():
+    # The children's bodies, run here so that their lines count (the bench runs them in subprocesses).
+    from oracle import bench_twin
+    threads = bench.blas_threads()
+    spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads}
+    for child in (bench.memory_child, bench_twin.memory_child):
+        mem = child(spec)
+        assert mem["peak_mb"] >= mem["baseline_mb"] > 0
+    timing = bench.timing_child(spec)
+    assert len(timing["numpy_times"]) == len(timing["torch_times"]) == 1 and min(timing["matmul_peaks"]) > 0
+    assert bench.profile_child(spec)[-1][0] == "total step"
+    assert bench.sampling_child(spec)["T"] == 16
+    assert bench.blas_threads() == threads
+    assert np.isfinite(bench.rss_mb()) and bench.peak_rss_mb() > 0
+
+
+# ---------------------------------------------------------------- the speed machinery changes no number
+
+def test_blocks_and_threads_give_the_same_numbers(monkeypatch):
+    from reference import functional as F
+    from reference.layers import LayerNorm
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((3, 2, 300, 300))                  # several blocks of 2 x 300 x 300 ... rows
+    h = rng.standard_normal((2, 300, 700)).astype(np.float32) * 3
+    x = rng.standard_normal((4, 400, 384))
+    dy = rng.standard_normal(x.shape)
+
+    def run():
+        p = F.softmax(s)
+        ds = F.softmax_backward(s, p)
+        ln = LayerNorm(384, dtype="float64")
+        y, cache = ln.forward(x)
+        return p, ds, *F.gelu_and_grad(h), *F.gelu_and_grad(h, "tanh"), y, ln.backward(dy, cache), ln.weight.grad
+    monkeypatch.setattr(F, "THREADS", 2)
+    threaded = run()
+    monkeypatch.setattr(F, "THREADS", 1)
+    single = run()                                             # same blocks, one thread: the very same numbers
+    monkeypatch.setattr(F, "BLOCK_ELEMENTS", 1 << 30)
+    unblocked = run()                                          # one block: the plain evaluation, up to round-off
+    for a, b, c in zip(threaded, single, unblocked):
+        assert a.dtype == b.dtype == c.dtype and np.array_equal(a, b)
+        assert np.allclose(a, c, rtol=1e-12 if a.dtype == np.float64 else 1e-6, atol=1e-12)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    assert np.allclose(threaded[0], e / e.sum(-1, keepdims=True), rtol=0, atol=1e-15)
+
+
+def test_recycler_hands_out_only_free_buffers():
+    from reference.functional import Recycler
+    r = Recycler(min_bytes=1000, slack=1.25)
+    assert r.empty((10,), "float32").base is None              # small: plain np.empty
+    a = r.empty((100, 100), "float32")
+    view = a.T[:10]
+    del a
+    b = r.empty((100, 100), "float32")                         # the first is still referred to by `view`
+    assert len(r.buffers) == 2 and not np.shares_memory(b, view)
+    del view
+    c = r.empty((10000,), "float32")                           # now free again: reused
+    assert len(r.buffers) == 2 and c.base is r.buffers[0] and c.shape == (10000,)
+    assert r.empty((50, 200), "float64").dtype == np.float64 and len(r.buffers) == 3
+    del b, c
+    for n in range(2000, 40000, 1000):                         # ever-changing sizes stay bounded
+        x = r.empty((n,), "float64")
+    assert r.nbytes() <= 1.25 * r.peak_in_use and x.shape == (39000,)
