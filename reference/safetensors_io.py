@@ -10,7 +10,7 @@ Layout of a ``.safetensors`` file::
                [begin, end) relative to the first byte after the header, and the
                tensors tile this buffer exactly: no gaps, no overlaps, nothing after.
 
-Why not pickle (``np.save(allow_pickle=True)``, ``torch.save``): unpickling runs
+Why not pickle (``np.save`` of object arrays, ``torch.save``): unpickling runs
 arbitrary code chosen by whoever wrote the file, so loading a downloaded checkpoint
 would be as dangerous as running a downloaded script.  Here the file is only ever
 *data*: a JSON header parsed by ``json`` and byte ranges copied into fresh arrays.
