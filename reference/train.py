@@ -457,6 +457,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(*flags, **kw)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The `train` command's flags parsed as the CLI parses them (for scripts and tests)."""
+    parser = argparse.ArgumentParser(prog="numpy-gpt train")
+    add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
 def read_config_file(path) -> dict:
     """A flat JSON object of TrainConfig keys; unknown keys are refused."""
     try:

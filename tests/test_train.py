@@ -89,9 +89,7 @@ def test_config_validation():
 
 
 def parse(*argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    train_mod.add_arguments(p)
-    return p.parse_args([str(a) for a in argv])
+    return train_mod.parse_args(list(argv))
 
 
 def test_precedence_defaults_preset_file_flags(tmp_path):

@@ -207,9 +207,7 @@ def test_train_runs_to_max_iters():
 
 
 def parse(*argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    train_mod.add_arguments(p)
-    return p.parse_args([str(a) for a in argv])
+    return train_mod.parse_args(list(argv))
 
 
 def test_config_file_errors(tmp_path):
