@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .functional import empty, softmax, softmax_backward
+from .functional import empty, for_products, softmax, softmax_backward
 from .layers import Dropout, Linear, MaskSource
 from .module import Module
 
@@ -134,21 +134,33 @@ class CausalSelfAttention(Module):
         # The 1/sqrt(hd) scale goes on q (T hd numbers per head) instead of the scores (T S per head),
         # in place: qkv is this call's own array (c_attn caches its input, not its output).
         q *= 1.0 / math.sqrt(hd)
-        scores = np.matmul(q, k.swapaxes(-1, -2), out=empty((B, Hkv, g, T, k.shape[-2]), x.dtype))   # (B, Hkv, g, T, S)
-        scores += self._bias(T, k.shape[-2], start, x.dtype)
-        p = softmax(scores, out=scores)                        # in place; masked entries are exactly 0
-        pd, c_drop = self.attn_dropout.forward(p.reshape(B, H, T, -1), masks)
-        pd = pd.reshape(p.shape)
+        S = k.shape[-2]
+        bias = self._bias(T, S, start, x.dtype)                # (T, S), or (Hkv, g, T, S) with ALiBi
+        drop = self.attn_dropout.draw((B, H, T, S), x.dtype, masks)
+        drop = None if drop is None else drop.reshape(B, Hkv, g, T, S)
+        p = empty((B, Hkv, g, T, S), x.dtype)
+        pd = p if drop is None else empty(p.shape, x.dtype)
         # p @ v writes straight into a (B, T, H, hd) array: the heads come out side by side, (B, T, C),
         # without the copy a transpose-then-reshape would make.
         y = empty((B, T, Hkv, g, hd), x.dtype)
-        np.matmul(pd, v, out=y.transpose(0, 2, 3, 1, 4))       # (B, Hkv, g, T, hd) view of y
+        yh = y.transpose(0, 2, 3, 1, 4)                        # (B, Hkv, g, T, hd) view of y
+
+        def attend(lo: int, hi: int) -> None:                  # batch rows lo:hi, every head at once
+            s = np.matmul(q[lo:hi], k[lo:hi].swapaxes(-1, -2), out=p[lo:hi])   # (b, Hkv, g, T, S)
+            s += bias
+            softmax(s, out=s)                                  # in place; masked entries are exactly 0
+            if drop is not None:
+                np.multiply(s, drop[lo:hi], out=pd[lo:hi])
+            np.matmul(pd[lo:hi], v[lo:hi], out=yh[lo:hi])
+        # With single-threaded BLAS, blocks of the batch run on the pool, each one's scores staying
+        # in its core's cache from the first product to the last (functional.for_products).
+        for_products(attend, B, item_size=H * T * S)
         out, c_out = self.c_proj.forward(y.reshape(B, T, C))
         out, c_rd = self.resid_dropout.forward(out, masks)
-        return out, (c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start)
+        return out, (c_lin, q, k, v, p, pd, drop, c_out, c_rd, start)
 
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
-        c_lin, q, k, v, p, pd, c_drop, c_out, c_rd, start = cache   # q is scaled by 1/sqrt(hd)
+        c_lin, q, k, v, p, pd, drop, c_out, c_rd, start = cache   # q is scaled by 1/sqrt(hd)
         B, Hkv, g, T, hd = q.shape
         H = Hkv * g
         if k.shape[-2] != T:
@@ -161,18 +173,22 @@ class CausalSelfAttention(Module):
         dq = dqkv[:, :, :H].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)         # (B, Hkv, g, T, hd)
         dk = dqkv[:, :, H:H + Hkv].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)  # (B, Hkv, 1, S, hd)
         dv = dqkv[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)   # (B, Hkv, 1, S, hd)
-        _matmul_sum_heads(pd.swapaxes(-1, -2), dy, dv)         # dv = sum over sharing heads of pd^T dy
-        dpd = np.matmul(dy, v.swapaxes(-1, -2), out=empty((B, Hkv, g, T, T), dy.dtype))   # (B, Hkv, g, T, S)
-        dp = self.attn_dropout.backward(dpd.reshape(c_drop.shape) if c_drop is not None else dpd, c_drop)
-        ds = softmax_backward(dp.reshape(p.shape), p, out=dp.reshape(p.shape))   # in place: dp is ours
         scale = 1.0 / math.sqrt(hd)
-        if self.rotary is None:
-            np.matmul(ds, k, out=dq)
-            dq *= scale                                        # s = (scale q) k^T
-            _matmul_sum_heads(ds.swapaxes(-1, -2), q, dk)      # q is already scaled
-        else:
-            dq[...] = self.rotary.backward((ds @ k) * scale, start)
-            dk[...] = self.rotary.backward((ds.swapaxes(-1, -2) @ q).sum(2, keepdims=True), start)
+
+        def attend_backward(lo: int, hi: int) -> None:         # batch rows lo:hi, as in the forward
+            _matmul_sum_heads(pd[lo:hi].swapaxes(-1, -2), dy[lo:hi], dv[lo:hi])   # sum over sharing heads of pd^T dy
+            ds = np.matmul(dy[lo:hi], v[lo:hi].swapaxes(-1, -2), out=empty(p[lo:hi].shape, dy.dtype))   # dL/dpd
+            if drop is not None:
+                ds *= drop[lo:hi]                              # dL/dp: the dropout backward, in place
+            softmax_backward(ds, p[lo:hi], out=ds)             # dL/ds, in place
+            if self.rotary is None:
+                np.matmul(ds, k[lo:hi], out=dq[lo:hi])
+                dq[lo:hi] *= scale                             # s = (scale q) k^T
+                _matmul_sum_heads(ds.swapaxes(-1, -2), q[lo:hi], dk[lo:hi])   # q is already scaled
+            else:
+                dq[lo:hi] = self.rotary.backward((ds @ k[lo:hi]) * scale, start)
+                dk[lo:hi] = self.rotary.backward((ds.swapaxes(-1, -2) @ q[lo:hi]).sum(2, keepdims=True), start)
+        for_products(attend_backward, B, item_size=H * T * T)
         return self.c_attn.backward(dqkv.reshape(B, T, -1), c_lin)
 
 

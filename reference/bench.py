@@ -33,7 +33,6 @@ whole context for every new token. torch is imported only in the children that t
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib.util
 import json
@@ -51,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import GPTConfig
+from .functional import blas_threads, for_products, products_on_pool, set_blas_threads
 from .model import GPT, KVCache
 from .optim import AdamW
 
@@ -112,31 +112,6 @@ def flops_per_step(cfg: BenchConfig, n_params: int) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Threads and memory
-
-
-def _blas_fn(name: str):
-    """OpenBLAS's openblas_<name> from the library numpy loaded (found in /proc/self/maps), or None."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:  # pragma: no cover - not Linux
-        return None
-    libs = [ctypes.CDLL(path) for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps)))]
-    symbols = (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}")
-    return next((getattr(lib, sym) for lib in libs for sym in symbols if hasattr(lib, sym)), None)
-
-
-def blas_threads() -> int:
-    """How many threads numpy's BLAS uses (OpenBLAS's own answer; else the environment or the cores)."""
-    fn = _blas_fn("get_num_threads")
-    env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    return int(fn()) if fn is not None else int(env or os.cpu_count() or 1)
-
-
-def set_blas_threads(n: int) -> None:
-    """Set numpy's BLAS threads (OpenBLAS only; another BLAS keeps its own setting)."""
-    fn = _blas_fn("set_num_threads")
-    if fn is not None:  # pragma: no branch - numpy's wheels ship OpenBLAS
-        fn(ctypes.c_int(n))
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -220,8 +195,9 @@ def memory_child(spec: dict) -> dict:
     model, opt = make_reference(cfg, spec["dtype"])
     idx, targets = batch_of(cfg)
     baseline = rss_mb()
-    for _ in range(spec["steps"]):
-        reference_step(model, opt, idx, targets)
+    with products_on_pool(spec["products"] == "pool"):
+        for _ in range(spec["steps"]):
+            reference_step(model, opt, idx, targets)
     return {"peak_mb": peak_rss_mb(), "baseline_mb": baseline}
 
 
@@ -237,16 +213,17 @@ def timing_child(spec: dict) -> dict:
     twin = bench_twin.TwinTrainer(model, dtype, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
     idx, targets = batch_of(cfg)
     ref_t, twin_t, ref_loss, twin_loss = [], [], [], []
-    for i in range(spec["warmup"] + spec["steps"]):           # alternate: both sides see the same machine state
-        gc.collect()
-        t0 = time.perf_counter()
-        ref_loss.append(reference_step(model, opt, idx, targets))
-        t1 = time.perf_counter()
-        twin_loss.append(twin.step(idx, targets))
-        t2 = time.perf_counter()
-        if i >= spec["warmup"]:
-            ref_t.append(t1 - t0)
-            twin_t.append(t2 - t1)
+    with products_on_pool(spec["products"] == "pool"):
+        for i in range(spec["warmup"] + spec["steps"]):       # alternate: both sides see the same machine state
+            gc.collect()
+            t0 = time.perf_counter()
+            ref_loss.append(reference_step(model, opt, idx, targets))
+            t1 = time.perf_counter()
+            twin_loss.append(twin.step(idx, targets))
+            t2 = time.perf_counter()
+            if i >= spec["warmup"]:
+                ref_t.append(t1 - t0)
+                twin_t.append(t2 - t1)
     n_params = model.num_parameters()
     del model, opt, twin
     gc.collect()
@@ -258,28 +235,37 @@ def timing_child(spec: dict) -> dict:
 def profile_child(spec: dict) -> list:
     """Child body: `profile_reference` with the benchmark's threads."""
     set_blas_threads(spec["threads"])
-    return profile_reference(BenchConfig(**spec["cfg"]), spec["dtype"])
+    with products_on_pool(spec["products"] == "pool"):
+        return profile_reference(BenchConfig(**spec["cfg"]), spec["dtype"])
 
 
 def sampling_child(spec: dict) -> dict:
     """Child body: `time_sampling` with the benchmark's threads."""
     set_blas_threads(spec["threads"])
     cfg = BenchConfig(**spec["cfg"])
-    return time_sampling(cfg, spec["dtype"], cfg.block_size)
+    with products_on_pool(spec["products"] == "pool"):
+        return time_sampling(cfg, spec["dtype"], cfg.block_size)
 
 
 def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
-    """NumPy's GEMM throughput (GFLOP/s): best of `repeats` n x n x n products in `dtype`."""
+    """NumPy's GEMM throughput (GFLOP/s): the best of `repeats` n x n x n products in `dtype`, run
+    both ways a step can run its products (one call threaded by BLAS; rows split over the pool with
+    BLAS single-threaded, see functional.SPLIT_PRODUCTS), so the peak is the faster of the two."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
     out = np.empty((n, n), dtype)
-    np.matmul(a, b, out=out)
+
+    def product() -> None:
+        for_products(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), n)
     best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
+    for on_pool in (False, True):
+        with products_on_pool(on_pool):
+            product()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                product()
+                best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best / 1e9
 
 
@@ -399,6 +385,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both sides (default: numpy's BLAS thread count)")
+    parser.add_argument("--products", choices=("pool", "blas"), default="pool",
+                        help="who runs NumPy's matrix products in parallel: NumPy-GPT's thread pool with BLAS "
+                             "single-threaded (default, faster), or BLAS's own threads")
     parser.add_argument("--blas-thread-timeout", type=int, default=18, metavar="N",
                         help="OPENBLAS_THREAD_TIMEOUT for the children: idle OpenBLAS threads spin 2^N cycles "
                              "before sleeping (default 18, about 0.1 ms; 0 keeps OpenBLAS's default of 2^28)")
@@ -430,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         for cfg in configs:
             for dtype in args.dtype:
-                spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads}
+                spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products}
                 prof = profiles[f"{cfg.name} {dtype}"] = in_child("reference.bench:profile_child", spec, env)
                 print(f"\nwhere the reference's step goes: {cfg.name} ({cfg.label()}), {dtype}")
                 for name, sec, share in prof:
@@ -439,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = None
     if not args.no_sample:
         scfg = args.sample_config or parse_config("large")
-        spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads}
+        spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads, "products": args.products}
         sampling = in_child("reference.bench:sampling_child", spec, env)
         print(f"sampling {scfg.name}, T {sampling['T']}: KV cache {sampling['cached_ms_per_token']:.2f} ms/token, "
               f"recompute {sampling['recompute_ms_per_token']:.2f} ms/token, speedup {sampling['speedup']:.1f}x",
@@ -452,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     environment = {"python": platform.python_version(), "numpy": np.__version__,
                    "torch": rows[0]["torch_version"], "machine": platform.machine(),
                    "processor": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
-                   "openblas_thread_timeout": args.blas_thread_timeout or "default",
+                   "openblas_thread_timeout": args.blas_thread_timeout or "default", "products": args.products,
                    "matmul_peak_gflops": peaks, "date": time.strftime("%Y-%m-%d %H:%M")}
     result = {"env": environment, "flop_formula": "(6 N + 12 L T C) B T per step, N = parameters without wpe",
               "rows": rows, "sampling": sampling, "profiles": profiles}
@@ -465,7 +454,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict) -> dict:
-    spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "steps": args.steps, "warmup": args.warmup}
+    spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
+            "steps": args.steps, "warmup": args.warmup}
     timing = in_child("reference.bench:timing_child", spec, env)
     flops = flops_per_step(cfg, timing["n_params"])
     ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])

@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = argparse.ArgumentParser(prog=f"numpy-gpt {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd)
-    return int(module.run(cmd.parse_args(argv[1:])) or 0)
+    args = cmd.parse_args(argv[1:])
+    if argv[0] in ("train", "sample"):                         # faster: docs/performance.md, "Threads"
+        from .functional import products_on_pool
+        with products_on_pool():
+            return int(module.run(args) or 0)
+    return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,26 @@ gradients, LayerNorm) run block by block through `for_blocks`. Each NumPy ufunc 
 whole operand through memory and uses one core; GELU alone is about 25 such passes. Working on
 blocks of about 1 MB keeps a block's temporaries in the cache from one pass to the next, and
 NumPy releases the GIL inside ufunc loops, so blocks spread over a few threads run on several
-cores at once (as PyTorch's fused, multi-threaded kernels do). Blocks never call BLAS, which keeps
-its own threads. The result does not depend on the number of threads: each block is computed the
-same way whichever thread takes it. Large arrays come from `empty`, which recycles memory between
+cores at once (as PyTorch's fused, multi-threaded kernels do). The result does not depend on the
+number of threads: each block is computed the same way whichever thread takes it. Matrix products
+run either threaded inside BLAS or, faster, split over the same pool with BLAS single-threaded
+(`for_products`, `products_on_pool`). Large arrays come from `empty`, which recycles memory between
 steps (see `Recycler`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -50,22 +56,105 @@ def _executor() -> ThreadPoolExecutor:
     return _pool[1]
 
 
+def _blas_fn(name: str):
+    """OpenBLAS's openblas_<name> from the library numpy loaded (found in /proc/self/maps), or None
+    (not Linux, or another BLAS)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    libs = [ctypes.CDLL(path) for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps)))]
+    symbols = (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}")
+    return next((getattr(lib, sym) for lib in libs for sym in symbols if hasattr(lib, sym)), None)
+
+
+def blas_threads() -> int:
+    """How many threads numpy's BLAS uses (OpenBLAS's own answer; else the environment or the cores)."""
+    fn = _blas_fn("get_num_threads")
+    env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return int(fn()) if fn is not None else int(env or os.cpu_count() or 1)
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set numpy's BLAS threads; False where that is not possible (not OpenBLAS)."""
+    fn = _blas_fn("set_num_threads")
+    if fn is None:  # pragma: no cover - numpy's wheels ship OpenBLAS
+        return False
+    fn(ctypes.c_int(n))
+    return True
+
+
+# Who runs the matrix products in parallel. By default BLAS does: each call is threaded inside
+# OpenBLAS. Inside `products_on_pool()` (the benchmark, `train` and `sample` use it) or with
+# OPENBLAS_NUM_THREADS=1, BLAS runs on one core and `for_products` spreads the products over this
+# module's pool instead: attention's many small (T, hd) products then run whole on each core, about
+# 25% faster than split over both cores (where every product pays a thread hand-over), a block of
+# the batch keeps its scores in its core's cache from the first product to the last, and no idle
+# BLAS thread spins on a core the elementwise blocks need. The numbers are the same either way
+# (tests/test_functional.py): a product's rows are computed alike whichever call computes them.
+SPLIT_PRODUCTS = THREADS > 1 and blas_threads() == 1
+
+
+@contextmanager
+def products_on_pool(enable: bool = True) -> Iterator[bool]:
+    """Within the block, run matrix products on the pool with BLAS single-threaded (or, enable=False,
+    leave them to BLAS's threads); yields whether the pool runs them. Restores both settings after."""
+    global SPLIT_PRODUCTS
+    before, threads = SPLIT_PRODUCTS, blas_threads()
+    want = enable and THREADS > 1
+    if want and not set_blas_threads(1):  # pragma: no cover - not OpenBLAS: leave the products to BLAS
+        want = False
+    SPLIT_PRODUCTS = want
+    try:
+        yield want
+    finally:
+        SPLIT_PRODUCTS = before
+        set_blas_threads(threads)
+
+
+_worker = threading.local()                                    # .busy: this thread is a pool worker
+
+
+def _run(fn: Callable, arg):
+    _worker.busy = True                                        # nested for_blocks run inline (no deadlock)
+    return fn(arg)
+
+
+def _inline() -> bool:
+    return THREADS == 1 or getattr(_worker, "busy", False)
+
+
 def for_blocks(fn: Callable[[int, int], object], n: int, item_size: int = 1) -> list:
     """Call fn(lo, hi) on consecutive blocks [lo, hi) covering range(n), where one item holds
     `item_size` elements, about BLOCK_ELEMENTS elements per block; blocks run on THREADS threads.
-    Returns the blocks' results in order. fn must write only to its own block of its outputs."""
+    Returns the blocks' results in order. fn must write only to its own block of its outputs.
+    Called from inside a block (a pool thread), it runs its blocks there, one after the other."""
     step = max(1, BLOCK_ELEMENTS // max(1, item_size))
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-    if THREADS == 1 or len(bounds) <= 1:
+    if _inline() or len(bounds) <= 1:
         return [fn(lo, hi) for lo, hi in bounds]
-    return list(_executor().map(lambda b: fn(*b), bounds))
+    return list(_executor().map(partial(_run, lambda b: fn(*b)), bounds))
 
 
 def for_each(fn: Callable, items: list) -> list:
     """[fn(item) for item in items], spread over THREADS threads (for independent elementwise work)."""
-    if THREADS == 1 or len(items) <= 1:
+    if _inline() or len(items) <= 1:
         return [fn(item) for item in items]
-    return list(_executor().map(fn, items))
+    return list(_executor().map(partial(_run, fn), items))
+
+
+def for_products(fn: Callable[[int, int], object], n: int, item_size: int | None = None) -> list:
+    """fn(lo, hi) over range(n) for work made of matrix products (see SPLIT_PRODUCTS).
+
+    BLAS threaded: fn(0, n), once, on this thread. BLAS single-threaded: blocks of range(n) on the
+    pool, THREADS equal ones (item_size None: a few large products) or for_blocks' cache-sized ones.
+    The numbers do not depend on the split: each product row is computed the same way."""
+    if not SPLIT_PRODUCTS or _inline() or n < 2:
+        return [fn(0, n)]
+    if item_size is not None:
+        return for_blocks(fn, n, item_size)
+    bounds = [(i * n // THREADS, (i + 1) * n // THREADS) for i in range(min(THREADS, n))]
+    return list(_executor().map(partial(_run, lambda b: fn(*b)), bounds))
 
 
 # ------------------------------------------------------------------------- recycled arrays

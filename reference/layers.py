@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .functional import empty, for_blocks, gelu, gelu_and_grad, gelu_grad
+from .functional import empty, for_blocks, for_products, gelu, gelu_and_grad, gelu_grad
 from .module import Module, Parameter, as_dtype
 
 
@@ -64,21 +64,35 @@ class Linear(Module):
     # All products are 2-d: (..., in) is flattened to (N, in) first. NumPy runs a 3-d @ 2-d product
     # as one small GEMM per leading index, which is several times slower than one (N, in) GEMM.
     # The transposed weight is a view: BLAS reads it transposed, nothing is copied. Outputs go into
-    # recycled memory (functional.Recycler): a GEMM writing fresh pages runs at half speed.
+    # recycled memory (functional.Recycler): a GEMM writing fresh pages runs at half speed. With the
+    # products on the pool (functional.for_products) each thread computes a block of rows (of the
+    # output, the input gradient, the weight gradient), and adds the bias to its rows.
     def forward(self, x: np.ndarray):                          # x (..., in)
         x2, w = _flat2d(x), self.weight.data
-        y = np.matmul(x2, w.T, out=empty((x2.shape[0], w.shape[0]), x.dtype))   # (N, out)
-        if self.bias is not None:
-            y += self.bias.data
+        y = empty((x2.shape[0], w.shape[0]), x.dtype)          # (N, out)
+
+        def rows(lo: int, hi: int) -> None:                    # rows lo:hi of the output
+            np.matmul(x2[lo:hi], w.T, out=y[lo:hi])
+            if self.bias is not None:
+                y[lo:hi] += self.bias.data
+        for_products(rows, x2.shape[0])
         return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
     def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-        dy2 = _flat2d(dy)                                      # (N, out)
-        self.weight.grad += dy2.T @ _flat2d(x)                 # (out, in)
-        if self.bias is not None:
-            self.bias.grad += dy2.sum(0)
-        w = self.weight.data
-        return np.matmul(dy2, w, out=empty((dy2.shape[0], w.shape[1]), dy.dtype)).reshape(x.shape)   # (..., in)
+        dy2, x2, w = _flat2d(dy), _flat2d(x), self.weight.data  # (N, out), (N, in), (out, in)
+        dx = empty(x2.shape, dy.dtype)
+
+        def weight_rows(lo: int, hi: int) -> None:             # rows lo:hi of the weight (output features)
+            self.weight.grad[lo:hi] += dy2[:, lo:hi].T @ x2
+
+        def input_rows(lo: int, hi: int) -> None:
+            np.matmul(dy2[lo:hi], w, out=dx[lo:hi])
+        for_products(weight_rows, w.shape[0])
+        for_products(input_rows, dy2.shape[0])
+        if self.bias is not None:                              # column sums, in cache-sized blocks on the pool
+            for part in for_blocks(lambda lo, hi: dy2[lo:hi].sum(0), dy2.shape[0], dy2.shape[1]):
+                self.bias.grad += part                         # in block order: deterministic
+        return dx.reshape(x.shape)                             # (..., in)
 
 
 class LayerNorm(Module):
@@ -214,11 +228,16 @@ class Dropout(Module):
         self.p = float(p)
         self.name = name                                       # set to the full module path by GPT
 
-    def forward(self, x: np.ndarray, masks: MaskSource | None = None):
+    def draw(self, shape: tuple, dtype, masks: MaskSource | None) -> np.ndarray | None:
+        """The scaled keep-mask for an input of this shape, or None when dropout is off.
+        Attention draws its mask with this and applies it block by block itself."""
         if masks is None or self.p == 0.0:
-            return x, None
-        mask = masks(self.name, x.shape, self.p, x.dtype)
-        return x * mask, mask
+            return None
+        return masks(self.name, shape, self.p, dtype)
+
+    def forward(self, x: np.ndarray, masks: MaskSource | None = None):
+        mask = self.draw(x.shape, x.dtype, masks)
+        return (x, None) if mask is None else (x * mask, mask)
 
     def backward(self, dy: np.ndarray, mask) -> np.ndarray:
         return dy if mask is None else dy * mask

@@ -56,7 +56,8 @@ def test_children_run_in_process():
     # The children's bodies, run here so that their lines count (the bench runs them in subprocesses).
     from oracle import bench_twin
     threads = bench.blas_threads()
-    spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads}
+    spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads,
+            "products": "pool"}
     for child in (bench.memory_child, bench_twin.memory_child):
         mem = child(spec)
         assert mem["peak_mb"] >= mem["baseline_mb"] > 0
@@ -96,6 +97,41 @@ def test_blocks_and_threads_give_the_same_numbers(monkeypatch):
         assert np.allclose(a, c, rtol=1e-12 if a.dtype == np.float64 else 1e-6, atol=1e-12)
     e = np.exp(s - s.max(-1, keepdims=True))
     assert np.allclose(threaded[0], e / e.sum(-1, keepdims=True), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", [dict(n_kv_head=2, dropout=0.1), dict(pos="rope", mlp="swiglu", norm="rmsnorm"),
+                                     dict(pos="alibi", n_kv_head=1, bias=False)])
+def test_products_on_the_pool_give_the_same_numbers(monkeypatch, dtype, variant):
+    """Products split over the pool (BLAS single-threaded) against one BLAS call each: the same
+    loss, gradients and KV-cache logits, to round-off. (Bit for bit at the benchmark's sizes; on
+    products this small OpenBLAS picks other kernels for the halves, which round differently.)"""
+    from reference import functional as F
+    from reference.config import GPTConfig
+    from reference.layers import DropoutMasks
+    from reference.model import GPT, KVCache
+    monkeypatch.setattr(F, "THREADS", 2)                       # split even on a 1-core machine
+    monkeypatch.setattr(F, "BLOCK_ELEMENTS", 2048)             # several blocks of the batch in attention
+    config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32, dtype=dtype, **variant)
+    idx = np.random.default_rng(1).integers(0, 23, (5, 16))
+
+    def run():
+        model = GPT(config, seed=3)
+        loss = model.loss_and_backward(idx, np.roll(idx, -1, 1), DropoutMasks(np.random.default_rng(7)))
+        cache = KVCache(config, 5)
+        cached = [model.forward(idx[:, :9], kv_cache=cache)[0], model.forward(idx[:, 9:10], kv_cache=cache)[0]]
+        return [np.asarray(loss), *cached, *(p.grad for p in model.parameters())]
+    with F.products_on_pool(False) as on_pool:
+        assert not on_pool and not F.SPLIT_PRODUCTS
+        by_blas = run()
+    with F.products_on_pool() as on_pool:
+        assert on_pool and F.SPLIT_PRODUCTS and F.blas_threads() == 1
+        by_pool = run()
+    names = ["loss", "cached logits", "next cached logits", *(n for n, _ in GPT(config, seed=3).named_parameters())]
+    rtol = 1e-13 if dtype == "float64" else 1e-6
+    differ = [(n, float(np.abs(a - b).max() / np.abs(a).max())) for n, a, b in zip(names, by_blas, by_pool)
+              if a.dtype != b.dtype or np.abs(a - b).max() > rtol * np.abs(a).max()]
+    assert not differ
 
 
 def test_recycler_hands_out_only_free_buffers():
