@@ -43,6 +43,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -315,7 +316,9 @@ def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3) -> list[tupl
     """Exclusive seconds per step spent in each layer type's forward and backward, and the optimizer.
 
     Wraps the forward/backward of every layer class with a timer that subtracts the time of the
-    layers it calls, so the rows add up to the step. Returns [(name, seconds, share)], largest first.
+    layers it calls, so the rows add up to the step. Only calls on the main thread are timed: with
+    the products on the pool, attention's softmax runs on the pool's threads, inside the blocks of
+    `attend`, and its time is in the attention rows. Returns [(name, seconds, share)], largest first.
     """
     from . import attention, layers, loss, model as model_mod, optim
 
@@ -326,6 +329,8 @@ def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3) -> list[tupl
         original = getattr(owner, name)
 
         def timed(*a, **k):
+            if threading.current_thread() is not threading.main_thread():
+                return original(*a, **k)                       # on the pool: counted in the caller's row
             stack.append(0.0)
             t0 = time.perf_counter()
             try:
