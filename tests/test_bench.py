@@ -52,7 +52,7 @@ def test_config_specs_and_flops():
     assert bench.flops_per_step(cfg, model.num_parameters()) == (6 * n + 12 * 2 * 32 * 64) * 3 * 32
 
 
-def test_children_run_in_process():
+def test_children_run_in_process(monkeypatch):
     # The children's bodies, run here so that their lines count (the bench runs them in subprocesses).
     from oracle import bench_twin
     threads = bench.blas_threads()
@@ -64,6 +64,11 @@ def test_children_run_in_process():
     timing = bench.timing_child(spec)
     assert len(timing["numpy_times"]) == len(timing["torch_times"]) == 1 and min(timing["matmul_peaks"]) > 0
     assert bench.profile_child(spec)[-1][0] == "total step"
+    from reference import functional as F                      # again with attention's blocks on the pool:
+    monkeypatch.setattr(F, "THREADS", 2)                       # their softmax calls are not timed twice
+    monkeypatch.setattr(F, "BLOCK_ELEMENTS", 256)
+    profile = bench.profile_child(spec)
+    assert profile[-1][0] == "total step" and abs(sum(row[1] for row in profile[:-1]) - profile[-1][1]) < 1e-9
     assert bench.sampling_child(spec)["T"] == 16
     assert bench.blas_threads() == threads
     assert np.isfinite(bench.rss_mb()) and bench.peak_rss_mb() > 0
