@@ -90,8 +90,10 @@ def set_blas_threads(n: int) -> bool:
 # module's pool instead: attention's many small (T, hd) products then run whole on each core, about
 # 25% faster than split over both cores (where every product pays a thread hand-over), a block of
 # the batch keeps its scores in its core's cache from the first product to the last, and no idle
-# BLAS thread spins on a core the elementwise blocks need. The numbers are the same either way
-# (tests/test_functional.py): a product's rows are computed alike whichever call computes them.
+# BLAS thread spins on a core the elementwise blocks need. The numbers are the same either way, bit
+# for bit at the benchmark's sizes (a row of a product is computed alike whichever call computes
+# it); on very small products OpenBLAS may pick another kernel for a block, which rounds
+# differently (tests/test_bench.py::test_products_on_the_pool_give_the_same_numbers).
 SPLIT_PRODUCTS = THREADS > 1 and blas_threads() == 1
 
 
@@ -147,8 +149,7 @@ def for_products(fn: Callable[[int, int], object], n: int, item_size: int | None
     """fn(lo, hi) over range(n) for work made of matrix products (see SPLIT_PRODUCTS).
 
     BLAS threaded: fn(0, n), once, on this thread. BLAS single-threaded: blocks of range(n) on the
-    pool, THREADS equal ones (item_size None: a few large products) or for_blocks' cache-sized ones.
-    The numbers do not depend on the split: each product row is computed the same way."""
+    pool, THREADS equal ones (item_size None: a few large products) or for_blocks' cache-sized ones."""
     if not SPLIT_PRODUCTS or _inline() or n < 2:
         return [fn(0, n)]
     if item_size is not None:
