@@ -32,16 +32,29 @@ class Rotary:
     """Rotary position embedding tables and rotation (rotate-half convention, as GPT-NeoX/LLaMA).
 
     Channel i pairs with channel i + hd/2 and both turn by the angle t * base^(-2i/hd).
-    The cos/sin tables are computed in float64 and stored in the model's dtype. Derived in docs/rope.md.
+    The cos/sin tables are computed in float64 and stored in the model's dtype, up to the furthest
+    position used so far (growing by doubling, at most max_len): building a model allocates
+    nothing sized by its block_size, so a checkpoint header cannot make it. Derived in docs/rope.md.
     """
 
     def __init__(self, head_dim: int, max_len: int, base: float, dtype):
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-        inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (hd/2,)
-        angles = np.outer(np.arange(max_len, dtype=np.float64), inv_freq)              # (L, hd/2)
-        angles = np.concatenate([angles, angles], axis=-1)                              # (L, hd)
-        self.cos, self.sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+        self.max_len, self.dtype = max_len, np.dtype(dtype)
+        self.inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (hd/2,)
+        self.cos = self.sin = np.empty((0, head_dim), self.dtype)                     # (n, hd), grown by tables()
+
+    def tables(self, start: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin for positions start .. start + t - 1, each (t, hd)."""
+        end = start + t
+        if end > self.max_len:
+            raise ValueError(f"position {end - 1} is beyond the RoPE tables' {self.max_len} positions (0..{self.max_len - 1})")
+        if end > len(self.cos):
+            n = min(self.max_len, max(end, 2 * len(self.cos)))
+            angles = np.outer(np.arange(n, dtype=np.float64), self.inv_freq)           # (n, hd/2)
+            angles = np.concatenate([angles, angles], axis=-1)                          # (n, hd)
+            self.cos, self.sin = np.cos(angles).astype(self.dtype), np.sin(angles).astype(self.dtype)
+        return self.cos[start:end], self.sin[start:end]
 
     @staticmethod
     def _rotate_half(x: np.ndarray) -> np.ndarray:             # (x1, x2) -> (-x2, x1)
@@ -54,13 +67,11 @@ class Rotary:
         return np.concatenate([x[..., h:], -x[..., :h]], axis=-1)
 
     def apply(self, x: np.ndarray, start: int) -> np.ndarray:   # x (..., T, hd)
-        t = x.shape[-2]
-        cos, sin = self.cos[start:start + t], self.sin[start:start + t]
+        cos, sin = self.tables(start, x.shape[-2])
         return x * cos + self._rotate_half(x) * sin
 
     def backward(self, dy: np.ndarray, start: int) -> np.ndarray:
-        t = dy.shape[-2]
-        cos, sin = self.cos[start:start + t], self.sin[start:start + t]
+        cos, sin = self.tables(start, dy.shape[-2])
         return dy * cos + self._rotate_half_t(dy * sin)
 
 

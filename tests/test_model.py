@@ -180,12 +180,30 @@ def test_rope_attention_is_shift_invariant():
     base, _ = attn.forward(x)
     rot = attn.rotary
     for s in (1, 7, 20):
-        shifted = Rotary(4, 32, 10000.0, np.float64)
-        shifted.cos, shifted.sin = rot.cos[s:], rot.sin[s:]       # position t now turns by angle (t + s)
+        shifted = Rotary(4, 32 - s, 10000.0, np.float64)
+        shifted.cos, shifted.sin = rot.tables(s, 32 - s)          # position t now turns by angle (t + s)
         attn.rotary = shifted
         out, _ = attn.forward(x)
         np.testing.assert_allclose(out, base, rtol=1e-12, atol=1e-14)
     attn.rotary = rot
+
+
+def test_rope_tables_grow_only_as_far_as_used():
+    """RoPE's tables are made up to the furthest position used (doubling), never sized by block_size
+    alone: a model (or a checkpoint header) with an enormous context allocates nothing for them."""
+    m = GPT(GPTConfig(**{**SMALL, "block_size": 10**12}, pos="rope"))
+    rot = m.transformer.h[0].attn.rotary
+    assert rot.cos.shape[0] == 0
+    m.forward(np.zeros((1, 5), dtype=np.int64))
+    assert rot.cos.shape == (5, 4)
+    small = Rotary(4, 12, 10000.0, np.float64)
+    full = Rotary(4, 12, 10000.0, np.float64).tables(0, 12)
+    for start, t, rows in ((0, 3, 3), (3, 2, 6), (6, 6, 12)):  # doubling, capped at max_len
+        cos, sin = small.tables(start, t)
+        assert small.cos.shape[0] == rows and np.array_equal(cos, full[0][start:start + t])
+        assert np.array_equal(sin, full[1][start:start + t])
+    with pytest.raises(ValueError, match="position 12 is beyond the RoPE tables' 12 positions"):
+        small.tables(10, 3)
 
 
 def test_alibi_slopes_follow_the_paper():
