@@ -66,9 +66,11 @@ class Block(Module):
 class KVCache:
     """Keys and values of every layer for incremental decoding; `length` tokens are cached so far."""
 
-    def __init__(self, config: GPTConfig, batch: int):
+    def __init__(self, config: GPTConfig, batch: int, max_len: int | None = None):
+        """Room for max_len positions (at most, and by default, the context: block_size)."""
         dtype = as_dtype(config.dtype)
-        self.layers = [LayerKV(batch, config.kv_heads, config.block_size, config.head_dim, dtype)
+        max_len = config.block_size if max_len is None else min(max_len, config.block_size)
+        self.layers = [LayerKV(batch, config.kv_heads, max_len, config.head_dim, dtype)
                        for _ in range(config.n_layer)]
 
     @property

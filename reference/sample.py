@@ -118,7 +118,7 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, 
         if not use_cache:
             logits, _ = model.forward(window)
         elif cache is None or cache.length >= block_size:
-            cache = KVCache(model.config, B)           # (re-)prefill: start, or the context is full
+            cache = KVCache(model.config, B, T + max_new_tokens)   # (re-)prefill: start, or the context is full
             logits, _ = model.forward(window, kv_cache=cache)
         else:
             logits, _ = model.forward(seq[:, n - 1:n], kv_cache=cache)

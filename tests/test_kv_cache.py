@@ -36,3 +36,21 @@ def test_cache_overflow_and_backward_are_refused():
     out, attn_cache = attn.forward(np.ones((1, 1, 8)), kv_cache=layer_cache)   # attends to 3 keys
     with pytest.raises(RuntimeError, match="backward through a KV-cached forward"):
         attn.backward(np.ones_like(out), attn_cache)
+
+
+def test_cache_holds_what_generation_needs():
+    """KVCache(config, batch, max_len) has room for max_len positions (at most block_size), and generate
+    sizes its caches to the prompt plus the new tokens: a model with an enormous context (RoPE, where
+    nothing else is sized by it, e.g. from a checkpoint header) samples in small memory."""
+    from reference.sample import generate
+    config = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    assert KVCache(config, 1, max_len=3).layers[0].k.shape[-2] == 3
+    assert KVCache(config, 1, max_len=100).layers[0].k.shape[-2] == 8
+    model, cache = GPT(config), KVCache(config, 1, max_len=3)
+    model.forward(np.zeros((1, 3), dtype=int), kv_cache=cache)
+    with pytest.raises(ValueError, match="KV cache overflow: 4 positions, capacity 3"):
+        model.forward(np.zeros((1, 1), dtype=int), kv_cache=cache)
+    huge = GPT(GPTConfig(vocab_size=5, block_size=10**12, n_layer=1, n_head=2, n_embd=8, pos="rope"))
+    out = generate(huge, np.zeros(2, dtype=int), 3, greedy=True)
+    np.testing.assert_array_equal(out, generate(huge, np.zeros(2, dtype=int), 3, greedy=True, use_cache=False))
+    assert out.shape == (5,) and huge.transformer.h[0].attn.rotary.cos.shape[0] <= 8
