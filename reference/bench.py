@@ -90,6 +90,12 @@ class BenchConfig:
                 f"T {self.block_size}, batch {self.batch}")
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def parse_config(text: str) -> BenchConfig:
     """A preset name, or `name:d=256,layers=4,heads=4,T=128,batch=8[,vocab=65]`."""
     if text in PRESETS:
@@ -391,6 +397,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both sides (default: numpy's BLAS thread count)")
+    parser.add_argument("--runs", type=_at_least_one, default=3,
+                        help="fresh timing processes per row, one after another; their timed steps are pooled "
+                             "and the median reported (default 3)")
     parser.add_argument("--products", choices=("pool", "blas"), default="pool",
                         help="who runs NumPy's matrix products in parallel: NumPy-GPT's thread pool with BLAS "
                              "single-threaded (default, faster), or BLAS's own threads")
@@ -448,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
                    "torch": rows[0]["torch_version"], "machine": platform.machine(),
                    "processor": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
                    "openblas_thread_timeout": args.blas_thread_timeout or "default", "products": args.products,
+                   "runs": args.runs,
                    "matmul_peak_gflops": peaks, "date": time.strftime("%Y-%m-%d %H:%M")}
     result = {"env": environment, "flop_formula": "(6 N + 12 L T C) B T per step, N = parameters without wpe",
               "rows": rows, "sampling": sampling, "profiles": profiles}
@@ -462,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
 def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict) -> dict:
     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
             "steps": args.steps, "warmup": args.warmup}
-    timing = in_child("reference.bench:timing_child", spec, env)
+    timing = pooled([in_child("reference.bench:timing_child", spec, env) for _ in range(args.runs)])
     flops = flops_per_step(cfg, timing["n_params"])
     ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])
     row = {"config": cfg.name, "label": cfg.label(), "dtype": dtype, "tokens_per_step": cfg.tokens,
@@ -475,6 +485,14 @@ def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict) -> di
         row["numpy_mem"] = in_child("reference.bench:memory_child", mem_spec, env)
         row["torch_mem"] = in_child("oracle.bench_twin:memory_child", mem_spec, env)
     return row
+
+
+def pooled(runs: list[dict]) -> dict:
+    """The timing children of one row as one: their step times and peaks pooled, in run order (a
+    machine busy for a few seconds then moves the median by a step or two, not by a whole run)."""
+    first = runs[0]
+    return {**first, "runs": len(runs), **{key: [x for run in runs for x in run[key]]
+                                          for key in ("numpy_times", "torch_times", "matmul_peaks")}}
 
 
 def _mb(mem: dict | None, baseline: bool = False) -> str:
@@ -512,8 +530,8 @@ def to_markdown(result: dict) -> str:
         f"OPENBLAS_THREAD_TIMEOUT: {env['openblas_thread_timeout']}.",
         "",
         "One step = forward + mean cross-entropy + backward + AdamW. FLOP/step = (6 N + 12 L T C) B T "
-        "(N: parameters without the position table). Median of the timed steps; the two sides alternate "
-        "in one fresh process per row. Peak memory: peak RSS (VmHWM) of a fresh process running that side alone, "
+        f"(N: parameters without the position table). Median of the timed steps; the two sides alternate "
+        f"in fresh processes, {env.get('runs', 1)} per row one after another, their steps pooled. Peak memory: peak RSS (VmHWM) of a fresh process running that side alone, "
         "including the interpreter and libraries (baseline after setup in brackets).",
         "",
         "| config | dtype | NumPy s/step | PyTorch s/step | ratio | NumPy tok/s | NumPy GFLOP/s "

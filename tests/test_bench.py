@@ -15,7 +15,7 @@ from reference.cli import main  # noqa: E402
 def test_bench_writes_markdown_and_json(tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["bench", "--config", "tiny", "--dtype", "float32", "float64", "--steps", "1", "--warmup", "0", "--memory-steps", "1",
-               "--sample-config", "tiny", "--profile", "--out", str(out)])
+               "--runs", "1", "--sample-config", "tiny", "--profile", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.with_suffix(".json").read_text())
     assert [(r["config"], r["dtype"]) for r in result["rows"]] == [("tiny", "float32"), ("tiny", "float64")]
@@ -33,13 +33,19 @@ def test_bench_writes_markdown_and_json(tmp_path, capsys):
     assert bench.child_env(2, 4)["OPENBLAS_THREAD_TIMEOUT"] == "4"
 
 
-def test_bench_without_extras(tmp_path):
+def test_bench_without_extras(tmp_path, capsys):
     out = tmp_path / "plain"
     assert main(["bench", "--config", "tiny", "--dtype", "float32", "--steps", "1", "--memory-steps", "0",
-                 "--no-sample", "--out", str(out)]) == 0
+                 "--runs", "2", "--no-sample", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["sampling"] is None and result["profiles"] == {} and "numpy_mem" not in result["rows"][0]
-    assert "KV cache" not in out.with_suffix(".md").read_text()
+    row = result["rows"][0]                                    # two timing processes, their steps pooled
+    assert row["runs"] == 2 and len(row["numpy_times"]) == len(row["torch_times"]) == 2 == len(row["matmul_peaks"]) / 2
+    md = out.with_suffix(".md").read_text()
+    assert "KV cache" not in md and "2 per row one after another" in md
+    with pytest.raises(SystemExit):
+        main(["bench", "--runs", "0"])
+    assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_config_specs_and_flops():
