@@ -48,7 +48,8 @@ class Rotary:
         """cos and sin for positions start .. start + t - 1, each (t, hd)."""
         end = start + t
         if end > self.max_len:
-            raise ValueError(f"position {end - 1} is beyond the RoPE tables' {self.max_len} positions (0..{self.max_len - 1})")
+            raise ValueError(f"position {end - 1} is beyond the RoPE tables' {self.max_len} positions "
+                             f"(0..{self.max_len - 1})")
         if end > len(self.cos):
             n = min(self.max_len, max(end, 2 * len(self.cos)))
             angles = np.outer(np.arange(n, dtype=np.float64), self.inv_freq)           # (n, hd/2)

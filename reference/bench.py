@@ -1,21 +1,23 @@
 """`python -m reference bench`: time training steps of the NumPy GPT against its PyTorch twin.
 
-For each configuration and dtype, a fresh child process builds the reference and its twin
-(oracle/bench_twin.py) with the same weights, and runs one training step of each in turn, with the
-same batch and the same number of threads (torch.set_num_threads = NumPy-GPT's own pool, which
-also runs the matrix products, with OpenBLAS single-threaded: functional.products_on_pool;
-`--products blas` leaves the products to OpenBLAS's threads, as many). A step is forward, mean cross-entropy, backward and an AdamW
-step (nanoGPT's groups: weight decay on matrices only).
+For each configuration and dtype, fresh child processes (`--runs`, one after another, their steps
+pooled) build the reference and its twin (oracle/bench_twin.py) with the same weights, and run one
+training step of each in turn, with the same batch and the same number of threads
+(torch.set_num_threads = NumPy-GPT's own pool, which also runs the matrix products, with OpenBLAS
+single-threaded: functional.products_on_pool; `--products blas` leaves the products to OpenBLAS's
+threads, as many). A step is forward, mean cross-entropy, backward and an AdamW step (nanoGPT's
+groups: weight decay on matrices only).
 
 Reported per row: the median step time, tokens/s, achieved GFLOP/s and its fraction of NumPy's
-matmul peak (a large GEMM in the same dtype, measured in the same child before and after the
-steps, both ways the products can run, best value kept), the peak resident memory of each side (each measured alone in a fresh
-child process), and the ratio of the two times.
+matmul peak (a large GEMM in the same dtype, measured in the same children before and after the
+steps, both ways the products can run, best value kept), the peak resident memory of each side
+(each measured alone in a fresh child process), and the ratio of the two times.
 
 Children start with OPENBLAS_THREAD_TIMEOUT=18 (--blas-thread-timeout): OpenBLAS's idle worker
 threads then go to sleep after about 0.1 ms instead of spinning for about 0.1 s after every call,
 which would take the cores from NumPy-GPT's elementwise threads (docs/performance.md measures
-both; with the products on the pool OpenBLAS has no threads of its own while the steps run). torch uses MKL and OpenMP, which this variable does not touch.
+both; with the products on the pool OpenBLAS has no threads of its own while the steps run).
+torch uses MKL and OpenMP, which this variable does not touch.
 
 FLOPs per step use nanoGPT's / PaLM's count of the matmuls (forward 1x, backward 2x):
 
@@ -530,8 +532,9 @@ def to_markdown(result: dict) -> str:
         f"OPENBLAS_THREAD_TIMEOUT: {env['openblas_thread_timeout']}.",
         "",
         "One step = forward + mean cross-entropy + backward + AdamW. FLOP/step = (6 N + 12 L T C) B T "
-        f"(N: parameters without the position table). Median of the timed steps; the two sides alternate "
-        f"in fresh processes, {env.get('runs', 1)} per row one after another, their steps pooled. Peak memory: peak RSS (VmHWM) of a fresh process running that side alone, "
+        "(N: parameters without the position table). Median of the timed steps; the two sides alternate "
+        f"in fresh processes, {env.get('runs', 1)} per row one after another, their steps pooled. "
+        "Peak memory: peak RSS (VmHWM) of a fresh process running that side alone, "
         "including the interpreter and libraries (baseline after setup in brackets).",
         "",
         "| config | dtype | NumPy s/step | PyTorch s/step | ratio | NumPy tok/s | NumPy GFLOP/s "
