@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .functional import empty, for_blocks, for_products, gelu, gelu_and_grad, gelu_grad
+from .functional import column_sums, empty, for_blocks, for_products, gelu, gelu_and_grad, gelu_grad
 from .module import Module, Parameter, as_dtype
 
 
@@ -78,7 +78,9 @@ class Linear(Module):
         for_products(rows, x2.shape[0])
         return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
-    def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, x: np.ndarray, dbias: np.ndarray | None = None) -> np.ndarray:
+        """dL/dx; adds dL/dweight and dL/dbias to the grads. `dbias` (optional): dy's column sums, when
+        the caller has already taken them (the MLP does, while dy's blocks are in cache)."""
         dy2, x2, w = _flat2d(dy), _flat2d(x), self.weight.data  # (N, out), (N, in), (out, in)
         dx = empty(x2.shape, dy.dtype)
 
@@ -89,9 +91,8 @@ class Linear(Module):
             np.matmul(dy2[lo:hi], w, out=dx[lo:hi])
         for_products(weight_rows, w.shape[0])
         for_products(input_rows, dy2.shape[0])
-        if self.bias is not None:                              # column sums, in cache-sized blocks on the pool
-            for part in for_blocks(lambda lo, hi: dy2[lo:hi].sum(0), dy2.shape[0], dy2.shape[1]):
-                self.bias.grad += part                         # in block order: deterministic
+        if self.bias is not None:
+            self.bias.grad += column_sums(dy2) if dbias is None else dbias
         return dx.reshape(x.shape)                             # (..., in)
 
 
@@ -106,7 +107,7 @@ class LayerNorm(Module):
 
     # Speed: both passes run block by block over the rows (functional.for_blocks: cache-sized blocks,
     # several threads), with every intermediate written in place into the outputs. The backward's
-    # two row means of g = dy * weight are row-dot-products with the weight
+    # two row means of g = dy * weight are matrix-vector products with the weight
     # (mean(dy * w) = dy . w / C), so no (..., C) temporary is made for them.
     def forward(self, x: np.ndarray):                          # x (..., C)
         C = x.shape[-1]
@@ -117,7 +118,8 @@ class LayerNorm(Module):
 
         def block(lo: int, hi: int) -> None:
             xh, r = xhat[lo:hi], rstd[lo:hi]
-            np.subtract(x2[lo:hi], x2[lo:hi].mean(-1, keepdims=True), out=xh)   # x - mean
+            mean = np.einsum("ij->i", x2[lo:hi])[:, None] / C    # einsum: faster than mean(-1) on short rows
+            np.subtract(x2[lo:hi], mean, out=xh)                # x - mean
             np.einsum("ij,ij->i", xh, xh, out=r[:, 0])         # sum of squares, then in place:
             r /= C                                             # biased variance, as torch
             r += self.eps
@@ -142,8 +144,8 @@ class LayerNorm(Module):
             d, xh, out = dy2[lo:hi], xh2[lo:hi], dx[lo:hi]
             dy_xhat = d * xh
             partial = (dy_xhat.sum(0), d.sum(0))               # this block's share of dweight, dbias
-            mean_g = np.einsum("ij,j->i", d, w)[:, None] / C   # mean(g), g = dL/dxhat = dy * w
-            mean_gx = np.einsum("ij,j->i", dy_xhat, w)[:, None] / C   # mean(g * xhat)
+            mean_g = (d @ w)[:, None] / C                      # mean(g), g = dL/dxhat = dy * w
+            mean_gx = (dy_xhat @ w)[:, None] / C               # mean(g * xhat)
             np.multiply(d, w, out=out)                         # g, then in place:
             out -= mean_g
             out -= np.multiply(xh, mean_gx, out=dy_xhat)       # reuse the buffer
@@ -275,8 +277,16 @@ class MLP(Module):
         c1, dgelu, c3, c4 = cache
         dy = self.dropout.backward(dy, c4)
         da = self.c_proj.backward(dy, c3)                      # (B, T, 4C), ours: multiplied in place
-        da *= dgelu                                            # dh = da * GELU'(h)
-        return self.c_fc.backward(da, c1)
+        da2, dgelu2 = _flat2d(da), _flat2d(dgelu)
+
+        def gelu_backward(lo: int, hi: int) -> None:           # dh = da * GELU'(h), in place, on the pool
+            np.multiply(da2[lo:hi], dgelu2[lo:hi], out=da2[lo:hi])
+        if self.c_fc.bias is None:
+            for_blocks(gelu_backward, *da2.shape)
+            return self.c_fc.backward(da2, c1)
+        # c_fc's bias gradient is dh's column sums: each block is summed right after it is computed,
+        # while it is in cache, instead of in a second pass over dh inside c_fc.backward.
+        return self.c_fc.backward(da2, c1, dbias=column_sums(da2, before=gelu_backward))
 
 
 class SwiGLU(Module):
