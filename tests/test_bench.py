@@ -164,3 +164,21 @@ def test_recycler_hands_out_only_free_buffers():
     for n in range(2000, 40000, 1000):                         # ever-changing sizes stay bounded
         x = r.empty((n,), "float64")
     assert r.nbytes() <= 1.25 * r.peak_in_use and x.shape == (39000,)
+
+
+def test_gemm_rates_script_prints_both_rates(monkeypatch, capsys):
+    """benchmarks/gemm_rates.py (the best single product and the sustained rate, quoted in
+    docs/performance.md) runs; on tiny shapes here, so only its output's form is checked."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_rates.py"
+    spec = importlib.util.spec_from_file_location("gemm_rates", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "SHAPES", {"tiny": (64, 32, 48)})
+    assert module.main(["--products", "2", "--repeats", "1", "--rounds", "2", "--dtype", "float64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "best single product | sustained" in lines[0]
+    cells = lines[1].split()[1:]
+    assert lines[1].startswith("tiny") and len(cells) == 6 and all(float(c) > 0 for c in cells if c != "|")
