@@ -38,7 +38,8 @@ SHAPES = {                                                     # name: (rows M, 
 
 
 def best_single(a: np.ndarray, b: np.ndarray, out: np.ndarray, repeats: int) -> float:
-    """GFLOP/s of the fastest of `repeats` products, rows split over the pool (as the bench's peak)."""
+    """GFLOP/s of the fastest of `repeats` products, rows split over the pool (the way the step runs
+    them; the bench's peak also tries one BLAS-threaded call and keeps the faster)."""
     product = lambda: for_products(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0])  # noqa: E731
     product()
     best = min(_timed(product) for _ in range(repeats))
