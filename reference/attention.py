@@ -18,6 +18,21 @@ from .layers import Dropout, Linear, MaskSource
 from .module import Module
 
 
+# Causal attention computes only the scores a query can see. The queries are taken in tiles of
+# QUERY_TILE rows: rows a:e see keys :e (plus the cached ones), so each tile's products, softmax and
+# backward stop at column e, and the tiles above the diagonal are never computed. At T = 256 that
+# is 2 tiles and 3/4 of the full products and softmax (docs/performance.md, item 10). Tiles of 64
+# rows would skip more (5/8), and do on one thread, but with both cores busy their 4x as many NumPy
+# calls cost float32 the gain. The numbers do not depend on the tiling beyond rounding: a masked
+# probability is exactly 0, and so is its gradient.
+QUERY_TILE = 128
+
+
+def query_tiles(t: int) -> list[tuple[int, int]]:
+    """[(a, e), ...]: consecutive tiles of QUERY_TILE query rows covering range(t)."""
+    return [(a, min(a + QUERY_TILE, t)) for a in range(0, t, QUERY_TILE)]
+
+
 def alibi_slopes(n_head: int) -> list[float]:
     """Per-head ALiBi slopes (Press et al. 2022): 2^(-8i/n) for i = 1..n when n is a power of two;
     otherwise those of the nearest lower power of two m, then every other slope of 2m.
@@ -157,13 +172,18 @@ class CausalSelfAttention(Module):
         y = empty((B, T, Hkv, g, hd), x.dtype)
         yh = y.transpose(0, 2, 3, 1, 4)                        # (B, Hkv, g, T, hd) view of y
 
+        tiles = query_tiles(T)
+
         def attend(lo: int, hi: int) -> None:                  # batch rows lo:hi, every head at once
-            s = np.matmul(q[lo:hi], k[lo:hi].swapaxes(-1, -2), out=p[lo:hi])   # (b, Hkv, g, T, S)
-            s += bias
-            softmax(s, out=s)                                  # in place; masked entries are exactly 0
-            if drop is not None:
-                np.multiply(s, drop[lo:hi], out=pd[lo:hi])
-            np.matmul(pd[lo:hi], v[lo:hi], out=yh[lo:hi])
+            for a, e in tiles:                                 # query rows a:e see keys :start + e only
+                n = start + e
+                s = np.matmul(q[lo:hi, ..., a:e, :], k[lo:hi, ..., :n, :].swapaxes(-1, -2),
+                              out=p[lo:hi, ..., a:e, :n])     # (b, Hkv, g, e - a, n)
+                s += bias[..., a:e, :n]
+                softmax(s, out=s)                              # in place; masked entries are exactly 0
+                if drop is not None:
+                    np.multiply(s, drop[lo:hi, ..., a:e, :n], out=pd[lo:hi, ..., a:e, :n])
+                np.matmul(pd[lo:hi, ..., a:e, :n], v[lo:hi, ..., :n, :], out=yh[lo:hi, ..., a:e, :])
         # With single-threaded BLAS, blocks of the batch run on the pool, each one's scores staying
         # in its core's cache from the first product to the last (functional.for_products).
         for_products(attend, B, item_size=H * T * S)
@@ -187,19 +207,24 @@ class CausalSelfAttention(Module):
         dv = dqkv[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)   # (B, Hkv, 1, S, hd)
         scale = 1.0 / math.sqrt(hd)
 
+        tiles = query_tiles(T)
+
         def attend_backward(lo: int, hi: int) -> None:         # batch rows lo:hi, as in the forward
-            _matmul_sum_heads(pd[lo:hi].swapaxes(-1, -2), dy[lo:hi], dv[lo:hi])   # sum over sharing heads of pd^T dy
-            ds = np.matmul(dy[lo:hi], v[lo:hi].swapaxes(-1, -2), out=empty(p[lo:hi].shape, dy.dtype))   # dL/dpd
-            if drop is not None:
-                ds *= drop[lo:hi]                              # dL/dp: the dropout backward, in place
-            softmax_backward(ds, p[lo:hi], out=ds)             # dL/ds, in place
-            if self.rotary is None:
-                np.matmul(ds, k[lo:hi], out=dq[lo:hi])
-                dq[lo:hi] *= scale                             # s = (scale q) k^T
-                _matmul_sum_heads(ds.swapaxes(-1, -2), q[lo:hi], dk[lo:hi])   # q is already scaled
-            else:
-                dq[lo:hi] = self.rotary.backward((ds @ k[lo:hi]) * scale, start)
-                dk[lo:hi] = self.rotary.backward((ds.swapaxes(-1, -2) @ q[lo:hi]).sum(2, keepdims=True), start)
+            ds = empty(p[lo:hi].shape, dy.dtype)              # (b, Hkv, g, T, T); only the tiles are written
+            for a, e in tiles:                                 # query rows a:e, keys :e
+                d = np.matmul(dy[lo:hi, ..., a:e, :], v[lo:hi, ..., :e, :].swapaxes(-1, -2),
+                              out=ds[:, ..., a:e, :e])         # dL/dpd
+                if drop is not None:
+                    d *= drop[lo:hi, ..., a:e, :e]             # dL/dp: the dropout backward, in place
+                softmax_backward(d, p[lo:hi, ..., a:e, :e], out=d)   # dL/ds, in place
+                np.matmul(d, k[lo:hi, ..., :e, :], out=dq[lo:hi, ..., a:e, :])
+            dq[lo:hi] *= scale                                 # s = (scale q) k^T
+            for a, e in tiles:                                 # keys a:e are seen by query rows a: only
+                _matmul_sum_heads(pd[lo:hi, ..., a:, a:e].swapaxes(-1, -2), dy[lo:hi, ..., a:, :], dv[lo:hi, ..., a:e, :])
+                _matmul_sum_heads(ds[:, ..., a:, a:e].swapaxes(-1, -2), q[lo:hi, ..., a:, :], dk[lo:hi, ..., a:e, :])
+            if self.rotary is not None:                        # q and k were rotated: rotate their gradients back
+                dq[lo:hi] = self.rotary.backward(dq[lo:hi], start)
+                dk[lo:hi] = self.rotary.backward(dk[lo:hi], start)
         for_products(attend_backward, B, item_size=H * T * T)
         return self.c_attn.backward(dqkv.reshape(B, T, -1), c_lin)
 

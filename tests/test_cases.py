@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from oracle import REGISTRY, Dims, compare
 from oracle.fd import finite_difference_check
 from oracle.harness import run_reference
+from reference import attention
 
 CASES = sorted(REGISTRY)
 DTYPES = ["float64", "float32"]
@@ -30,6 +31,26 @@ def test_finite_differences(name):
     ref, _, inputs = case.build("float64")
     report = finite_difference_check(ref, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
+
+
+ATTENTION = [n for n in CASES if n.startswith("attention") or n in ("block", "gpt", "gpt_dropout")]
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ATTENTION)
+def test_query_tiles_against_twin(name, dtype, tile, monkeypatch):
+    """Causal attention computes only the tiles of queries x keys a query can see (attention.QUERY_TILE,
+    128 rows, more than the cases' sequences): with tiles of 1-3 rows, T = 5 spans several, the last
+    one short. Against the twin, and in float64 against finite differences."""
+    monkeypatch.setattr(attention, "QUERY_TILE", tile)
+    case = REGISTRY[name]
+    ref, twin, inputs = case.build(dtype)
+    report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+    if dtype == "float64" and case.fd:
+        report = finite_difference_check(ref, inputs, case=name, dropout=case.dropout)
+        assert report.passed, str(report)
 
 
 @st.composite

@@ -4,19 +4,23 @@ kind of positions and of key/value heads."""
 import numpy as np
 import pytest
 
-from reference import GPT, GPTConfig, KVCache
+from reference import GPT, GPTConfig, KVCache, attention
 
 
+@pytest.mark.parametrize("tile", [64, 2])
 @pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
 @pytest.mark.parametrize("kv", [4, 2, 1])
-def test_cached_decoding_equals_recompute(pos, kv):
+def test_cached_decoding_equals_recompute(pos, kv, tile, monkeypatch):
+    """A prompt of 5, a chunk of 3, then one token at a time. With query tiles of 2 rows
+    (attention.QUERY_TILE) the prompt and the chunk span several tiles, the chunk after cached keys."""
+    monkeypatch.setattr(attention, "QUERY_TILE", tile)
     config = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=4, n_kv_head=kv, n_embd=16, pos=pos)
     model = GPT(config, seed=1)
     idx = np.random.default_rng(2).integers(0, 17, (2, 12))
     full, _ = model.forward(idx)
     cache = KVCache(config, batch=2)
-    prefix, _ = model.forward(idx[:, :5], kv_cache=cache)          # a prompt of 5, then one token at a time
-    steps = [prefix] + [model.forward(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(5, 12)]
+    steps = [model.forward(idx[:, :5], kv_cache=cache)[0], model.forward(idx[:, 5:8], kv_cache=cache)[0]]
+    steps += [model.forward(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(8, 12)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12, atol=1e-13)
     assert cache.length == 12
 
