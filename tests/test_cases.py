@@ -1,6 +1,8 @@
 """The generic battery: every registered case against its PyTorch twin and against finite differences,
 at its default sizes and at sizes and value scales drawn by hypothesis."""
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -72,15 +74,18 @@ def dims(draw) -> Dims:
 
 
 @given(d=dims(), name=st.sampled_from(CASES), dtype=st.sampled_from(DTYPES),
-       scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]), seed=st.integers(0, 2**16))
-def test_hypothesis_shapes(d, name, dtype, scale, seed):
-    """Any sizes and input scales (large-magnitude logits included): still agrees with the twin."""
+       scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]), seed=st.integers(0, 2**16),
+       tile=st.sampled_from([1, 3, attention.QUERY_TILE]))
+def test_hypothesis_shapes(d, name, dtype, scale, seed, tile):
+    """Any sizes and input scales (large-magnitude logits included), and attention's query tiles
+    (attention.QUERY_TILE) of any size: still agrees with the twin."""
     case = REGISTRY[name]
     if name.startswith("attention"):
         scale = min(scale, 30.0)   # beyond, softmax saturates: see test_saturated_attention_gradient_is_exact
     ref, twin, inputs = case.build(dtype, seed, d)
     inputs = tuple(x * np.asarray(scale, x.dtype) if x.dtype.kind == "f" else x for x in inputs)
-    report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
+    with patch.object(attention, "QUERY_TILE", tile):
+        report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
     assert report.passed, str(report)
 
 
