@@ -119,12 +119,14 @@ def test_products_on_the_pool_give_the_same_numbers(monkeypatch, dtype, variant)
     """Products split over the pool (BLAS single-threaded) against one BLAS call each: the same
     loss, gradients and KV-cache logits, to round-off. (Bit for bit at the benchmark's sizes; on
     products this small OpenBLAS picks other kernels for the halves, which round differently.)"""
+    from reference import attention
     from reference import functional as F
     from reference.config import GPTConfig
     from reference.layers import DropoutMasks
     from reference.model import GPT, KVCache
     monkeypatch.setattr(F, "THREADS", 2)                       # split even on a 1-core machine
     monkeypatch.setattr(F, "BLOCK_ELEMENTS", 2048)             # several blocks of the batch in attention
+    monkeypatch.setattr(attention, "QUERY_TILE", 5)            # and several tiles of queries in each
     config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32, dtype=dtype, **variant)
     idx = np.random.default_rng(1).integers(0, 23, (5, 16))
 
