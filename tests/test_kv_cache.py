@@ -7,7 +7,7 @@ import pytest
 from reference import GPT, GPTConfig, KVCache, attention
 
 
-@pytest.mark.parametrize("tile", [64, 2])
+@pytest.mark.parametrize("tile", [attention.QUERY_TILE, 2])
 @pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
 @pytest.mark.parametrize("kv", [4, 2, 1])
 def test_cached_decoding_equals_recompute(pos, kv, tile, monkeypatch):
