@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             out = np.empty((m, n), args.dtype)
             rounds = [(best_single(a, b, out, args.repeats), sustained(a, b, out, args.products))
                       for _ in range(args.rounds)]
-            cells = "  ".join(f"{best:5.0f} | {sus:5.0f}" for best, sus in rounds)
+            # Three significant digits, not a fixed point: a tiny product on a busy machine runs at well
+            # under 1 GFLOP/s, which must not print as 0.
+            cells = "  ".join(f"{best:5.3g} | {sus:5.3g}" for best, sus in rounds)
             print(f"{name:34s} {cells}")
     return 0
 

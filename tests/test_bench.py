@@ -184,3 +184,21 @@ def test_gemm_rates_script_prints_both_rates(monkeypatch, capsys):
     assert "best single product | sustained" in lines[0]
     cells = lines[1].split()[1:]
     assert lines[1].startswith("tiny") and len(cells) == 6 and all(float(c) > 0 for c in cells if c != "|")
+
+
+def test_gemm_rates_prints_slow_rates_as_nonzero(monkeypatch, capsys):
+    """A product on a busy machine can run at 0.01 GFLOP/s: the printed rate must still be above 0
+    (it was formatted with no decimals, and the check above failed under load)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_rates.py"
+    spec = importlib.util.spec_from_file_location("gemm_rates", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "SHAPES", {"tiny": (4, 4, 4)})
+    monkeypatch.setattr(module, "best_single", lambda *a: 0.0123)
+    monkeypatch.setattr(module, "sustained", lambda *a: 0.000456)
+    assert module.main(["--rounds", "1", "--dtype", "float32"]) == 0
+    cells = capsys.readouterr().out.splitlines()[1].split()[1:]
+    assert [float(c) for c in cells if c != "|"] == [0.0123, 0.000456]
