@@ -1,0 +1,229 @@
+"""Tests that kill the mutants the rest of the suite let survive (docs/mutation.md lists every one).
+
+Each test names, in its docstring, the mutants it kills by mutmut's id. They are ordinary fast,
+seeded tests of the reference's numbers and errors: mutmut is not needed to run them.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from oracle import rel_error
+from oracle import tolerance as policy
+from reference.loss import CrossEntropyLoss
+from reference.module import Module, Parameter, as_dtype
+from reference.optim import Adam, AdamW, clip_grad_norm_
+
+# ------------------------------------------------------------------------- module
+
+
+def test_as_dtype_refuses_other_names():
+    """A dtype name outside float32/float64 is refused, not read as numpy's default (float64).
+    Kills reference.module.x_as_dtype__mutmut_6, _7, _8 (DTYPES.get without its fallback)."""
+    for name in ("float16", "int8", "bfloat16x"):
+        with pytest.raises((ValueError, TypeError)):
+            as_dtype(name)
+    assert as_dtype("float32") == np.float32 and as_dtype(np.float64) == np.float64
+
+
+class _Holder(Module):
+    def __init__(self, *params):
+        for i, p in enumerate(params):
+            setattr(self, f"p{i}", p)
+
+
+def test_named_parameters_skips_a_tied_parameter_and_goes_on():
+    """A parameter seen before is skipped and the listing continues with the next one.
+    Kills reference.module.xǁModuleǁnamed_parameters__mutmut_7 (continue -> break)."""
+    shared, other = Parameter(np.zeros(2)), Parameter(np.ones(3))
+    root = _Holder(_Holder(shared), _Holder(shared, other))
+    assert [n for n, _ in root.named_parameters()] == ["p0.p0", "p1.p1"]
+    assert list(root.state_dict()) == ["p0.p0", "p1.p0", "p1.p1"]
+
+
+# ------------------------------------------------------------------------- optimizer
+
+
+OPTIMIZERS = {"Adam": Adam, "AdamW": AdamW}
+
+
+def _params(rng, shapes=((3, 2), (4,))):
+    return [Parameter(rng.standard_normal(s)) for s in shapes]
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+def test_optimizer_defaults_are_torchs(kind):
+    """Every default hyperparameter equals torch.optim's, and AdamW passes each one on.
+    Kills reference.optim.xǁAdamǁ__init____mutmut_1, _2, _3 and xǁAdamWǁ__init____mutmut_1, _12."""
+    ours = OPTIMIZERS[kind](_params(np.random.default_rng(0)))
+    theirs = getattr(torch.optim, kind)([torch.nn.Parameter(torch.zeros(2))]).defaults
+    group = ours.param_groups[0]
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        assert group[key] == theirs[key], key
+    assert set(group) == {"params", "lr", "betas", "eps", "weight_decay"}
+    custom = OPTIMIZERS[kind](
+        _params(np.random.default_rng(0)), lr=0.5, betas=(0.5, 0.6), eps=0.25, weight_decay=0.125)
+    assert {k: v for k, v in custom.param_groups[0].items() if k != "params"} == \
+        {"lr": 0.5, "betas": (0.5, 0.6), "eps": 0.25, "weight_decay": 0.125}
+
+
+@pytest.mark.parametrize("hp, valid", [
+    (dict(lr=0.0, eps=0.0, weight_decay=0.0, betas=(0.0, 0.0)), True),     # torch accepts the bounds
+    (dict(weight_decay=-1.0), False),
+    (dict(eps=-1.0), False),
+    (dict(lr=-1.0), False),
+    (dict(betas=(1.0, 0.9)), False),
+    (dict(betas=(0.9, 1.0)), False),
+    (dict(betas=(-0.1, 0.9)), False),
+    (dict(betas=(0.9, -0.1)), False),
+    (dict(betas=(1.5, 0.9)), False),
+    (dict(betas=(0.9, 1.5)), False),
+])
+def test_optimizer_hyperparameter_bounds_are_torchs(hp, valid):
+    """The accepted ranges are torch's: 0 <= lr, eps, weight_decay and 0 <= beta < 1, bounds included.
+    Kills reference.optim.xǁAdamǁ__init____mutmut_4, _5, _7, _9, _14, _16 to _24."""
+    ps = _params(np.random.default_rng(0))
+    try:
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], **hp)
+        torch_valid = True
+    except ValueError:
+        torch_valid = False
+    assert torch_valid == valid
+    if valid:
+        Adam(ps, **hp)
+    else:
+        with pytest.raises(ValueError, match="invalid hyperparameters"):
+            Adam(ps, **hp)
+
+
+def test_optimizer_group_params_may_be_any_iterable():
+    """A group's params given as a generator are listed once and updated.
+    Kills reference.optim.xǁAdamǁ__init____mutmut_48, _49 (the group's "params" key)."""
+    ps = _params(np.random.default_rng(1))
+    before = [p.data.copy() for p in ps]
+    opt = AdamW([{"params": (p for p in ps)}], lr=0.1)
+    for p in ps:
+        p.grad[...] = 1.0
+    opt.step()
+    assert all((p.data != b).all() for p, b in zip(ps, before))
+    assert set(opt.param_groups[0]) == {"params", "lr", "betas", "eps", "weight_decay"}
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+def test_weight_decay_of_one_matches_torch(kind):
+    """weight_decay = 1 is applied like any other value.
+    Kills reference.optim.xǁAdamǁ_update__mutmut_21 (wd != 0 -> wd != 1)."""
+    rng = np.random.default_rng(2)
+    ps = _params(rng)
+    tps = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in ps]
+    ours = OPTIMIZERS[kind](ps, lr=0.05, weight_decay=1.0)
+    theirs = getattr(torch.optim, kind)(tps, lr=0.05, weight_decay=1.0)
+    for _ in range(3):
+        for p, tp in zip(ps, tps):
+            g = rng.standard_normal(p.shape)
+            p.grad[...], tp.grad = g, torch.from_numpy(g.copy())
+        ours.step()
+        theirs.step()
+    for p, tp in zip(ps, tps):
+        assert rel_error(p.data, tp.detach().numpy())[0] <= policy.FLOAT64_TOL
+
+
+def test_optimizer_state_dict_numbers_groups_like_torch_and_resumes_exactly():
+    """Three groups are numbered 0.. across groups as torch numbers them; a loaded state (betas given as
+    a list, as a JSON round trip gives them) resumes bit for bit.
+    Kills reference.optim.xǁAdamǁstate_dict__mutmut_10, _20, _23, _24 and
+    xǁAdamǁload_state_dict__mutmut_15, _19, _20, _48, _49."""
+    rng = np.random.default_rng(3)
+    ps = _params(rng, ((2,), (3,), (2, 2), (1,)))
+    tps = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in ps]
+    layout = lambda q: [{"params": [q[0]]}, {"params": [q[1], q[2]], "weight_decay": 0.5}, {"params": [q[3]]}]
+    opt, topt = AdamW(layout(ps), lr=0.1), torch.optim.AdamW(layout(tps), lr=0.1)
+    for _ in range(2):
+        for p, tp in zip(ps, tps):
+            p.grad[...] = rng.standard_normal(p.shape)
+            tp.grad = torch.from_numpy(p.grad.copy())
+        opt.step()
+        topt.step()
+    sd, tsd = opt.state_dict(), topt.state_dict()
+    assert [g["params"] for g in sd["param_groups"]] == [g["params"] for g in tsd["param_groups"]] == [[0], [1, 2], [3]]
+    assert sorted(sd["state"]) == sorted(tsd["state"])
+    for i, st in sd["state"].items():
+        assert rel_error(st["exp_avg_sq"], tsd["state"][i]["exp_avg_sq"].numpy())[0] <= policy.FLOAT64_TOL
+
+    copies = [Parameter(p.data.copy()) for p in ps]
+    resumed = AdamW(layout(copies), lr=0.7, betas=(0.1, 0.2))
+    saved = {"state": sd["state"], "param_groups": [{**g, "betas": list(g["betas"])} for g in sd["param_groups"]]}
+    resumed.load_state_dict(saved)
+    assert all(isinstance(g["betas"], tuple) and g["betas"] == (0.9, 0.999) for g in resumed.param_groups)
+    for _ in range(2):
+        for p, c in zip(ps, copies):
+            p.grad[...] = c.grad[...] = rng.standard_normal(p.shape)
+        opt.step()
+        resumed.step()
+    for p, c in zip(ps, copies):
+        np.testing.assert_array_equal(p.data, c.data)
+
+
+def test_clip_grad_norm_leaves_gradients_under_the_limit_alone():
+    """A norm below max_norm (coefficient between 1 and 2) leaves every gradient as it is, as torch.
+    Kills reference.optim.x_clip_grad_norm___mutmut_17 (coef >= 1 -> coef >= 2)."""
+    rng = np.random.default_rng(4)
+    ps = _params(rng)
+    for p in ps:
+        p.grad[...] = rng.standard_normal(p.shape)
+    before = [p.grad.copy() for p in ps]
+    norm = clip_grad_norm_(ps, 0.0)                            # measures; clips everything to 0
+    for p, b in zip(ps, before):
+        p.grad[...] = b
+    assert clip_grad_norm_(ps, 1.5 * norm) == norm
+    for p, b in zip(ps, before):
+        np.testing.assert_array_equal(p.grad, b)
+
+
+# ------------------------------------------------------------------------- loss
+
+
+def test_cross_entropy_default_ignore_index_is_torchs():
+    """Without an explicit ignore_index, -100 targets are ignored, as F.cross_entropy does.
+    Kills reference.loss.xǁCrossEntropyLossǁ__init____mutmut_1."""
+    rng = np.random.default_rng(5)
+    logits, targets = rng.standard_normal((3, 4)), np.array([1, -100, 2])
+    loss, cache = CrossEntropyLoss().forward(logits, targets)
+    dz = CrossEntropyLoss().backward(1.0, cache)
+    tl = torch.from_numpy(logits).requires_grad_()
+    tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(targets))
+    tloss.backward()
+    assert rel_error(loss, tloss.item())[0] <= policy.FLOAT64_TOL
+    assert rel_error(dz, tl.grad.numpy())[0] <= policy.FLOAT64_TOL
+
+
+@pytest.mark.parametrize("bad", [-1, -5, 4])
+def test_cross_entropy_refuses_targets_out_of_range(bad):
+    """A negative target other than ignore_index, or one equal to the class count, is refused with the
+    reference's own message (numpy's fancy indexing would wrap a negative one silently).
+    Kills reference.loss.xǁCrossEntropyLossǁforward__mutmut_33, _36."""
+    with pytest.raises(IndexError, match=f"target {bad} is out of range for 4 classes"):
+        CrossEntropyLoss().forward(np.zeros((2, 4)), np.array([0, bad]))
+
+
+def test_cross_entropy_with_nothing_to_average_is_nan_without_a_warning():
+    """All targets ignored: the loss is nan, as torch, and no division by zero is attempted.
+    Kills reference.loss.xǁCrossEntropyLossǁforward__mutmut_68, _73."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in (np.float32, np.float64):
+            loss, _ = CrossEntropyLoss().forward(np.zeros((2, 3), dtype), np.full(2, -100))
+            assert np.isnan(loss) and loss.dtype == dtype
+
+
+def test_cross_entropy_single_target_gradient():
+    """One valid target: the mean divides by 1.
+    Kills reference.loss.xǁCrossEntropyLossǁbackward__mutmut_23 (max(n, 1) -> max(n, 2))."""
+    logits = np.random.default_rng(6).standard_normal((1, 5))
+    _, cache = CrossEntropyLoss().forward(logits, np.array([3]))
+    dz = CrossEntropyLoss().backward(1.0, cache)
+    tl = torch.from_numpy(logits).requires_grad_()
+    torch.nn.functional.cross_entropy(tl, torch.tensor([3])).backward()
+    assert rel_error(dz, tl.grad.numpy())[0] <= policy.FLOAT64_TOL
