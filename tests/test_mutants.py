@@ -12,7 +12,10 @@ import torch
 
 from oracle import rel_error
 from oracle import tolerance as policy
+from reference import GPT, GPTConfig
+from reference.layers import DropoutMasks, LayerNorm, RMSNorm, SwiGLU
 from reference.loss import CrossEntropyLoss
+from reference.model import KVCache
 from reference.module import Module, Parameter, as_dtype
 from reference.optim import Adam, AdamW, clip_grad_norm_
 
@@ -227,3 +230,92 @@ def test_cross_entropy_single_target_gradient():
     tl = torch.from_numpy(logits).requires_grad_()
     torch.nn.functional.cross_entropy(tl, torch.tensor([3])).backward()
     assert rel_error(dz, tl.grad.numpy())[0] <= policy.FLOAT64_TOL
+
+
+# ------------------------------------------------------------------------- model
+
+SMALL = dict(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16)
+
+
+def test_gpt_default_seed_is_zero_and_seeds_reproduce():
+    """GPT(config) is GPT(config, seed=0), and one seed gives one model.
+    Kills reference.model.xǁGPTǁ__init____mutmut_1, _6."""
+    config = GPTConfig(**SMALL)
+    a, b, c = GPT(config), GPT(config, seed=0), GPT(config, seed=1)
+    for name, value in a.state_dict().items():
+        np.testing.assert_array_equal(value, b.state_dict()[name])
+    assert any((value != c.state_dict()[name]).any() for name, value in a.state_dict().items())
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+def test_float32_model_keeps_float32_tables_and_cache(pos):
+    """A float32 model's RoPE tables and KV cache are float32 (rope.md: tables stored in the model's
+    dtype), and cached decoding returns float32 logits.
+    Kills reference.model.xǁGPTǁ__init____mutmut_13 and xǁKVCacheǁ__init____mutmut_1, _2, _16."""
+    config = GPTConfig(**SMALL, pos=pos, dtype="float32")
+    model = GPT(config)
+    cache = KVCache(config, batch=1)
+    logits, _ = model.forward(np.array([[1, 2, 3]]), kv_cache=cache)
+    logits2, _ = model.forward(np.array([[4]]), kv_cache=cache)
+    assert logits.dtype == logits2.dtype == np.float32
+    assert all(layer.k.dtype == layer.v.dtype == np.float32 for layer in cache.layers)
+    rotary = model.transformer.h[0].attn.rotary
+    if pos == "rope":
+        assert rotary.cos.dtype == rotary.sin.dtype == np.float32
+
+
+def test_check_input_accepts_a_full_context_and_names_the_bad_id():
+    """A sequence of exactly block_size tokens is accepted; an out-of-range id is named even after a 0.
+    Kills reference.model.xǁGPTǁcheck_input__mutmut_1, _22, _23, _25."""
+    model = GPT(GPTConfig(**SMALL))
+    model.check_input(np.zeros((1, 8), dtype=np.int64))
+    for ids, bad in (([[0, 1, 13]], 13), ([[0, 0, -2, 5]], -2)):
+        with pytest.raises(ValueError, match=f"token id {bad} is out of range"):
+            model.check_input(np.array(ids))
+
+
+def test_loss_and_backward_apply_the_masks_and_a_unit_seed_gradient():
+    """loss() and loss_and_backward() pass the dropout masks on, and backpropagate d loss = 1: the same
+    loss and gradients as forward, criterion and backward called one by one.
+    Kills reference.model.xǁGPTǁloss__mutmut_3, _5 and xǁGPTǁloss_and_backward__mutmut_4, _7, _12, _16."""
+    config = GPTConfig(**SMALL, dropout=0.3)
+    rng = np.random.default_rng(7)
+    idx, targets = rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6))
+    by_hand, model = GPT(config), GPT(config)
+    logits, cache = by_hand.forward(idx, DropoutMasks(np.random.default_rng(1)))
+    expected, c_loss = by_hand.criterion.forward(logits, targets)
+    by_hand.backward(by_hand.criterion.backward(1.0, c_loss), cache)
+    loss, _, _ = model.loss(idx, targets, DropoutMasks(np.random.default_rng(1)))
+    assert loss == expected
+    assert model.loss_and_backward(idx, targets, DropoutMasks(np.random.default_rng(1))) == expected
+    for (name, p), q in zip(model.named_parameters(), by_hand.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
+
+
+# ------------------------------------------------------------------------- layers
+
+
+def test_dropout_masks_are_the_documented_draw():
+    """keep = Generator.random(shape, dtype=float32) >= p (a draw equal to p keeps its unit), scaled by
+    1 / (1 - p); nothing is recorded unless asked. The twin replays our masks, so only this pins them.
+    Kills reference.layers.xǁDropoutMasksǁ__init____mutmut_1 and xǁDropoutMasksǁ__call____mutmut_3, _5,
+    _6, _8, _10 to _13."""
+    shape = (3, 50)
+    u = np.random.default_rng(9).random(shape, dtype=np.float32)
+    p = float(u[0, 0])                                         # one unit's draw equals p exactly
+    for dtype in (np.float32, np.float64):
+        masks = DropoutMasks(np.random.default_rng(9))
+        mask = masks("layer", shape, p, dtype)
+        assert mask.dtype == dtype and masks.drawn == {}
+        np.testing.assert_array_equal(mask, (u >= p).astype(dtype) * dtype(1.0 / (1.0 - p)))
+        assert mask[0, 0] != 0
+
+
+def test_layer_defaults():
+    """RMSNorm's defaults are LayerNorm's (eps 1e-5, float64); SwiGLU's c_proj starts at proj_std.
+    Kills reference.layers.xǁRMSNormǁ__init____mutmut_1, _2, _3 and xǁSwiGLUǁ__init____mutmut_35."""
+    norm, ln = RMSNorm(4), LayerNorm(4)
+    assert norm.eps == ln.eps == 1e-5 and norm.weight.data.dtype == ln.weight.data.dtype == np.float64
+    mlp = SwiGLU(64, 256, bias=True, dropout=0.0, rng=np.random.default_rng(10), dtype="float64", proj_std=0.002)
+    assert abs(mlp.c_proj.weight.data.std() - 0.002) < 0.0002
+    assert abs(mlp.c_fc.weight.data.std() - 0.02) < 0.002
