@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from oracle import rel_error
+from oracle import REGISTRY, Dims, compare, rel_error, twins
+from oracle.cases import GPTWithLoss
+from oracle.registry import perturb
 from oracle import tolerance as policy
 from reference import GPT, GPTConfig
+from reference.functional import gelu_and_grad
 from reference.layers import DropoutMasks, LayerNorm, RMSNorm, SwiGLU
 from reference.loss import CrossEntropyLoss
 from reference.model import KVCache
@@ -319,3 +322,44 @@ def test_layer_defaults():
     mlp = SwiGLU(64, 256, bias=True, dropout=0.0, rng=np.random.default_rng(10), dtype="float64", proj_std=0.002)
     assert abs(mlp.c_proj.weight.data.std() - 0.002) < 0.0002
     assert abs(mlp.c_fc.weight.data.std() - 0.02) < 0.002
+
+
+@pytest.mark.parametrize("T", [3, 7])
+def test_rope_attention_where_half_the_sequence_is_not_half_the_head(T):
+    """RoPE's backward rotates along the head axis: with T // 2 != hd // 2 (hd = 4, the default T = 5
+    does not tell them apart) it still agrees with the twin.
+    Kills reference.attention.xǁRotaryǁ_rotate_half_t__mutmut_4 (x.shape[-1] -> x.shape[-2])."""
+    case = REGISTRY["attention_rope"]
+    ref, twin, inputs = case.build("float64", 0, Dims(T=T))
+    report = compare(ref, twin, inputs, case="attention_rope")
+    assert report.passed, str(report)
+
+
+def test_swiglu_model_with_dropout_against_twin():
+    """SwiGLU passes the dropout masks on, forward and backward (the registered swiglu case has no dropout).
+    Kills reference.layers.xǁSwiGLUǁforward__mutmut_29, _31 and xǁSwiGLUǁbackward__mutmut_8."""
+    config = GPTConfig(**SMALL, mlp="swiglu", dropout=0.2)
+    ref = GPTWithLoss(config)
+    perturb(ref, np.random.default_rng(11))
+    rng = np.random.default_rng(12)
+    inputs = (rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6)))
+    report = compare(ref, twins.GPTLoss(config), inputs, case="swiglu_dropout", seed=12, dropout=True)
+    assert report.passed, str(report)
+
+
+def test_num_parameters_counts_a_tied_weight_once_as_torch():
+    """Kills reference.module.xǁModuleǁnum_parameters__mutmut_1."""
+    for tie in (True, False):
+        config = GPTConfig(**SMALL, tie_weights=tie)
+        assert GPT(config).num_parameters() == sum(p.numel() for p in twins.twin_of(config).parameters())
+
+
+def test_float32_gelu_of_huge_inputs_is_exact_and_quiet():
+    """|x| beyond 1.8e19 overflows x^2 in float32: exp gives 0 and GELU is x or 0, without a warning.
+    Kills reference.functional.x__float32_cdf_and_density__mutmut_25 (errstate(over=None))."""
+    x = np.array([-3e19, -1e30, 3e19, 1e30, 0.5], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, dy = gelu_and_grad(x)
+    np.testing.assert_array_equal(y[:4], np.array([0.0, 0.0, 3e19, 1e30], np.float32))
+    np.testing.assert_array_equal(dy[:4], [0.0, 0.0, 1.0, 1.0])
