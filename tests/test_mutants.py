@@ -15,7 +15,8 @@ from oracle.cases import GPTWithLoss
 from oracle.registry import perturb
 from oracle import tolerance as policy
 from reference import GPT, GPTConfig
-from reference.functional import gelu_and_grad
+from reference import functional
+from reference.functional import erf, gelu_and_grad, softmax, softmax_backward
 from reference.layers import DropoutMasks, LayerNorm, RMSNorm, SwiGLU
 from reference.loss import CrossEntropyLoss
 from reference.model import KVCache
@@ -363,3 +364,63 @@ def test_float32_gelu_of_huge_inputs_is_exact_and_quiet():
         y, dy = gelu_and_grad(x)
     np.testing.assert_array_equal(y[:4], np.array([0.0, 0.0, 3e19, 1e30], np.float32))
     np.testing.assert_array_equal(dy[:4], [0.0, 0.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["linear", "layernorm", "mlp", "swiglu", "attention", "attention_gqa",
+                                  "attention_rope", "attention_dropout", "block", "gpt", "cross_entropy"])
+def test_blocks_and_the_thread_pool_give_the_twins_numbers(name, monkeypatch):
+    """The fast path's machinery at small sizes: blocks of 16 elements (many per array), two threads,
+    matrix products split over the pool (functional.for_blocks, for_products, column_sums). The
+    selection otherwise runs with one block and NUMPY_GPT_THREADS=1.
+    Kills reference.functional.x_column_sums__mutmut_2, _3, _22, x_softmax_backward__mutmut_23,
+    reference.layers.xǁLinearǁbackward__mutmut_18, _23 and
+    reference.attention.xǁCausalSelfAttentionǁbackward__mutmut_216, _221, _222."""
+    monkeypatch.setattr(functional, "BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(functional, "THREADS", 2)
+    monkeypatch.setattr(functional, "SPLIT_PRODUCTS", True)
+    case = REGISTRY[name]
+    ref, twin, inputs = case.build("float64")
+    report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+
+
+def test_untied_model_without_biases_with_tanh_gelu_against_twin():
+    """The MLP without biases (its own branch in MLP.backward) and with the tanh GELU (the MLP passes
+    `approximate` on); the registered mlp case has both biases and the exact GELU.
+    Kills reference.layers.xǁMLPǁforward__mutmut_5, _7 and xǁMLPǁbackward__mutmut_22 to _28."""
+    config = GPTConfig(**SMALL, bias=False, tie_weights=False, gelu_approximate="tanh")
+    ref = GPTWithLoss(config)
+    perturb(ref, np.random.default_rng(13))
+    rng = np.random.default_rng(14)
+    inputs = (rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6)))
+    report = compare(ref, twins.GPTLoss(config), inputs, case="untied_nobias_tanh", seed=14)
+    assert report.passed, str(report)
+
+
+def test_float32_untied_model_is_float32_throughout():
+    """An untied head is made in the model's dtype too.
+    Kills reference.model.xǁGPTǁ__init____mutmut_73, _78."""
+    model = GPT(GPTConfig(**SMALL, tie_weights=False, dtype="float32"))
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+    assert model.forward(np.array([[1, 2]]))[0].dtype == np.float32
+
+
+def test_softmax_keeps_float32():
+    """Kills reference.functional.x_softmax_backward__mutmut_5, _7 (a float64 result buffer)."""
+    s = np.random.default_rng(15).standard_normal((3, 4)).astype(np.float32)
+    p = softmax(s)
+    assert p.dtype == softmax_backward(s, p).dtype == np.float32
+
+
+def test_float64_erf_and_gelu_of_huge_inputs_are_exact_and_quiet():
+    """erf clips its first range's input and GELU's density suppresses the overflow of x^2: inputs of
+    1e200 give exactly +-1, x, 0, without a warning.
+    Kills reference.functional.x_erf__mutmut_5, _6 (a one-sided clip) and x_normal_pdf__mutmut_1."""
+    x = np.array([-1e200, 1e200, -np.inf, np.inf, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e = erf(x)
+        y, dy = gelu_and_grad(x[:2])
+    np.testing.assert_array_equal(e[:4], [-1.0, 1.0, -1.0, 1.0])
+    np.testing.assert_array_equal(y, [0.0, 1e200])
+    np.testing.assert_array_equal(dy, [0.0, 1.0])
