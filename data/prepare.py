@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
 import sys
 import urllib.request
 from pathlib import Path
@@ -35,6 +34,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `reference`
     sys.path.insert(0, str(_REPO_ROOT))
 
+from reference.atomic import atomic_write  # noqa: E402
 from reference.data import ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
@@ -151,19 +151,9 @@ def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temp file in the same directory + os.replace."""
-    # A fresh name opened with "xb" (not mkstemp) so the file gets the usual umask mode.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    f = open(tmp, "xb")
-    try:
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically, with the umask's mode, removing stale temporaries of
+    killed writes first (reference/atomic.py: the same writer as checkpoints)."""
+    atomic_write(path, data)
 
 
 def prepare(
