@@ -34,8 +34,24 @@ def _load(module_name: str):
         return None
 
 
+def utf8_output() -> None:
+    """Write stdout and stderr as UTF-8 whatever the locale (a C locale, a cp1252 redirect on Windows):
+    text the model generated, or a path with any character, can always be written; input files are read
+    as UTF-8 too. (Python's own UTF-8 mode, PEP 540, does the same; streams that cannot be reconfigured,
+    e.g. a test's capture, are left alone.)"""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            try:
+                stream.flush()
+                reconfigure(encoding="utf-8", errors="replace")
+            except (ValueError, OSError):        # a closed or detached stream: leave it as it is
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    utf8_output()
     parser = argparse.ArgumentParser(prog="numpy-gpt", description="A GPT in pure NumPy, proved against PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
