@@ -200,20 +200,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python data/prepare.py",
         description="Tokenize a text corpus (default: tiny-shakespeare) into train/val splits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--from", dest="src", metavar="PATH",
+        "--from", dest="src", metavar="PATH", default="tiny-shakespeare, downloaded",
         help="read this local text file instead of downloading tiny-shakespeare",
     )
     p.add_argument(
-        "--out", metavar="DIR",
-        help="output directory (default: data/shakespeare_char or data/shakespeare_byte)",
+        "--out", metavar="DIR", default="data/shakespeare_char or data/shakespeare_byte",
+        help="output directory",
     )
     p.add_argument("--tokenizer", choices=("char", "byte"), default="char",
-                   help="char: one id per character (default); byte: one id per UTF-8 byte")
+                   help="char: one id per character; byte: one id per UTF-8 byte")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
-                   help=f"download timeout in seconds (default {DOWNLOAD_TIMEOUT_S:g})")
-    return p.parse_args(argv)
+                   help="download timeout in seconds, > 0")
+    args = p.parse_args(argv)
+    if args.src == p.get_default("src"):
+        args.src = None
+    if args.out == p.get_default("out"):
+        args.out = None
+    if not args.timeout > 0:                       # (also refuses nan)
+        p.error(f"argument --timeout: must be a number of seconds > 0, got {args.timeout!r}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrepareError as exc:
         print(f"prepare.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:                     # files are written atomically: nothing half-written is left
+        print(f"prepare.py: interrupted; {out_dir} holds no partial file", file=sys.stderr)
+        return 130
     print(f"tokenizer: {args.tokenizer}, vocab size: {meta['vocab_size']:,}")
     print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin, meta.json")

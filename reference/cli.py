@@ -62,14 +62,36 @@ def main(argv: list[str] | None = None) -> int:
     module = _load(COMMANDS[argv[0]][0])
     if module is None:
         return 2
-    cmd = argparse.ArgumentParser(prog=f"numpy-gpt {argv[0]}", description=COMMANDS[argv[0]][1])
-    module.add_arguments(cmd)
+    cmd = command_parser(argv[0], module)
     args = cmd.parse_args(argv[1:])
-    if argv[0] in ("train", "sample"):                         # faster: docs/performance.md, "Threads"
-        from .functional import products_on_pool
-        with products_on_pool():
-            return int(module.run(args) or 0)
-    return int(module.run(args) or 0)
+    try:
+        if argv[0] in ("train", "sample"):                     # faster: docs/performance.md, "Threads"
+            from .functional import products_on_pool
+            with products_on_pool():
+                return int(module.run(args) or 0)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:                                  # Ctrl-C outside a command's own handling
+        print(f"interrupted: numpy-gpt {argv[0]} stopped", file=sys.stderr)
+        return 130
+
+
+def command_parser(name: str, module=None) -> argparse.ArgumentParser:
+    """The parser of one command; every option's help shows its default (ArgumentDefaultsHelpFormatter)."""
+    module = module or importlib.import_module(COMMANDS[name][0])
+    cmd = argparse.ArgumentParser(prog=f"numpy-gpt {name}", description=COMMANDS[name][1],
+                                  formatter_class=HelpFormatter)
+    module.add_arguments(cmd)
+    return cmd
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every option (unless its help already says "default"); descriptions as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 if __name__ == "__main__":

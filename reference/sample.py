@@ -159,19 +159,21 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint (default out/ckpt.safetensors)")
+    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="\n", help="text to continue (default a newline, as nanoGPT)")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500)
-    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1)
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
+                        help="tokens to generate per sample, >= 0")
+    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1,
+                        help="samples to generate, >= 1")
     parser.add_argument("--temperature", type=float, default=0.8, help="default 0.8 (nanoGPT)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200,
                         help="keep the k most likely tokens (default 200, as nanoGPT; 0 for no limit)")
     parser.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None,
                         help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, >= 0")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
 
 
@@ -186,10 +188,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
         prompt = args.prompt
         if args.prompt_file:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
+            try:
+                with open(args.prompt_file, encoding="utf-8") as f:
+                    prompt = f.read()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte "
+                                 f"{e.start})") from None
         ckpt = load_checkpoint(args.ckpt)
         if ckpt.tokenizer is None:
             raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")

@@ -114,7 +114,8 @@ def test_a_log_with_only_evaluations_or_only_steps(tmp_path, figures):
     assert png_size(out) == (960, 600)
     (ax,) = figures[0].axes
     assert ax.get_title() == "loss curves"                           # the default title
-    assert legend_texts(ax) == ["e: train loss (eval)", "e: val loss (final 2.5000)", "t: train loss (per step)"]
+    assert legend_texts(ax) == ["e: train loss (eval)", "e: val loss (final 2.5000)", "t: train loss (per step)",
+                                "t: diverged at step 2"]                  # a null (non-finite) loss marks divergence
     assert list(ax.get_lines()[2].get_xdata()) == [0, 1]             # the null loss is not drawn
 
 
