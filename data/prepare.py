@@ -196,29 +196,32 @@ def prepare(
     return meta
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help (unless its help already says it)."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python data/prepare.py",
         description="Tokenize a text corpus (default: tiny-shakespeare) into train/val splits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
-        "--from", dest="src", metavar="PATH", default="tiny-shakespeare, downloaded",
-        help="read this local text file instead of downloading tiny-shakespeare",
+        "--from", dest="src", metavar="PATH", default=None,
+        help="read this local text file instead of downloading tiny-shakespeare (default: download it)",
     )
     p.add_argument(
-        "--out", metavar="DIR", default="data/shakespeare_char or data/shakespeare_byte",
-        help="output directory",
+        "--out", metavar="DIR", default=None,
+        help="output directory (default: data/shakespeare_char or data/shakespeare_byte)",
     )
     p.add_argument("--tokenizer", choices=("char", "byte"), default="char",
                    help="char: one id per character; byte: one id per UTF-8 byte")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
                    help="download timeout in seconds, > 0")
     args = p.parse_args(argv)
-    if args.src == p.get_default("src"):
-        args.src = None
-    if args.out == p.get_default("out"):
-        args.out = None
     if not args.timeout > 0:                       # (also refuses nan)
         p.error(f"argument --timeout: must be a number of seconds > 0, got {args.timeout!r}")
     return args

@@ -675,6 +675,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
                       "it or --overwrite to start a new run there", file=sys.stderr)
                 return 2
+        config.model_config(1)                                 # model settings checked before reading any data
         print(describe_settings(config, source), file=sys.stderr)
         for line in schedule_warnings(config):
             print(line, file=sys.stderr)
