@@ -250,3 +250,37 @@ def test_checkpoints_and_prepared_data_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert modes == {"c.safetensors": 0o644, "train.bin": 0o644, "val.bin": 0o644, "meta.json": 0o644}
+
+
+# ------------------------------------------------------------------------------------- the CLI's words
+
+
+def test_resume_refuses_a_corrupt_checkpoint_in_one_line(tmp_path, good_bytes, capsys):
+    from reference import cli
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "ckpt.safetensors"
+    path.write_bytes(good_bytes)
+    begin, end = tensor_span(path, WTE)
+    raw = bytearray(good_bytes)
+    raw[begin + 4] ^= 0x10
+    path.write_bytes(bytes(raw))
+    assert cli.main(["train", "--resume", str(run), "--max_iters", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: tensor {WTE!r} fails its checksum")
+    assert cli.main(["sample", "--ckpt", str(path), "--max-new-tokens", "2"]) == 2
+    assert "fails its checksum" in capsys.readouterr().err
+
+
+def test_a_bad_file_on_disk_is_never_called_the_last_good_checkpoint(tmp_path, good_bytes):
+    from reference.train import _checkpoint_state
+    path = tmp_path / "ckpt.safetensors"
+    assert _checkpoint_state(path) == "no checkpoint was written"
+    path.write_bytes(good_bytes)
+    assert _checkpoint_state(path) == f"the last good checkpoint {path} (step 2) is left as it was"
+    tensors, meta = load_file(path)
+    tensors[WTE][0, 0] = np.nan
+    save_file(tensors, path, metadata=seal(tensors, meta[METADATA_KEY]))
+    state = _checkpoint_state(path)
+    assert state.startswith("the checkpoint on disk fails its checks") and "non-finite" in state
+    assert "good" not in state
