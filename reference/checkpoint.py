@@ -185,6 +185,12 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
             unknown = [p for p in g["params"] if id(p) not in names]
             if unknown:
                 raise ValueError(f"the optimizer holds {len(unknown)} parameter(s) that are not the model's")
+        listed = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        twice = sorted({n for n in listed if listed.count(n) > 1})
+        if twice:                                  # torch warns and updates such a parameter twice a step
+            raise ValueError(f"the optimizer lists {twice} more than once; a checkpoint holds each parameter once "
+                             "(build the optimizer with each parameter in one group, once)")
+        for g in optimizer.param_groups:
             groups.append({"lr": float(g["lr"]), "betas": [float(b) for b in g["betas"]], "eps": float(g["eps"]),
                            "weight_decay": float(g["weight_decay"]), "params": [names[id(p)] for p in g["params"]]})
             for p in g["params"]:

@@ -284,3 +284,19 @@ def test_a_bad_file_on_disk_is_never_called_the_last_good_checkpoint(tmp_path, g
     state = _checkpoint_state(path)
     assert state.startswith("the checkpoint on disk fails its checks") and "non-finite" in state
     assert "good" not in state
+
+
+def test_an_optimizer_listing_a_parameter_twice_is_refused_before_writing(tmp_path):
+    """torch accepts duplicates within one group (with a warning) and updates them twice; such a state has
+    no faithful checkpoint, so saving it is refused, not written as a file that cannot be loaded back."""
+    import warnings
+    from reference.optim import AdamW
+    model = make_trainer(tiny_config(out_dir="", dropout=0.0)).model
+    params = model.parameters()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = AdamW(params + [params[0]], lr=1e-3)
+    path = tmp_path / "dup.safetensors"
+    with pytest.raises(ValueError, match=r"the optimizer lists \['transformer.wte.weight'\] more than once"):
+        save_checkpoint(path, model, opt)
+    assert list(tmp_path.iterdir()) == []
