@@ -224,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             print(f"error: sample {i + 1}: {e}", file=sys.stderr)
             return 1
+        except MemoryError:
+            sys.stdout.flush()
+            print(f"error: sample {i + 1}: out of memory for {len(ids) + args.max_new_tokens:,} tokens; "
+                  "lower --max-new-tokens", file=sys.stderr)
+            return 1
         # Written and flushed as soon as it exists; stdout is UTF-8 whatever the locale (reference/cli.py).
         sys.stdout.write(tok.decode(out) + "\n")
         if i + 1 < args.num_samples:

@@ -91,3 +91,9 @@ def test_sample_output_is_utf8_whatever_the_locale(cjk_ckpt, env):
     out = proc.stdout.decode("utf-8")                                   # valid UTF-8, the sample intact
     assert out.startswith("漢字") and out.count("---------------") == 1
     assert b"Traceback" not in proc.stderr
+
+
+def test_a_sample_too_long_for_memory_is_one_line(cjk_ckpt, capsys):
+    code = cli.main(["sample", "--ckpt", str(cjk_ckpt), "--prompt", "漢", "--max-new-tokens", str(10**15)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "out of memory for 1,000,000,000,000,001 tokens" in err
