@@ -103,6 +103,7 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: cannot be read: {e.strerror or e}") from None
         for name, (code, _) in self.entries.items():
             if code not in DTYPES:
+                self.close()
                 raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {code}; "
                                       f"this project reads {', '.join(DTYPES)}")
 
@@ -114,7 +115,10 @@ class SafetensorsFile:
         return np.array(arr, dtype=DTYPES[self.entries[name][0]].newbyteorder("="), copy=True)
 
     def close(self) -> None:
-        self._f = None
+        """Release the file (the library's memory map) now, not at garbage collection."""
+        f, self._f = getattr(self, "_f", None), None
+        if f is not None:
+            f.__exit__(None, None, None)
 
     def __enter__(self) -> SafetensorsFile:
         return self
