@@ -592,14 +592,17 @@ def resolve_config(args: argparse.Namespace, base: dict | None = None) -> TrainC
 
 
 def describe_settings(config: TrainConfig, source: dict[str, str]) -> str:
-    """One line: every setting that differs from the default or was given, with where it came from."""
+    """One line: every setting given now (flag, config file) or differing from the default, with where it
+    came from; the rest are the defaults (the shakespeare_char recipe)."""
     defaults = TrainConfig()
     parts = []
     for name in FIELDS:
-        value = getattr(config, name)
-        if name in source or value != getattr(defaults, name):
-            parts.append(f"{name}={value!r}" + (f" ({source[name]})" if name in source else ""))
-    return "settings: " + (", ".join(parts) if parts else "the defaults (the shakespeare_char recipe)")
+        value, where = getattr(config, name), source.get(name)
+        if where in ("flag", "config file") or value != getattr(defaults, name):
+            parts.append(f"{name}={value!r}" + (f" ({where})" if where else ""))
+    if not parts:
+        return "settings: the defaults (the shakespeare_char recipe)"
+    return "settings: " + ", ".join(parts) + "; the rest at their defaults"
 
 
 def find_checkpoint(resume, out_dir: str) -> Path:
@@ -677,8 +680,6 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         config.model_config(1)                                 # model settings checked before reading any data
         print(describe_settings(config, source), file=sys.stderr)
-        for line in schedule_warnings(config):
-            print(line, file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
@@ -687,6 +688,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"nothing to train: the checkpoint {resume.path} is at step {resume.step} and max_iters is "
                   f"{config.max_iters}; pass --max_iters N with N > {resume.step} to train further", file=sys.stderr)
             return 0
+        for line in schedule_warnings(config):
+            print(line, file=sys.stderr)
     except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -107,8 +107,8 @@ def test_a_schedule_longer_than_the_run_is_warned_about(data_dir, tmp_path, caps
 def test_settings_are_printed_at_start_and_the_defaults_say_so(capsys, tmp_path):
     from reference.train import TrainConfig, describe_settings
     assert describe_settings(TrainConfig(), {}) == "settings: the defaults (the shakespeare_char recipe)"
-    line = describe_settings(TrainConfig(max_iters=5), {"max_iters": "flag"})
-    assert line == "settings: max_iters=5 (flag)"
+    line = describe_settings(TrainConfig(max_iters=5, seed=1337), {"max_iters": "flag", "seed": "preset"})
+    assert line == "settings: max_iters=5 (flag); the rest at their defaults"      # the preset's seed is the default
 
 
 # ------------------------------------------------------------------------------------ --help defaults
