@@ -162,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="\n", help="text to continue (default a newline, as nanoGPT)")
-    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (default: none, use --prompt)")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
                         help="tokens to generate per sample, >= 0")
     parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1,
@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200,
                         help="keep the k most likely tokens (default 200, as nanoGPT; 0 for no limit)")
     parser.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None,
-                        help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
+                        help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1] (default: no limit)")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, >= 0")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
