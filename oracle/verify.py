@@ -7,8 +7,9 @@ import argparse
 import sys
 import time
 
-from .fd import finite_difference_check
-from .harness import Report, compare
+from .adapters import finite_difference_check
+from .adapters import compare
+from .harness import Report
 from .registry import REGISTRY
 
 HEADER = ("component", "dtype", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")

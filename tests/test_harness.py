@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from oracle import REGISTRY, compare, rel_error
-from oracle.fd import finite_difference_check
+from oracle.adapters import finite_difference_check
 from oracle.registry import Dims
 from reference.attention import CausalSelfAttention
 from reference.layers import GELU, LayerNorm, Linear
