@@ -68,9 +68,9 @@ def alibi_head_slopes(n_head: int) -> list[float]:
     geometric sequence that starts at 2^(-8/n) with ratio 2^(-8/n), i.e. 2^(-8/n), 2^(-16/n), ..., 2^(-8)
     (n = 8: 1/2, 1/4, ..., 1/256). For other n, with p the largest power of two below n: the p slopes
     of p heads, then the first n - p slopes of 2p heads taken at odd positions (1st, 3rd, 5th, ...)."""
-    def power_of_two_slopes(n: int) -> list[float]:
-        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))     # the paper's expression of 2^(-8/n)
-        return [start * start**i for i in range(n)]
+    def power_of_two_slopes(n: int) -> list[float]:     # start * ratio^i with start = ratio = 2^(-8/n),
+        exponent = -8.0 / n                             # as one power each (a running product drifts by ulps)
+        return [2.0 ** (exponent * (i + 1)) for i in range(n)]
     if math.log2(n_head).is_integer():
         return power_of_two_slopes(n_head)
     closest = 2 ** math.floor(math.log2(n_head))
