@@ -484,9 +484,9 @@ class _FirstUse(TorchFunctionMode):
 
 @dataclass
 class _Mapping:
-    """Where each of our parameters lives in the reference: (their name, index or None)."""
+    """Where each of our parameters lives in the reference: (their name, index or None, transposed)."""
 
-    targets: dict[str, tuple[str, Any]]
+    targets: dict[str, tuple[str, Any, bool]]
     theirs: dict[str, tuple]                   # their parameter names and shapes
 
 
@@ -505,17 +505,22 @@ def _resolve_mapping(reference, params: dict[str, Param], name_map: Mapping | No
     targets = {}
     for name, p in params.items():
         target = name_map.get(name, name)
-        their_name, index = (target, None) if isinstance(target, str) else target
+        target = (target,) if isinstance(target, str) else tuple(target)
+        if not 1 <= len(target) <= 3 or not isinstance(target[0], str) or (len(target) == 3 and target[2] != "T"):
+            raise CheckError(f"name_map[{name!r}]: expected 'their name', (their name, index) or "
+                             f"(their name, index, 'T'), got {target!r}")
+        their_name, index, transpose = (*target, None, None)[:3]
         if their_name not in theirs:
             raise CheckError(f"parameter {name!r} maps to {their_name!r}, which the reference module does not have; "
                              f"it has {sorted(theirs)}")
         shape = tuple(torch.empty(theirs[their_name], device="meta")[index].shape) if index is not None \
             else theirs[their_name]
+        shape = shape[::-1] if transpose else shape
         if tuple(np.shape(p.value)) != shape:
             where = their_name if index is None else f"{their_name}[{_index_text(index)}]"
             raise CheckError(f"parameter {name!r}: shape {tuple(np.shape(p.value))} here, {shape} in the reference "
-                             f"({where})")
-        targets[name] = (their_name, index)
+                             f"({where}{', transposed' if transpose else ''})")
+        targets[name] = (their_name, index, bool(transpose))
     return _Mapping(targets, theirs)
 
 
@@ -534,7 +539,7 @@ def _index_text(index) -> str:
 def _uncovered(mapping: _Mapping) -> list[str]:
     """Their parameters, or parts of them, that none of ours is loaded into (a gradient left uncompared)."""
     covered = {n: np.zeros(shape, bool) for n, shape in mapping.theirs.items()}
-    for their_name, index in mapping.targets.values():
+    for their_name, index, _ in mapping.targets.values():
         if index is None:
             covered[their_name][...] = True
         else:
@@ -550,9 +555,10 @@ def _run_reference(reference, subject: Subject, mapping: _Mapping, values: dict[
     fn = copy.deepcopy(reference).to(dtype) if module else reference
     theirs = dict(fn.named_parameters()) if module else {}
     with torch.no_grad():
-        for name, (their_name, index) in mapping.targets.items():
+        for name, (their_name, index, transpose) in mapping.targets.items():
             target = theirs[their_name] if index is None else theirs[their_name][index]
-            target.copy_(torch.from_numpy(np.array(values[name])).to(dtype))
+            value = torch.from_numpy(np.array(values[name])).to(dtype)
+            target.copy_(value.T if transpose else value)
     tin = []
     for i, x in enumerate(subject.inputs):
         t = torch.from_numpy(np.array(x))
@@ -576,10 +582,11 @@ def _run_reference(reference, subject: Subject, mapping: _Mapping, values: dict[
         (out * torch.from_numpy(np.array(dout)).to(dtype)).sum().backward()
     dx = [None if tin[i].grad is None else tin[i].grad.numpy() for i in subject.grad_inputs]
     grads = {}
-    for name, (their_name, index) in mapping.targets.items():
+    for name, (their_name, index, transpose) in mapping.targets.items():
         g = theirs[their_name].grad
         g = torch.zeros(theirs[their_name].shape, dtype=dtype) if g is None else g
-        grads[name] = (g if index is None else g[index]).detach().numpy()
+        g = g if index is None else g[index]
+        grads[name] = (g.T if transpose else g).detach().numpy()
     return out.detach().numpy(), dx, grads
 
 
@@ -604,8 +611,10 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
         returning it, or an attribute name of Param.owner (see `Param`, `params_of`).
     grad_inputs: which inputs carry gradients, by index or by name (default: every floating input).
     input_names: names for the inputs in the report (default "input", or "input0", "input1", ...).
-    name_map: {our name: their name, or (their name, index)}: index selects part of their tensor,
-        e.g. ("c_attn.weight", np.s_[0:C]) for our separate q_proj.weight (default: the same name).
+    name_map: {our name: their name, or (their name, index), or (their name, index, "T")}: index
+        selects part of their tensor (None for all of it), e.g. ("c_attn.weight", np.s_[0:C]) for our
+        separate q_proj.weight; "T" says ours is its transpose, e.g. a (in, out) W_q against torch's
+        (out, in) nn.Linear weight (default: the same name, the whole tensor).
     slices: {our name: {slice name: index}}: compare a parameter's gradient in named parts, e.g.
         {"c_attn.weight": {"q": np.s_[:C], "k": np.s_[C:2*C], "v": np.s_[2*C:]}}.
     masks: dropout masks: a callable mask source, a list of masks in draw order, or
