@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from .adapters import finite_difference_check
-from .adapters import compare
+from .adapters import compare, consistency, directional_check, jacobian_check
 from .harness import Report
-from .registry import REGISTRY, Dims
+from .registry import REGISTRY, Dims, small_dims, tiny
 
 HEADER = ("component", "dtype", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
 
@@ -35,16 +35,36 @@ def run_case(name: str, dtype: str, seed: int = 0, dims: dict | None = None) -> 
     return report, fd
 
 
-def row(report: Report, fd: Report | None) -> tuple[str, ...]:
+def gradchecks(name: str, dtype: str, seed: int = 0, dims: dict | None = None) -> list[Report]:
+    """The gradient checkers' checks for one case and dtype (tests/test_gradcheck.py runs them in CI):
+    backward twice and non-contiguous inputs (both dtypes); in float64 also the full Jacobian at a
+    tiny size and a directional derivative."""
+    case = REGISTRY[name]
+    d = case.dims.replace(**dims) if dims else case.dims
+    ref, _, inputs = case.build(dtype, seed, d)
+    reports = [consistency(ref, inputs, case=name, seed=seed, dropout=case.dropout)]
+    if dtype == "float64" and case.fd:
+        ref, _, inputs = case.build(dtype, seed, d)
+        reports.append(directional_check(ref, inputs, case=name, seed=seed, dropout=case.dropout))
+        ref, _, inputs = case.build(dtype, seed, tiny(d) if dims else small_dims(case))
+        reports.append(jacobian_check(ref, inputs, case=name, seed=seed, dropout=case.dropout))
+    return reports
+
+
+def row(report: Report, fd: Report | None, extra: list[Report] = ()) -> tuple[str, ...]:
+    """One table row. `extra` (gradchecks' reports) count in the finite-difference column (the Jacobian
+    and directional checks), the margin (checks with a tolerance) and the result."""
     def err(kind: str) -> str:
         c = report.worst(kind)
         return f"{c.err:.1e}" if c else "-"
     p = report.worst("param")
-    fd_worst = max(fd.checks, key=lambda c: c.err / c.tol) if fd and fd.checks else None
-    checks = report.checks + (fd.checks if fd else [])
+    fd_checks = (fd.checks if fd else []) + [c for r in extra for c in r.checks if "(jacobian)" in c.name
+                                             or "(directional)" in c.name]
+    fd_worst = max(fd_checks, key=lambda c: c.err / c.tol) if fd_checks else None
+    checks = report.checks + [c for c in (fd.checks if fd else []) + [c for r in extra for c in r.checks] if c.tol > 0]
     margin = max((c.err / c.tol for c in checks), default=float("inf"))
     tol = min((c.tol for c in report.checks), default=0.0)
-    passed = report.passed and (fd is None or fd.passed)
+    passed = report.passed and (fd is None or fd.passed) and all(r.passed for r in extra)
     return (report.case, report.dtype, err("forward"), err("input"),
             f"{p.err:.1e} {p.name.removesuffix('.grad')}" if p else "-",
             f"{fd_worst.err:.1e}" if fd_worst else "-",
@@ -143,8 +163,9 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         for dtype in dtypes:
             report, fd = run_case(name, dtype, args.seed, dims)
-            rows.append(row(report, fd))
-            for r in (report, fd):
+            extra = gradchecks(name, dtype, args.seed, dims)
+            rows.append(row(report, fd, extra))
+            for r in (report, fd, *extra):
                 if r is not None and (args.verbose or not r.passed):
                     failures.append(str(r))
     print(format_table(rows))
