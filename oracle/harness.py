@@ -122,6 +122,14 @@ class Report:
         """The first failing tensor in forward order (None when every tensor passed)."""
         return next((c for c in self.checks if not c.passed), None)
 
+    @property
+    def last_failure(self) -> TensorCheck | None:
+        """The failing gradient latest in forward order. A wrong backward corrupts every gradient computed
+        after it, i.e. of every tensor used before it in the forward: the bug is usually in the backward
+        of the step that comes right after this tensor in the forward."""
+        grads = [c for c in self.checks if c.kind in ("input", "param") and not c.passed]
+        return grads[-1] if grads else None
+
     def __getitem__(self, name: str) -> TensorCheck:
         for c in self.checks:
             if c.name == name:
@@ -133,8 +141,10 @@ class Report:
 
     def __str__(self) -> str:
         head = f"{self.case} [{self.dtype}]: {'PASS' if self.passed else 'FAIL'}"
-        first = self.first_failure
+        first, last = self.first_failure, self.last_failure
         tail = [f"  first failure in forward order: {first.name}"] if first is not None and not self.problems else []
+        if tail and last is not None and last is not first:
+            tail.append(f"  last failing gradient in forward order: {last.name} (a backward bug usually sits just after it)")
         return "\n".join([head, *(f"  PROBLEM {p}" for p in self.problems), *(c.line() for c in self.checks), *tail])
 
 

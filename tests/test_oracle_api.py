@@ -441,3 +441,28 @@ def test_twin_attention_uses_its_own_slopes():
     scores = scores.masked_fill(j > i, float("-inf"))
     y = att.c_proj((F.softmax(scores, -1) @ v).transpose(1, 2).reshape(1, 4, 6))
     assert torch.allclose(att(x), y, atol=1e-14)
+
+
+def test_whole_model_report_points_at_the_broken_backward():
+    """A GPT whose second block's MLP input projection returns a wrong dx (its own gradients stay
+    right): every gradient used before it in the forward fails, the output and everything after it
+    pass, and the last failing gradient in forward order is the norm just before the broken step."""
+    from oracle import REGISTRY, compare
+    from reference.layers import Linear
+
+    class WrongDx(Linear):
+        def backward(self, dy, x, **kwargs):
+            return super().backward(dy, x, **kwargs) * 1.001
+
+    ref, twin, inputs = REGISTRY["gpt"].build("float64")
+    ref.transformer.h[1].mlp.c_fc.__class__ = WrongDx
+    report = compare(ref, twin, inputs, case="gpt")
+    names = [c.name for c in report.checks if c.kind == "param"]
+    bad = failing(report)
+    assert report["output"].passed
+    assert bad[0] == "transformer.wte.weight.grad" == report.first_failure.name
+    assert report.last_failure.name == "transformer.h.1.ln_2.bias.grad"
+    assert names.index("transformer.h.1.ln_2.bias.grad") + 1 == names.index("transformer.h.1.mlp.c_fc.weight.grad")
+    assert all(n not in bad for n in names[names.index("transformer.h.1.mlp.c_fc.weight.grad"):]
+               if n != "transformer.wte.weight.grad")
+    assert "last failing gradient in forward order: transformer.h.1.ln_2.bias.grad" in str(report)
