@@ -17,7 +17,8 @@ from oracle import tolerance as policy
 from reference import GPT, GPTConfig
 from reference import functional
 from reference.functional import erf, gelu_and_grad, softmax, softmax_backward
-from reference.layers import GELU, DropoutMasks, LayerNorm, RMSNorm
+from reference.attention import CausalSelfAttention
+from reference.layers import GELU, Dropout, DropoutMasks, LayerNorm, Linear, RMSNorm
 from reference.loss import CrossEntropyLoss
 from reference.model import KVCache
 from reference.module import Module, Parameter, as_dtype
@@ -90,7 +91,7 @@ def test_optimizer_defaults_are_torchs(kind):
 ])
 def test_optimizer_hyperparameter_bounds_are_torchs(hp, valid):
     """The accepted ranges are torch's: 0 <= lr, eps, weight_decay and 0 <= beta < 1, bounds included.
-    Kills reference.optim.xǁAdamǁ__init____mutmut_4, _5, _7, _9, _14, _16 to _24."""
+    Kills reference.optim.xǁAdamǁ__init____mutmut_4, _5, _7, _9, _14, _16 to _19, _21, _23, _24."""
     ps = _params(np.random.default_rng(0))
     try:
         torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], **hp)
@@ -107,7 +108,7 @@ def test_optimizer_hyperparameter_bounds_are_torchs(hp, valid):
 
 def test_optimizer_group_params_may_be_any_iterable():
     """A group's params given as a generator are listed once and updated.
-    Kills reference.optim.xǁAdamǁ__init____mutmut_48, _49 (the group's "params" key)."""
+    Kills reference.optim.xǁAdamǁ__init____mutmut_44, _45 (the group's "params" key)."""
     ps = _params(np.random.default_rng(1))
     before = [p.data.copy() for p in ps]
     opt = AdamW([{"params": (p for p in ps)}], lr=0.1)
@@ -141,7 +142,7 @@ def test_optimizer_state_dict_numbers_groups_like_torch_and_resumes_exactly():
     """Three groups are numbered 0.. across groups as torch numbers them; a loaded state (betas given as
     a list, as a JSON round trip gives them) resumes bit for bit.
     Kills reference.optim.xǁAdamǁstate_dict__mutmut_10, _20, _23, _24 and
-    xǁAdamǁload_state_dict__mutmut_15, _19, _20, _48, _49."""
+    xǁAdamǁload_state_dict__mutmut_13, _17, _18, _45, _46."""
     rng = np.random.default_rng(3)
     ps = _params(rng, ((2,), (3,), (2, 2), (1,)))
     tps = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in ps]
@@ -210,14 +211,14 @@ def test_cross_entropy_default_ignore_index_is_torchs():
 def test_cross_entropy_refuses_targets_out_of_range(bad):
     """A negative target other than ignore_index, or one equal to the class count, is refused with the
     reference's own message (numpy's fancy indexing would wrap a negative one silently).
-    Kills reference.loss.xǁCrossEntropyLossǁforward__mutmut_33, _36."""
+    Kills reference.loss.xǁCrossEntropyLossǁforward__mutmut_28, _31."""
     with pytest.raises(IndexError, match=f"target {bad} is out of range for 4 classes"):
         CrossEntropyLoss().forward(np.zeros((2, 4)), np.array([0, bad]))
 
 
 def test_cross_entropy_with_nothing_to_average_is_nan_without_a_warning():
     """All targets ignored: the loss is nan, as torch, and no division by zero is attempted.
-    Kills reference.loss.xǁCrossEntropyLossǁforward__mutmut_68, _73."""
+    Kills reference.loss.xǁCrossEntropyLossǁforward__mutmut_61, _66."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for dtype in (np.float32, np.float64):
@@ -227,7 +228,7 @@ def test_cross_entropy_with_nothing_to_average_is_nan_without_a_warning():
 
 def test_cross_entropy_single_target_gradient():
     """One valid target: the mean divides by 1.
-    Kills reference.loss.xǁCrossEntropyLossǁbackward__mutmut_23 (max(n, 1) -> max(n, 2))."""
+    Kills reference.loss.xǁCrossEntropyLossǁbackward__mutmut_20 (max(n, 1) -> max(n, 2))."""
     logits = np.random.default_rng(6).standard_normal((1, 5))
     _, cache = CrossEntropyLoss().forward(logits, np.array([3]))
     dz = CrossEntropyLoss().backward(1.0, cache)
@@ -269,10 +270,14 @@ def test_float32_model_keeps_float32_tables_and_cache(pos):
 
 
 def test_check_input_accepts_a_full_context_and_names_the_bad_id():
-    """A sequence of exactly block_size tokens is accepted; an out-of-range id is named even after a 0.
-    Kills reference.model.xǁGPTǁcheck_input__mutmut_1, _22, _23, _25."""
+    """A sequence of exactly block_size tokens is accepted; an empty batch or sequence is refused; an
+    out-of-range id is named even after a 0.
+    Kills reference.model.xǁGPTǁcheck_input__mutmut_1, _11, _12, _29, _30, _32."""
     model = GPT(GPTConfig(**SMALL))
     model.check_input(np.zeros((1, 8), dtype=np.int64))
+    for shape in ((0, 3), (2, 0)):
+        with pytest.raises(ValueError, match="are empty"):
+            model.check_input(np.zeros(shape, dtype=np.int64))
     for ids, bad in (([[0, 1, 13]], 13), ([[0, 0, -2, 5]], -2)):
         with pytest.raises(ValueError, match=f"token id {bad} is out of range"):
             model.check_input(np.array(ids))
@@ -281,7 +286,7 @@ def test_check_input_accepts_a_full_context_and_names_the_bad_id():
 def test_loss_and_backward_apply_the_masks_and_a_unit_seed_gradient():
     """loss() and loss_and_backward() pass the dropout masks on, and backpropagate d loss = 1: the same
     loss and gradients as forward, criterion and backward called one by one.
-    Kills reference.model.xǁGPTǁloss__mutmut_3, _5 and xǁGPTǁloss_and_backward__mutmut_4, _7, _12, _16."""
+    Kills reference.model.xǁGPTǁloss__mutmut_6, _8 and xǁGPTǁloss_and_backward__mutmut_4, _7, _12, _16."""
     config = GPTConfig(**SMALL, dropout=0.3)
     rng = np.random.default_rng(7)
     idx, targets = rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6))
@@ -317,12 +322,41 @@ def test_dropout_masks_are_the_documented_draw():
 
 def test_layer_defaults():
     """RMSNorm's and LayerNorm's defaults are torch's LayerNorm's (eps 1e-5) in float64; GELU's is exact.
-    Kills reference.layers.xǁRMSNormǁ__init____mutmut_1, _2, _3, xǁLayerNormǁ__init____mutmut_3, _4 and
-    xǁGELUǁ__init____mutmut_1, _2."""
+    Linear is float64, Dropout is off and named "dropout", attention has no ALiBi unless asked.
+    Kills reference.layers.xǁRMSNormǁ__init____mutmut_1, _2, _3, xǁLayerNormǁ__init____mutmut_3, _4,
+    xǁGELUǁ__init____mutmut_1, _2, xǁLinearǁ__init____mutmut_2, _3, xǁDropoutǁ__init____mutmut_1, _2, _3, _11
+    and reference.attention.xǁCausalSelfAttentionǁ__init____mutmut_1."""
+    rng = np.random.default_rng(16)
     norm, ln = RMSNorm(4), LayerNorm(4)
     assert norm.eps == ln.eps == torch.nn.LayerNorm(4).eps == 1e-5
-    assert norm.weight.data.dtype == ln.weight.data.dtype == np.float64
+    assert norm.weight.data.dtype == ln.weight.data.dtype == Linear(3, 2, rng=rng).weight.data.dtype == np.float64
     assert GELU().approximate == "none"
+    assert Dropout().p == 0.0 and Dropout().name == "dropout"
+    attn = CausalSelfAttention(8, 2, 2, bias=True, dropout=0.0, rng=rng, dtype=np.float64, proj_std=0.02)
+    assert attn.slopes is None
+
+
+def test_dropout_is_the_identity_without_masks_or_probability():
+    """Without masks (evaluation) dropout returns its input; with p = 0 it draws nothing, so the mask
+    source's random stream is untouched.
+    Kills reference.layers.xǁDropoutǁdraw__mutmut_1, _4."""
+    config = GPTConfig(**SMALL, dropout=0.2)
+    idx = np.random.default_rng(17).integers(0, 13, (2, 6))
+    np.testing.assert_array_equal(GPT(config).forward(idx)[0], GPT(config.replace(dropout=0.0)).forward(idx)[0])
+    masks = DropoutMasks(np.random.default_rng(18), record=True)
+    x = np.ones((2, 3))
+    assert Dropout(0.0).forward(x, masks)[0] is x and masks.drawn == {}
+
+
+@pytest.mark.parametrize("name", ["attention", "attention_dropout"])
+def test_attention_of_one_token_in_a_batch_of_three(name):
+    """T = 1, one head, B = 3: the softmax rows of each batch element are 1 x 1, fewer numbers than
+    batch rows (the blocks of softmax and its backward run over the batch axis).
+    Kills reference.functional.x_softmax__mutmut_23 and x_softmax_backward__mutmut_23."""
+    case = REGISTRY[name]
+    ref, twin, inputs = case.build("float64", 0, Dims(B=3, T=1, H=1, Hkv=1, hd=4))
+    report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("T", [3, 7])
@@ -372,7 +406,7 @@ def test_blocks_and_the_thread_pool_give_the_twins_numbers(name, monkeypatch):
     """The fast path's machinery at small sizes: blocks of 16 elements (many per array), two threads,
     matrix products split over the pool (functional.for_blocks, for_products, column_sums). The
     selection otherwise runs with one block and NUMPY_GPT_THREADS=1.
-    Kills reference.functional.x_column_sums__mutmut_2, _3, _22, x_softmax_backward__mutmut_23,
+    Kills reference.functional.x_column_sums__mutmut_2, _3, _22,
     reference.layers.xǁLinearǁbackward__mutmut_18, _23 and
     reference.attention.xǁCausalSelfAttentionǁbackward__mutmut_216, _221, _222."""
     monkeypatch.setattr(functional, "BLOCK_ELEMENTS", 16)
