@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
     if argv[0] in ("train", "sample"):                         # faster: docs/performance.md, "Threads"
-        from .functional import products_on_pool
+        from .fast.pool import products_on_pool
         with products_on_pool():
             return int(module.run(args) or 0)
     return int(module.run(args) or 0)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .functional import for_each
+from .fast.pool import for_each
 from .module import Parameter
 
 
