@@ -3,11 +3,23 @@
     from oracle import REGISTRY, compare
     report = compare(ref_layer, twin_module, inputs)
 
-Importing `oracle` registers every case in `oracle.cases`.
+Taking any of the names below from `oracle` imports torch and registers every case in
+`oracle.cases`. The package itself imports nothing heavy, so that its command line
+(`python -m oracle`, `numpy-gpt`, oracle/cli.py) can run `train` without importing torch.
 """
 
-from . import cases as _cases  # noqa: F401  (fills the registry)
-from .harness import Report, compare, rel_error
-from .registry import REGISTRY, Case, Dims, register, unregister
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"REGISTRY": "registry", "Case": "registry", "Dims": "registry", "register": "registry",
+            "unregister": "registry", "Report": "harness", "compare": "harness", "rel_error": "harness"}
 
 __all__ = ["REGISTRY", "Case", "Dims", "Report", "compare", "register", "rel_error", "unregister"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'oracle' has no attribute {name!r}")
+    importlib.import_module(".cases", __name__)                # fills the registry
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

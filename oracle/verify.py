@@ -1,4 +1,4 @@
-"""`python -m reference verify`: run the oracle over every registered case in both dtypes and print
+"""`python -m oracle verify`: run the oracle over every registered case in both dtypes and print
 the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 
+from . import cases as _cases  # noqa: F401  (fills the registry)
 from .fd import finite_difference_check
 from .harness import Report, compare
 from .registry import REGISTRY

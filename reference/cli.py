@@ -1,8 +1,10 @@
-"""The command line: `python -m reference <command>` or the `numpy-gpt` console script.
+"""The command line of the model: `python -m reference train|sample|plot`.
 
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their command runs, so `train` never imports torch and `verify`
-can say clearly when torch is missing.
+modules are imported only when their command runs, so `train` never imports matplotlib. The commands
+that need PyTorch (`verify`, `bench`) live in the oracle: `python -m oracle verify|bench`, also
+installed as `numpy-gpt` (oracle/cli.py), which serves these commands too. `reference/` never
+imports the oracle.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import importlib
 import sys
 
 COMMANDS = {
-    "verify": ("oracle.verify", "prove every layer and the whole model against PyTorch (needs torch)"),
     "train": ("reference.train", "train a model on prepared data (see data/prepare.py)"),
     "sample": ("reference.sample", "generate text from a checkpoint"),
-    "bench": ("reference.bench", "time training steps against the PyTorch twin (needs torch)"),
     "plot": ("reference.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
 }
+# Commands of the oracle (they need torch): named here only to point at them.
+ORACLE_COMMANDS = ("verify", "bench")
 
 
 def _load(module_name: str):
@@ -34,9 +36,13 @@ def _load(module_name: str):
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m reference") -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="numpy-gpt", description="A GPT in pure NumPy, proved against PyTorch.")
+    if argv and argv[0] in ORACLE_COMMANDS:
+        print(f"error: '{argv[0]}' is a command of the oracle: run `python -m oracle {argv[0]}` "
+              f"(or `numpy-gpt {argv[0]}`)", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=prog, description="A GPT in pure NumPy, proved against PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -46,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     module = _load(COMMANDS[argv[0]][0])
     if module is None:
         return 2
-    cmd = argparse.ArgumentParser(prog=f"numpy-gpt {argv[0]}", description=COMMANDS[argv[0]][1])
+    cmd = argparse.ArgumentParser(prog=f"{prog} {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
-    if argv[0] in ("train", "sample"):                         # faster: docs/performance.md, "Threads"
+    if getattr(args, "kernels", None) == "fast":              # train, sample: docs/performance.md, "Threads"
         from .fast.pool import products_on_pool
         with products_on_pool():
             return int(module.run(args) or 0)

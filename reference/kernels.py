@@ -9,6 +9,8 @@ and the choice is not part of any saved state. `GPT(config, kernels=...)` calls 
 
 from __future__ import annotations
 
+import argparse
+
 from .module import Module
 
 KERNELS = ("fast", "textbook")
@@ -33,3 +35,10 @@ def use_kernels(root: Module, kernels: str) -> str:
         base = textbook.get(cls, cls)                          # the textbook class of either path
         module.__class__ = fast.get(base, base) if kernels == "fast" else base
     return kernels
+
+
+def add_kernels_argument(parser: argparse.ArgumentParser) -> None:
+    """`--kernels {fast,textbook}` for train, sample and bench (default fast)."""
+    parser.add_argument("--kernels", choices=KERNELS, default="fast",
+                        help="which implementation of the layers runs: fast (default) or textbook, the code the "
+                             "docs derive (the same numbers to round-off; docs/performance.md)")

@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from .kernels import add_kernels_argument
 from .model import GPT, KVCache
 
 __all__ = ["generate", "next_token_probs", "sample_next", "check_sampling_args", "add_arguments", "run"]
@@ -148,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
+    add_kernels_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             ids = tok.encode(prompt)
         except ValueError as e:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
-        model = build_model(ckpt)
+        model = build_model(ckpt, kernels=getattr(args, "kernels", "fast"))
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

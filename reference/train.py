@@ -48,6 +48,7 @@ from .checkpoint import (Checkpoint, CheckpointError, check_compatible, generato
                          restore_optimizer, save_checkpoint)
 from .config import CHOICES, GPTConfig
 from .data import get_batch, load_meta, load_split, tokenizer_from_dict
+from .kernels import add_kernels_argument
 from .layers import DropoutMasks
 from .model import GPT
 from .optim import AdamW, clip_grad_norm_, cosine_lr
@@ -199,7 +200,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
-                 vocab_size: int | None = None, resume=None, progress: bool = False):
+                 vocab_size: int | None = None, resume=None, progress: bool = False, kernels: str = "fast"):
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -225,7 +226,7 @@ class Trainer:
                 raise ValueError(f"the {split} split holds token id {bad} outside the vocabulary of {vocab_size} "
                                  f"(expected 0 <= id < {vocab_size})")
         self.model_config = config.model_config(vocab_size)
-        self.model = GPT(self.model_config, seed=config.seed)
+        self.model = GPT(self.model_config, seed=config.seed, kernels=kernels)   # the path is not saved
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
@@ -441,6 +442,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run even if OUT_DIR already holds a checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or console lines")
+    add_kernels_argument(parser)
     group = parser.add_argument_group("training config (defaults: the shakespeare_char recipe)")
     for name, f in FIELDS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
@@ -505,7 +507,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
                   "it or --overwrite to start a new run there", file=sys.stderr)
             return 2
-        trainer = Trainer(config, resume=resume, progress=not args.no_progress)
+        trainer = Trainer(config, resume=resume, progress=not args.no_progress,
+                          kernels=getattr(args, "kernels", "fast"))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from oracle import registry
 from oracle.verify import main
-from reference.cli import main as cli_main
+from oracle.cli import main as cli_main
 from reference.layers import LayerNorm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +46,24 @@ def test_cli_dispatch_and_help(capsys):
 
 
 def test_verify_says_when_torch_is_missing():
-    script = "import sys; sys.modules['torch'] = None; from reference.cli import main; sys.exit(main(['verify']))"
+    script = "import sys; sys.modules['torch'] = None; from oracle.cli import main; sys.exit(main(['verify']))"
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "needs torch, which is not installed" in out.stderr and "pip install" in out.stderr
 
 
-def test_python_dash_m_reference_verify():
-    out = subprocess.run([sys.executable, "-m", "reference", "verify", "--case", "embedding"], cwd=ROOT,
+def test_python_dash_m_oracle_verify():
+    out = subprocess.run([sys.executable, "-m", "oracle", "verify", "--case", "embedding"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| embedding" in out.stdout
+
+
+def test_python_dash_m_reference_names_the_oracle_commands():
+    """verify and bench moved to the oracle: `python -m reference verify|bench` says where, in one line."""
+    for command in ("verify", "bench"):
+        out = subprocess.run([sys.executable, "-m", "reference", command], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr == (f"error: '{command}' is a command of the oracle: run `python -m oracle {command}` "
+                              f"(or `numpy-gpt {command}`)\n")
