@@ -133,13 +133,6 @@ def for_blocks(fn: Callable[[int, int], object], n: int, item_size: int = 1) -> 
     return list(_executor().map(partial(_run, lambda b: fn(*b)), bounds))
 
 
-def for_each(fn: Callable, items: list) -> list:
-    """[fn(item) for item in items], spread over THREADS threads (for independent elementwise work)."""
-    if _inline() or len(items) <= 1:
-        return [fn(item) for item in items]
-    return list(_executor().map(partial(_run, fn), items))
-
-
 def for_products(fn: Callable[[int, int], object], n: int, item_size: int | None = None) -> list:
     """fn(lo, hi) over range(n) for work made of matrix products (see SPLIT_PRODUCTS).
 
