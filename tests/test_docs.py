@@ -446,31 +446,35 @@ def test_slug_follows_github():
 
 # ---------------------------------------------------------------- (f) docs quote code that exists
 
-QUOTE_START = re.compile(r"\bIn code\b")
+QUOTE_START = re.compile(r"\b[Ii]n code\b|\b[Tt]he code (?:is|forms|uses)\b")
 SYMBOL = re.compile(r"^reference/[\w/]+\.py::[\w.]+$")
 LIST_ITEM = re.compile(r"^\s*(\d+\.|[-*])\s")
 
 
 def code_quotes(text: str) -> list[tuple[str, list[str], list[str]]]:
-    """[(passage, quotes, symbols named in it)] for every "In code" passage of a page: from "In code" to
-    the end of its paragraph or list item. Quotes are its backticked snippets; snippets that name a
+    """[(passage, quotes, symbols named in it)] for every "In code" passage of a page (also "in code",
+    "the code is/forms/uses"): from there to the end of its paragraph or list item (and through the
+    next paragraph when the passage ends with a colon). Quotes are its backticked snippets; snippets that name a
     symbol (`reference/x.py::Name`) are the passage's own scope, not quotes."""
-    passages = []
-    for paragraph in re.split(r"\n\s*\n", prose(text)):
-        lines = paragraph.splitlines()
-        for i, line in enumerate(lines):
-            m = QUOTE_START.search(line)
-            if not m:
-                continue
-            body = [line[m.start():]]
-            for nxt in lines[i + 1:]:
-                if LIST_ITEM.match(nxt) or QUOTE_START.search(nxt):
-                    break
-                body.append(nxt)
-            passage = " ".join(body)
-            snippets = re.findall(r"`([^`]+)`", passage)
-            passages.append((passage, [q for q in snippets if not SYMBOL.match(q)],
-                             [q for q in snippets if SYMBOL.match(q)]))
+    passages, lines = [], prose(text).splitlines()
+    for i, line in enumerate(lines):
+        m = QUOTE_START.search(line)
+        if not m:
+            continue
+        body = [line[m.start():]]
+        for nxt in lines[i + 1:]:
+            if LIST_ITEM.match(nxt) or QUOTE_START.search(nxt):
+                break
+            if not nxt.strip():
+                if body[-1].rstrip().endswith(":") and len(body) == len([b for b in body if b.strip()]):
+                    body.append("")                           # "... is these calls:" then the calls
+                    continue
+                break
+            body.append(nxt)
+        passage = " ".join(body)
+        snippets = re.findall(r"`([^`]+)`", passage)
+        passages.append((passage, [q for q in snippets if not SYMBOL.match(q)],
+                         [q for q in snippets if SYMBOL.match(q)]))
     return passages
 
 

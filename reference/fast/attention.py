@@ -37,7 +37,8 @@ def query_tiles(t: int) -> list[tuple[int, int]]:
 
 
 class CausalSelfAttention(attention.CausalSelfAttention):
-    """Tiled, pooled, in-place attention. Textbook: reference/attention.py::CausalSelfAttention."""
+    """Tiled, pooled, in-place attention. Textbook: reference/attention.py::CausalSelfAttention, derived in
+    docs/attention.md (its sections on tiles and blocks describe this version; docs/performance.md)."""
 
     def forward(self, x: np.ndarray, masks: MaskSource | None = None, kv_cache: LayerKV | None = None):
         B, T, C = x.shape

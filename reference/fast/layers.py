@@ -22,7 +22,8 @@ from .pool import column_sums, empty, for_blocks, for_products
 
 
 class Embedding(layers.Embedding):
-    """y = weight[idx], with a sort-and-reduceat backward. Textbook: reference/layers.py::Embedding."""
+    """y = weight[idx], with a sort-and-reduceat backward. Textbook: reference/layers.py::Embedding,
+    derived in docs/embedding.md; this version: docs/performance.md."""
 
     def forward(self, idx: np.ndarray):                        # idx (...) int
         self.check_ids(idx)
@@ -42,7 +43,8 @@ class Embedding(layers.Embedding):
 
 
 class Linear(layers.Linear):
-    """y = x @ weight.T + bias, products on the pool. Textbook: reference/layers.py::Linear."""
+    """y = x @ weight.T + bias, products on the pool. Textbook: reference/layers.py::Linear, derived in
+    docs/linear.md; this version: docs/performance.md."""
 
     # All products are 2-d: (..., in) is flattened to (N, in) first. NumPy runs a 3-d @ 2-d product
     # as one small GEMM per leading index, which is several times slower than one (N, in) GEMM.
@@ -80,7 +82,8 @@ class Linear(layers.Linear):
 
 
 class LayerNorm(layers.LayerNorm):
-    """LayerNorm block by block on the pool, in place. Textbook: reference/layers.py::LayerNorm."""
+    """LayerNorm block by block on the pool, in place. Textbook: reference/layers.py::LayerNorm, derived
+    in docs/layernorm.md; this version: docs/performance.md."""
 
     # Both passes run block by block over the rows (pool.for_blocks: cache-sized blocks, several
     # threads), with every intermediate written in place into the outputs. The backward's two row
@@ -137,7 +140,8 @@ class LayerNorm(layers.LayerNorm):
 
 
 class GELU(layers.GELU):
-    """GELU with the fast path's blocked kernels. Textbook: reference/layers.py::GELU."""
+    """GELU with the fast path's blocked kernels. Textbook: reference/layers.py::GELU, derived in
+    docs/gelu.md; this version: docs/performance.md."""
 
     def forward(self, x: np.ndarray):
         return gelu(x, self.approximate), x
@@ -147,7 +151,8 @@ class GELU(layers.GELU):
 
 
 class MLP(layers.MLP):
-    """The GELU MLP with GELU' computed in the forward. Textbook: reference/layers.py::MLP."""
+    """The GELU MLP with GELU' computed in the forward. Textbook: reference/layers.py::MLP, derived in
+    docs/mlp.md; this version: docs/performance.md."""
 
     # GELU's derivative is computed in the forward, together with GELU (they share the erf and
     # exp), and cached instead of GELU's input h: the backward is then one multiplication, with

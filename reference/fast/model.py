@@ -10,7 +10,8 @@ from ..layers import MaskSource
 
 
 class Block(model.Block):
-    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). Textbook: reference/model.py::Block."""
+    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). Textbook: reference/model.py::Block, derived in
+    docs/block.md; this version: docs/performance.md."""
 
     # The residual sums are taken in place, in the sublayer's output (a new array of this call's
     # own) rather than in another new (B, T, C) array; the same in the backward.
