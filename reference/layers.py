@@ -62,19 +62,22 @@ class Linear(Module):
         self.weight = Parameter(normal_init(rng, (out_features, in_features), std, dtype))
         self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
 
+    # The rows are flattened first: (..., in) -> (N, in). The formulas are the same, and NumPy runs
+    # a 3-d @ 2-d product as one small product per leading index (up to 15x slower than one).
     def forward(self, x: np.ndarray):                          # x (..., in)
-        y = x @ self.weight.data.T                             # (..., out)
+        x2 = _flat2d(x)                                        # (N, in)
+        y = x2 @ self.weight.data.T                            # (N, out)
         if self.bias is not None:
             y += self.bias.data
-        return y, x
+        return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
     def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
         """dL/dx; adds dL/dweight and dL/dbias to the grads."""
-        dy2 = _flat2d(dy)                                      # (N, out)
-        self.weight.grad += dy2.T @ _flat2d(x)                 # (out, in)
+        dy2, x2 = _flat2d(dy), _flat2d(x)                      # (N, out), (N, in)
+        self.weight.grad += dy2.T @ x2                         # (out, in)
         if self.bias is not None:
             self.bias.grad += dy2.sum(0)                       # (out,)
-        return dy @ self.weight.data                           # (..., in)
+        return (dy2 @ self.weight.data).reshape(x.shape)       # (..., in)
 
 
 class LayerNorm(Module):

@@ -536,12 +536,12 @@ def test_code_quotes_exist_in_the_textbook_path(page):
 
 def test_quote_check_reports_a_wrong_quote():
     """The check can fail: a quote the code does not hold, or one from the fast path, is reported."""
-    page = ("# Linear\n\nIn code: `y = x @ self.weight.data.T`, then `y += self.bias.data`.\n\n"
+    page = ("# Linear\n\nIn code: `y = x2 @ self.weight.data.T`, then `y += self.bias.data`.\n\n"
             "In code: `return dy @ self.weight.data.T` for the input.\n\n"
             "## Where\n\n- Code: `reference/layers.py::Linear.backward`\n")
     assert missing_quotes("fake.md", page) == [
         "docs/fake.md: `return dy @ self.weight.data.T` is not in reference/layers.py::Linear.backward"]
-    assert [q for _, q, _ in code_quotes(page)] == [["y = x @ self.weight.data.T", "y += self.bias.data"],
+    assert [q for _, q, _ in code_quotes(page)] == [["y = x2 @ self.weight.data.T", "y += self.bias.data"],
                                                     ["return dy @ self.weight.data.T"]]
     fast = "In code (`reference/fast/layers.py::Linear`): `np.matmul(x2[lo:hi], w.T, out=y[lo:hi])`.\n"
     with pytest.raises(AssertionError, match="docs quote the textbook path"):
