@@ -228,7 +228,7 @@ def timing_child(spec: dict) -> dict:
     set_blas_threads(spec["threads"])
     bench_twin.set_threads(spec["threads"])
     cfg, dtype = BenchConfig(**spec["cfg"]), spec["dtype"]
-    peaks = [matmul_peak(dtype)]
+    peaks = [matmul_peak(dtype, spec.get("peak_size", 2048))]
     model, opt = make_reference(cfg, dtype, kernels=spec.get("kernels", "fast"))
     twin = bench_twin.TwinTrainer(model, dtype, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
     idx, targets = batch_of(cfg)
@@ -247,7 +247,7 @@ def timing_child(spec: dict) -> dict:
     n_params = model.num_parameters()
     del model, opt, twin
     gc.collect()
-    peaks.append(matmul_peak(dtype))
+    peaks.append(matmul_peak(dtype, spec.get("peak_size", 2048)))
     return {"numpy_times": ref_t, "torch_times": twin_t, "loss_first_step": {"numpy": ref_loss[0], "torch": twin_loss[0]},
             "n_params": n_params, "matmul_peaks": peaks, "torch_version": bench_twin.torch_version()}
 
@@ -429,6 +429,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blas-thread-timeout", type=int, default=18, metavar="N",
                         help="OPENBLAS_THREAD_TIMEOUT for the children: idle OpenBLAS threads spin 2^N cycles "
                              "before sleeping (default 18, about 0.1 ms; 0 keeps OpenBLAS's default of 2^28)")
+    parser.add_argument("--peak-size", type=_at_least_one, default=2048, metavar="N",
+                        help="the N x N x N GEMM whose best rate is the matmul peak (default 2048)")
     parser.add_argument("--memory-steps", type=int, default=2,
                         help="steps each side runs alone in a child process for peak memory (default 2; 0 skips)")
     parser.add_argument("--sample-config", type=parse_config, default=None, metavar="NAME|SPEC",
@@ -491,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
                    "torch": rows[0]["torch_version"], "machine": platform.machine(),
                    "processor": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
                    "openblas_thread_timeout": args.blas_thread_timeout or "default", "products": args.products,
-                   "runs": args.runs,
+                   "runs": args.runs, "matmul_peak_size": args.peak_size,
                    "matmul_peak_gflops": peaks, "date": time.strftime("%Y-%m-%d %H:%M")}
     result = {"env": environment, "flop_formula": "(6 N + 12 L T C) B T per step, N = parameters without wpe",
               "rows": rows, "sampling": sampling, "profiles": profiles}
@@ -509,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
 
 def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict, kernels: str = "fast") -> dict:
     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
-            "steps": args.steps, "warmup": args.warmup, "kernels": kernels}
+            "steps": args.steps, "warmup": args.warmup, "kernels": kernels, "peak_size": args.peak_size}
     timing = pooled([in_child("oracle.bench:timing_child", spec, env) for _ in range(args.runs)])
     flops = flops_per_step(cfg, timing["n_params"])
     ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])
@@ -564,7 +566,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"{env['processor']}, {env['cores']} cores, {env['threads']} threads on both sides; "
         f"Python {env['python']}, NumPy {env['numpy']}, torch {env['torch']}; {env['date']}.",
-        f"NumPy's measured matmul peak (2048^3 GEMM, best of the measurements taken around each row): {peaks}. "
+        f"NumPy's measured matmul peak ({env.get('matmul_peak_size', 2048)}^3 GEMM, best of the measurements taken around each row): {peaks}. "
         f"OPENBLAS_THREAD_TIMEOUT: {env['openblas_thread_timeout']}.",
         "",
         "One step = forward + mean cross-entropy + backward + AdamW. FLOP/step = (6 N + 12 L T C) B T "

@@ -12,21 +12,23 @@ from .fd import finite_difference_check
 from .harness import Report, compare
 from .registry import REGISTRY
 
-HEADER = ("component", "dtype", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
+HEADER = ("component", "dtype", "path", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
 
 
-def run_case(name: str, dtype: str, seed: int = 0) -> tuple[Report, Report | None]:
+def run_case(name: str, dtype: str, seed: int = 0, kernels: str = "fast") -> tuple[Report, Report | None]:
+    """One case on one path of the reference (reference/kernels.py): against its twin, and in float64
+    against finite differences."""
     case = REGISTRY[name]
-    ref, twin, inputs = case.build(dtype, seed)
+    ref, twin, inputs = case.build(dtype, seed, kernels=kernels)
     report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
     fd = None
     if dtype == "float64" and case.fd:
-        ref, _, inputs = case.build(dtype, seed)
+        ref, _, inputs = case.build(dtype, seed, kernels=kernels)
         fd = finite_difference_check(ref, inputs, case=name, seed=seed, dropout=case.dropout)
     return report, fd
 
 
-def row(report: Report, fd: Report | None) -> tuple[str, ...]:
+def row(report: Report, fd: Report | None, kernels: str = "fast") -> tuple[str, ...]:
     def err(kind: str) -> str:
         c = report.worst(kind)
         return f"{c.err:.1e}" if c else "-"
@@ -36,7 +38,7 @@ def row(report: Report, fd: Report | None) -> tuple[str, ...]:
     margin = max((c.err / c.tol for c in checks), default=float("inf"))
     tol = min((c.tol for c in report.checks), default=0.0)
     passed = report.passed and (fd is None or fd.passed)
-    return (report.case, report.dtype, err("forward"), err("input"),
+    return (report.case, report.dtype, kernels, err("forward"), err("input"),
             f"{p.err:.1e} {p.name.removesuffix('.grad')}" if p else "-",
             f"{fd_worst.err:.1e}" if fd_worst else "-",
             f"{tol:.1e}" if report.dtype == "float64" else f">={tol:.1e}",
@@ -52,6 +54,8 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     parser.add_argument("--case", action="append", help="only these cases (repeatable); default: all")
+    parser.add_argument("--kernels", choices=("fast", "textbook", "both"), default="both",
+                        help="which path of the reference to prove (default both; reference/kernels.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", "-v", action="store_true", help="print every tensor of every case")
 
@@ -64,13 +68,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     rows, failures, start = [], [], time.perf_counter()
+    paths = ("fast", "textbook") if getattr(args, "kernels", "both") == "both" else (args.kernels,)
     for name in names:
         for dtype in dtypes:
-            report, fd = run_case(name, dtype, args.seed)
-            rows.append(row(report, fd))
-            for r in (report, fd):
-                if r is not None and (args.verbose or not r.passed):
-                    failures.append(str(r))
+            for kernels in paths:
+                report, fd = run_case(name, dtype, args.seed, kernels)
+                rows.append(row(report, fd, kernels))
+                for r in (report, fd):
+                    if r is not None and (args.verbose or not r.passed):
+                        failures.append(f"[{kernels} path] {r}")
     print(format_table(rows))
     print(f"\n{len(rows)} rows, {sum(r[-1] == 'pass' for r in rows)} passed, "
           f"{sum(r[-1] != 'pass' for r in rows)} failed, in {time.perf_counter() - start:.1f} s. "

@@ -181,7 +181,7 @@ class Dropout(Module):
 
     def draw(self, shape: tuple, dtype, masks: MaskSource | None) -> np.ndarray | None:
         """The scaled keep-mask for an input of this shape, or None when dropout is off.
-        Attention draws its mask with this and applies it block by block itself."""
+        Attention draws its mask with this and applies it to its probabilities itself."""
         if masks is None or self.p == 0.0:
             return None
         return masks(self.name, shape, self.p, dtype)

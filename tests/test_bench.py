@@ -17,7 +17,7 @@ from reference.fast import pool  # noqa: E402
 def test_bench_writes_markdown_and_json(tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["bench", "--config", "tiny", "--dtype", "float64", "--steps", "1", "--warmup", "0", "--memory-steps", "1",
-               "--runs", "1", "--sample-config", "tiny", "--profile", "--out", str(out)])
+               "--runs", "1", "--sample-config", "tiny", "--profile", "--peak-size", "256", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.with_suffix(".json").read_text())
     assert [(r["config"], r["dtype"], r["kernels"]) for r in result["rows"]] == [
@@ -50,7 +50,8 @@ def test_bench_without_extras(tmp_path, capsys, monkeypatch):
     for action in parser._actions[1:]:                         # every flag says its default
         assert "default" in action.help, action.option_strings
     assert main(["bench", "--config", "tiny", "--dtype", "float32", "--steps", "1", "--memory-steps", "0",
-                 "--runs", "2", "--no-sample", "--kernels", "fast", "--out", str(out), "--record"]) == 0
+                 "--runs", "2", "--no-sample", "--kernels", "fast", "--peak-size", "256", "--out", str(out),
+                 "--record"]) == 0
     printed = capsys.readouterr().out
     assert "| config | dtype | kernels |" in printed and printed.count("wrote") == 2
     assert recorded.with_suffix(".md").read_text() == out.with_suffix(".md").read_text()
@@ -80,7 +81,7 @@ def test_children_run_in_process(monkeypatch):
     from oracle import bench_twin
     threads = bench.blas_threads()
     spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads,
-            "products": "pool"}
+            "products": "pool", "peak_size": 256}
     assert bench.profile_child({**spec, "kernels": "textbook"})[-1][0] == "total step"
     for child in (bench.memory_child, bench_twin.memory_child):
         mem = child(spec)

@@ -16,7 +16,8 @@ def test_verify_prints_a_passing_table(capsys):
     assert main(["--case", "linear", "--case", "gpt_loss"]) == 0
     out = capsys.readouterr().out
     assert "| component" in out and "| linear " in out and "| gpt_loss " in out
-    assert out.count("| pass ") == 4 and "0 failed" in out
+    assert out.count("| pass ") == 8 and "0 failed" in out     # 2 cases x 2 dtypes x 2 paths
+    assert "| fast " in out and "| textbook " in out
 
 
 def test_verify_fails_on_a_broken_case(capsys):
@@ -39,8 +40,8 @@ def test_verify_rejects_unknown_case(capsys):
 
 
 def test_cli_dispatch_and_help(capsys):
-    assert cli_main(["verify", "--case", "gelu", "--dtype", "float32", "-v"]) == 0
-    assert "gelu [float32]: PASS" in capsys.readouterr().out
+    assert cli_main(["verify", "--case", "gelu", "--dtype", "float32", "--kernels", "fast", "-v"]) == 0
+    assert "[fast path] gelu [float32]: PASS" in capsys.readouterr().out
     assert cli_main([]) == 2
     assert "verify" in capsys.readouterr().out
 
