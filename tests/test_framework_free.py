@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted((ROOT / "reference").glob("*.py"))
 FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx"}
 # Optional conveniences that a command may import lazily, inside a function, with a clear message if absent.
-LAZY_OPTIONAL = {"tqdm", "matplotlib"}
+LAZY_OPTIONAL = {"tqdm", "matplotlib", "safetensors", "tokenizers"}
 
 
 def imports(tree: ast.AST, top_level_only: bool):
