@@ -35,7 +35,7 @@ import numpy as np
 from .config import GPTConfig
 from .model import GPT
 
-__all__ = ["HFError", "read_hf_config", "config_from_hf", "hf_config", "from_pretrained", "load_weights",
+__all__ = ["HFError", "read_hf_config", "config_from_hf", "check_dir", "hf_config", "from_pretrained", "load_weights",
            "save_pretrained", "WEIGHTS_NAME", "INDEX_NAME", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.json"
@@ -376,16 +376,23 @@ def _read(file: Path, key: str, code: str) -> np.ndarray:
     return _bf16_to_f32(bits).reshape(header[key]["shape"])
 
 
+def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
+    """(our config, "gpt2" | "llama") of a model directory whose config we support and whose weight
+    files are all present; nothing is read but config.json (and the shard index). HFError otherwise."""
+    path = Path(path)
+    d = read_hf_config(path)
+    config = config_from_hf(d, where=str(path / CONFIG_NAME), **config_options)
+    _weight_files(path)
+    return config, _architecture(d, str(path))
+
+
 def from_pretrained(path, *, dtype: str = "float32", dropout: float = 0.0, block_size: int | None = None) -> GPT:
     """Our GPT with the weights of the Hugging Face model directory `path` (GPT-2 or Llama).
 
     dtype: "float32" (default) or "float64"; F16 and BF16 weights are widened exactly. HFError (a
     ValueError) for a missing, incomplete or unsupported directory; ImportError without safetensors."""
     path = Path(path)
-    d = read_hf_config(path)
-    config = config_from_hf(d, dtype=dtype, dropout=dropout, block_size=block_size, where=str(path / CONFIG_NAME))
-    arch = _architecture(d, str(path))
-    _weight_files(path)                                      # an incomplete directory fails before building
+    config, arch = check_dir(path, dtype=dtype, dropout=dropout, block_size=block_size)
     model = GPT(config)
     load_weights(model, path, arch=arch)
     return model

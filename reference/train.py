@@ -28,6 +28,11 @@ Configuration, lowest to highest precedence: TrainConfig's defaults (which are n
 CPU recipe), `--preset NAME`, `--config file.json` (a flat JSON object of TrainConfig fields), flags.
 When resuming, the checkpoint's saved training config takes the place of the defaults, and the model
 settings must equal the checkpoint's.
+
+Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
+from a Hugging Face GPT-2 or Llama directory (reference/hf.py); `--block_size` may shorten its context
+(default: the model's), and dropout and dtype stay the run's. The data must be prepared with the
+model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
 """
 
 from __future__ import annotations
@@ -199,7 +204,9 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
-                 vocab_size: int | None = None, resume=None, progress: bool = False):
+                 vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None):
+        """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
+        settings must already be in `config`: `init_config`)."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -225,7 +232,19 @@ class Trainer:
                 raise ValueError(f"the {split} split holds token id {bad} outside the vocabulary of {vocab_size} "
                                  f"(expected 0 <= id < {vocab_size})")
         self.model_config = config.model_config(vocab_size)
-        self.model = GPT(self.model_config, seed=config.seed)
+        if init_from is not None:
+            from .hf import from_pretrained, read_hf_config
+            hf_vocab = read_hf_config(init_from).get("vocab_size")
+            if hf_vocab != vocab_size:
+                raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
+                                 f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
+                                 f"python data/prepare.py --tokenizer {init_from}")
+            self.model = from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
+                                         block_size=config.block_size)
+            if self.model.config != self.model_config:
+                raise ValueError(f"the model settings differ from {init_from}'s; use init_config()")
+        else:
+            self.model = GPT(self.model_config, seed=config.seed)
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
@@ -429,6 +448,15 @@ def train(config: TrainConfig, **kwargs) -> dict:
 # ------------------------------------------------------------------------------------------- CLI
 
 
+def init_config(config: TrainConfig, path, *, block_size: int | None = None) -> TrainConfig:
+    """`config` with the model settings of the Hugging Face model directory `path` (reference/hf.py);
+    the context is `block_size` if given (at most the model's), else the model's. HFError (a ValueError)
+    for a missing, incomplete or unsupported directory."""
+    from .hf import check_dir
+    model, _ = check_dir(path, dtype=config.dtype, dropout=config.dropout, block_size=block_size)
+    return config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
+
+
 def _int_or_none(text: str) -> int | None:
     return None if text.lower() in ("none", "null") else int(text)
 
@@ -441,6 +469,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run even if OUT_DIR already holds a checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or console lines")
+    parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR",
+                        help="fine-tune a Hugging Face GPT-2 or Llama model directory (config.json + "
+                             "model.safetensors): its settings and weights replace the model flags; "
+                             "--block_size may shorten its context. Needs the hf extra and data prepared "
+                             "with its tokenizer (data/prepare.py --tokenizer DIR)")
     group = parser.add_argument_group("training config (defaults: the shakespeare_char recipe)")
     for name, f in FIELDS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
@@ -501,12 +534,18 @@ def run(args: argparse.Namespace) -> int:
             base = {k: v for k, v in (ckpt.train_config or {}).items() if k in FIELDS}
             config = resolve_config(args, {**base, "out_dir": config.out_dir})
             resume = ckpt
+            if getattr(args, "init_from", None):
+                raise ValueError("--init-from starts a new run from a model directory; --resume continues "
+                                 f"{ckpt_path}: give one of them")
         elif ckpt_path.exists() and not args.overwrite:
             print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
                   "it or --overwrite to start a new run there", file=sys.stderr)
             return 2
-        trainer = Trainer(config, resume=resume, progress=not args.no_progress)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        init_from = None if resume else getattr(args, "init_from", None)
+        if init_from:
+            config = init_config(config, init_from, block_size=getattr(args, "block_size", None))
+        trainer = Trainer(config, resume=resume, progress=not args.no_progress, init_from=init_from)
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     progress = not args.no_progress

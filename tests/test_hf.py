@@ -371,3 +371,125 @@ def test_bf16_widening_is_exact():
     bits = x.view(torch.int16).numpy().view(np.uint16)
     assert np.array_equal(hf._bf16_to_f32(bits), x.float().numpy())
     assert math.isinf(hf._bf16_to_f32(np.array([0x7F80], np.uint16))[0])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def cli(argv, capsys):
+    from reference.cli import main
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    """A tiny GPT-2 directory as the hub has them: weights, config and GPT-2's tokenizer file pair."""
+    from test_bpe import make_bpe_files
+    d = make_bpe_files(tmp_path / "gpt2-tiny")
+    vocab = len(json.loads((d / "vocab.json").read_text()))
+    torch.manual_seed(0)
+    gpt2(vocab_size=vocab, n_positions=32).save_pretrained(d)
+    return d
+
+
+def test_sample_init_from_matches_transformers_greedy(gpt2_dir, capsys):
+    from reference.data import BPETokenizer
+    rc, out, err = cli(["sample", "--init-from", gpt2_dir, "--prompt", "First Citizen:", "--greedy",
+                        "--max-new-tokens", 8], capsys)
+    assert rc == 0, err
+    tok = BPETokenizer.from_dir(gpt2_dir)
+    theirs = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    ids = torch.as_tensor(tok.encode("First Citizen:"))[None]
+    want = theirs.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[0].numpy()
+    assert out == tok.decode(want) + "\n"
+
+
+def test_fine_tune_then_export(gpt2_dir, tmp_path, capsys):
+    """prepare --tokenizer DIR, train --init-from DIR, export: transformers loads the fine-tuned model
+    with our logits, and its tokenizer comes along."""
+    sys_path_prepare()
+    import prepare as prep
+    from test_bpe import CORPUS
+    from reference.checkpoint import build_model, load_checkpoint
+    from reference.data import BPETokenizer
+    src = tmp_path / "corpus.txt"
+    src.write_text("".join(CORPUS) * 3, encoding="utf-8")
+    data = tmp_path / "data"
+    assert prep.main(["--from", str(src), "--out", str(data), "--tokenizer", str(gpt2_dir)]) == 0
+    out = tmp_path / "run"
+    rc, _, err = cli(["train", "--init-from", gpt2_dir, "--data_dir", data, "--out_dir", out, "--block_size", 16,
+                      "--batch_size", 2, "--max_iters", 2, "--eval_interval", 1, "--eval_iters", 1, "--dtype",
+                      "float64", "--always_save_checkpoint", "--no-progress"], capsys)
+    assert rc == 0, err
+    ckpt = load_checkpoint(out / "ckpt.safetensors")
+    assert ckpt.config.block_size == 16 and ckpt.config.n_embd == 32 and ckpt.tokenizer["kind"] == "bpe"
+    start = hf.from_pretrained(gpt2_dir, dtype="float64", block_size=16)
+    assert not np.array_equal(build_model(ckpt).transformer.wte.weight.data, start.transformer.wte.weight.data)
+    exported = tmp_path / "exported"
+    rc, msg, err = cli(["export", "--ckpt", out / "ckpt.safetensors", "--to", exported], capsys)
+    assert rc == 0, err
+    assert "GPT2LMHeadModel" in msg and (exported / "tokenizer.json").is_file()
+    theirs = GPT2LMHeadModel.from_pretrained(exported, dtype=torch.float64).eval()
+    x = batch(vocab=ckpt.config.vocab_size)[0]
+    with torch.no_grad():
+        assert err_(build_model(ckpt).forward(x)[0], theirs(input_ids=torch.as_tensor(x)).logits.numpy())
+    assert BPETokenizer.from_dir(exported).vocab_size == ckpt.config.vocab_size
+    rc, _, err = cli(["export", "--ckpt", out / "ckpt.safetensors", "--to", exported], capsys)
+    assert rc == 2 and "not empty; pass --overwrite" in err
+    rc, _, err = cli(["export", "--ckpt", out / "ckpt.safetensors", "--to", exported, "--overwrite"], capsys)
+    assert rc == 0, err
+    rc, _, err = cli(["train", "--init-from", gpt2_dir, "--data_dir", data, "--out_dir", out, "--resume"], capsys)
+    assert rc == 2 and "give one of them" in err
+
+
+def err_(a, b) -> bool:
+    return err(a, b) <= FLOAT64_TOL
+
+
+def sys_path_prepare():
+    import sys
+    from pathlib import Path
+    data = str(Path(__file__).resolve().parents[1] / "data")
+    if data not in sys.path:
+        sys.path.insert(0, data)
+
+
+@pytest.mark.parametrize("command", ["sample", "train"])
+def test_init_from_errors_are_one_line(tmp_path, gpt2_dir, command, capsys):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "config-only").mkdir()
+    (gpt2_dir / "config.json").replace(tmp_path / "config-only" / "config.json")
+    for d, want in ((tmp_path / "nope", "no such directory"), (tmp_path / "bert", "unsupported architecture"),
+                    (tmp_path / "config-only", "incomplete model directory")):
+        extra = ["--out_dir", tmp_path / "o", "--data_dir", tmp_path / "nodata"] if command == "train" else []
+        rc, _, err = cli([command, "--init-from", d, *extra], capsys)
+        assert rc == 2 and want in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_train_init_from_needs_the_models_tokenizer(tmp_path, gpt2_dir, capsys):
+    sys_path_prepare()
+    import prepare as prep
+    src = tmp_path / "corpus.txt"
+    src.write_text("abcdefgh" * 40)
+    prep.main(["--from", str(src), "--out", str(tmp_path / "chars")])
+    rc, _, err = cli(["train", "--init-from", gpt2_dir, "--data_dir", tmp_path / "chars", "--out_dir", tmp_path / "o",
+                      "--block_size", 8], capsys)
+    assert rc == 2 and "prepare the data with the model's tokenizer" in err, err
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    from reference.checkpoint import save_checkpoint
+    ckpt = tmp_path / "ckpt.safetensors"
+    save_checkpoint(ckpt, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, pos="alibi")))
+    rc, _, err = cli(["export", "--ckpt", ckpt, "--to", tmp_path / "hf"], capsys)
+    assert rc == 2 and "cannot export pos='alibi'" in err and not (tmp_path / "hf").exists()
+    rc, _, err = cli(["export", "--ckpt", tmp_path / "missing.safetensors", "--to", tmp_path / "hf"], capsys)
+    assert rc == 2 and "missing.safetensors" in err
+    rc, _, err = cli(["export", "--ckpt", ckpt, "--to", ckpt], capsys)
+    assert rc == 2 and "not a directory" in err
+    save_checkpoint(ckpt, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)))
+    rc, out, err = cli(["export", "--ckpt", ckpt, "--to", tmp_path / "hf"], capsys)
+    assert rc == 0 and "GPT2LMHeadModel" in out and "no tokenizer files were written" in err
