@@ -221,8 +221,9 @@ def report(r: dict, tiny: bool) -> str:
         "# GPT-2 small at full size: ours vs transformers (float32)",
         "",
         f"`python benchmarks/gpt2_scale.py{' --tiny' if tiny else ''}` on {r['machine']}, {r['date']}.",
-        "The machine was shared with other jobs while this ran (a busy 2-core machine): the figures are one",
-        "run each, indicative, not a controlled measurement. Each row's peak memory is its own process's.",
+        "The machine was shared with other jobs while this ran (a busy 2-core machine; load average "
+        f"{r.get('load', '?')}): the figures are one run each, indicative, not a controlled measurement.",
+        "Each row's peak memory is its own process's (VmHWM).",
         "",
         f"Model: a random GPT-2 small made by transformers (`GPT2Config()`, seed 0), {r['parameters']:,} "
         f"parameters, V={imp['vocab_size']}, T={imp['block_size']}, saved with `save_pretrained` (float32, {imp['weights_mb']:.0f} MB of weights).",
@@ -276,7 +277,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpt2_scale"),
                    help="results path without extension (.md and .json are written)")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     a = p.parse_args(argv)
+    if a.report_only:
+        r = json.loads(Path(a.out + ".json").read_text())
+        Path(a.out + ".md").write_text(report(r, a.tiny))
+        return 0
     if a.child:
         print(json.dumps(CHILDREN[a.child](a)))
         return 0
@@ -295,6 +301,7 @@ def main(argv=None) -> int:
     r.setdefault("parameters", r["import"]["parameters"])
     for side in ("ours-step", "hf-step"):
         r[side] = [spawn(side, a, batch=b) for b in r["batches"]]
+    r["load"] = f"{os.getloadavg()[1]:.1f} over the last 5 minutes at the end"
     text = report(r, a.tiny)
     Path(a.out + ".md").write_text(text)
     Path(a.out + ".json").write_text(json.dumps(r, indent=1) + "\n")

@@ -105,11 +105,9 @@ def _refuse(where: str, option: str, value, why: str) -> None:
     raise HFError(f"{where}: unsupported option {option}={value!r}: {why}")
 
 
-def _field(d: dict, name: str, where: str, default=None, required: bool = True):
-    if name not in d or d[name] is None:
-        if required and default is None:
-            raise HFError(f"{where}: missing field {name!r}")
-        return default
+def _field(d: dict, name: str, where: str):
+    if d.get(name) is None:
+        raise HFError(f"{where}: missing field {name!r}")
     return d[name]
 
 
@@ -145,9 +143,9 @@ def config_from_hf(d: dict, *, dtype: str = "float32", dropout: float = 0.0, blo
             _refuse(where, "head_dim", head_dim, f"only hidden_size / num_attention_heads = {n_embd // n_head}")
         if d.get("hidden_act", "silu") != "silu":
             _refuse(where, "hidden_act", d["hidden_act"], "only silu (SwiGLU) is supported")
-        if d.get("rope_scaling") not in (None, {}) and (d["rope_scaling"].get("rope_type", d["rope_scaling"].get("type"))
-                                                        if isinstance(d["rope_scaling"], dict) else True) != "default":
-            _refuse(where, "rope_scaling", d["rope_scaling"], "only plain RoPE (rope_type 'default') is supported")
+        scaling = d.get("rope_scaling")
+        if scaling and (not isinstance(scaling, dict) or scaling.get("rope_type", scaling.get("type")) != "default"):
+            _refuse(where, "rope_scaling", scaling, "only plain RoPE (rope_type 'default') is supported")
         rope = d.get("rope_parameters") or {}
         if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
             _refuse(where, "rope_parameters", rope, "only plain RoPE (rope_type 'default') is supported")

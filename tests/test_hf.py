@@ -493,3 +493,29 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     save_checkpoint(ckpt, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)))
     rc, out, err = cli(["export", "--ckpt", ckpt, "--to", tmp_path / "hf"], capsys)
     assert rc == 0 and "GPT2LMHeadModel" in out and "no tokenizer files were written" in err
+
+
+def test_tensor_in_two_shards_is_refused(tmp_path):
+    torch.manual_seed(0)
+    gpt2().save_pretrained(tmp_path, max_shard_size="30KB")
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) >= 2
+    from safetensors.numpy import load_file, save_file
+    first = load_file(str(shards[0]))
+    second = load_file(str(shards[1]))
+    key = next(iter(first))
+    save_file({**second, key: first[key]}, str(shards[1]), metadata={"format": "pt"})
+    with pytest.raises(hf.HFError, match=f"tensor {key} is also in"):
+        hf.from_pretrained(tmp_path)
+
+
+def test_export_failure_leaves_nothing_behind(tmp_path, monkeypatch):
+    import os
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+
+    def fail(*a):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        hf.save_pretrained(model, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
