@@ -223,7 +223,8 @@ def report(r: dict, tiny: bool) -> str:
         f"`python benchmarks/gpt2_scale.py{' --tiny' if tiny else ''}` on {r['machine']}, {r['date']}.",
         "The machine was shared with other jobs while this ran (a busy 2-core machine; load average "
         f"{r.get('load', '?')}): the figures are one run each, indicative, not a controlled measurement.",
-        "Each row's peak memory is its own process's (VmHWM).",
+        "Each row's peak memory is its own process's (VmHWM). The two sides ran at different moments of that",
+        "load, so the ratios say how the two compared here, not on a quiet machine: rerun the script there.",
         "",
         f"Model: a random GPT-2 small made by transformers (`GPT2Config()`, seed 0), {r['parameters']:,} "
         f"parameters, V={imp['vocab_size']}, T={imp['block_size']}, saved with `save_pretrained` (float32, {imp['weights_mb']:.0f} MB of weights).",
