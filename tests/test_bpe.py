@@ -128,3 +128,9 @@ def test_prepare_with_a_model_directory(tmp_path):
         prep.prepare(src.read_bytes(), tmp_path / "x", kind=str(model_dir))
     with pytest.raises(prep.PrepareError, match="no tokenizer files"):
         prep.tokenize(b"abc", str(tmp_path))
+
+
+def test_missing_library_in_process(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(ImportError, match=r"needs the `tokenizers` library.*pip install -e '\.\[hf\]'"):
+        BPETokenizer.from_dir(make_bpe_files(tmp_path))

@@ -519,3 +519,25 @@ def test_export_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         hf.save_pretrained(model, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sample_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsys):
+    from test_bpe import make_bpe_files
+    d = make_bpe_files(tmp_path / "m")
+    torch.manual_seed(0)
+    gpt2(vocab_size=200).save_pretrained(d)
+    rc, _, err = cli(["sample", "--init-from", d], capsys)
+    assert rc == 2 and "more than the model's vocab_size 200" in err
+
+
+def test_trainer_init_from_needs_the_models_settings(tmp_path):
+    from reference.train import TrainConfig, Trainer, init_config
+    torch.manual_seed(0)
+    gpt2().save_pretrained(tmp_path)
+    data = np.arange(100) % V
+    config = TrainConfig(out_dir="", block_size=8)
+    with pytest.raises(ValueError, match="the model settings differ"):
+        Trainer(config, train_data=data, val_data=data, vocab_size=V, init_from=tmp_path)
+    trainer = Trainer(init_config(config, tmp_path, block_size=8), train_data=data, val_data=data, vocab_size=V,
+                      init_from=tmp_path)
+    assert trainer.model.config.n_embd == 32 and trainer.model.config.block_size == 8
