@@ -541,3 +541,17 @@ def test_trainer_init_from_needs_the_models_settings(tmp_path):
     trainer = Trainer(init_config(config, tmp_path, block_size=8), train_data=data, val_data=data, vocab_size=V,
                       init_from=tmp_path)
     assert trainer.model.config.n_embd == 32 and trainer.model.config.block_size == 8
+
+
+def test_import_draws_no_random_init(tmp_path, monkeypatch):
+    """from_pretrained builds the model without drawing its initialisation (memory and time at 124M):
+    any draw from the model's generator fails here."""
+    torch.manual_seed(0)
+    gpt2().save_pretrained(tmp_path)
+
+    class NoDraws:
+        def __getattr__(self, name):
+            raise AssertionError(f"the import drew random numbers ({name})")
+    monkeypatch.setattr(np.random, "default_rng", lambda *a, **k: NoDraws())
+    model = hf.from_pretrained(tmp_path)
+    assert np.isfinite(model.transformer.wte.weight.data).all()
