@@ -1,5 +1,12 @@
 """PyTorch twins of the reference layers and the harness that compares them number by number.
 
+Any NumPy code against any torch function or module (docs/verifying-your-own-code.md):
+
+    from oracle import check
+    report = check(forward, backward, torch_reference, inputs, params={"W": (W, lambda: layer.grad_W)})
+
+The project's own layers against their twins (a thin user of `check`):
+
     from oracle import REGISTRY, compare
     report = compare(ref_layer, twin_module, inputs)
 
@@ -12,10 +19,18 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"REGISTRY": "registry", "Case": "registry", "Dims": "registry", "register": "registry",
-            "unregister": "registry", "Report": "harness", "compare": "harness", "rel_error": "harness"}
+_EXPORTS = {
+    "REGISTRY": "registry", "Case": "registry", "Dims": "registry", "register": "registry", "unregister": "registry",
+    "compare": "adapters", "finite_difference_check": "adapters",
+    "directional_check": "fd", "jacobian_check": "fd", "sampled_check": "fd",
+    "CheckError": "harness", "MaskTape": "harness", "NumpyRandomReplay": "harness", "Param": "harness",
+    "Report": "harness", "TensorCheck": "harness", "check": "harness", "consistency_check": "harness",
+    "params_of": "harness", "rel_error": "harness",
+}
 
-__all__ = ["REGISTRY", "Case", "Dims", "Report", "compare", "register", "rel_error", "unregister"]
+__all__ = ["REGISTRY", "Case", "CheckError", "Dims", "MaskTape", "NumpyRandomReplay", "Param", "Report", "TensorCheck",
+           "check", "compare", "consistency_check", "directional_check", "finite_difference_check", "jacobian_check",
+           "params_of", "register", "rel_error", "sampled_check", "unregister"]
 
 
 def __getattr__(name: str):
@@ -23,3 +38,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'oracle' has no attribute {name!r}")
     importlib.import_module(".cases", __name__)                # fills the registry
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

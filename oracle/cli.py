@@ -1,9 +1,9 @@
 """The whole command line: `python -m oracle <command>`, installed as the `numpy-gpt` console script.
 
 `verify` and `bench` need PyTorch and live here, in the oracle (oracle/verify.py, oracle/bench.py);
-`train`, `sample` and `plot` are the model's own commands, served by reference/cli.py (imported
-only when one of them runs, so `train` never imports torch). Each command's module provides
-`add_arguments(parser)` and `run(args) -> int`.
+`train`, `sample`, `plot` and `export` are the model's own commands, served by reference/cli.py
+(imported only when one of them runs, so `train` never imports torch). Each command's module
+provides `add_arguments(parser)` and `run(args) -> int`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ COMMANDS = {
     "sample": reference_cli.COMMANDS["sample"],
     "bench": ("oracle.bench", "time training steps of both paths against the PyTorch twin (needs torch)"),
     "plot": reference_cli.COMMANDS["plot"],
+    "export": reference_cli.COMMANDS["export"],
 }
 PROG = "numpy-gpt"
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in reference_cli.COMMANDS:
         return reference_cli.main(argv, prog=PROG)
+    reference_cli.utf8_output()
     parser = argparse.ArgumentParser(prog=PROG, description="A GPT in pure NumPy, proved against PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
@@ -37,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     module = reference_cli._load(COMMANDS[argv[0]][0])         # a clear line when torch is missing
     if module is None:
         return 2
-    cmd = argparse.ArgumentParser(prog=f"{PROG} {argv[0]}", description=COMMANDS[argv[0]][1])
-    module.add_arguments(cmd)
-    return int(module.run(cmd.parse_args(argv[1:])) or 0)
+    cmd = reference_cli.command_parser(argv[0], module, prog=PROG, commands=COMMANDS)
+    return reference_cli.run_command(argv, module, cmd, PROG)
 
 
 if __name__ == "__main__":

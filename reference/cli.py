@@ -1,4 +1,4 @@
-"""The command line of the model: `python -m reference train|sample|plot`.
+"""The command line of the model: `python -m reference train|sample|plot|export`.
 
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`;
 modules are imported only when their command runs, so `train` never imports matplotlib. The commands
@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("reference.train", "train a model on prepared data (see data/prepare.py)"),
     "sample": ("reference.sample", "generate text from a checkpoint"),
     "plot": ("reference.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
+    "export": ("reference.export", "write a checkpoint as a Hugging Face model directory (needs the hf extra)"),
 }
 # Commands of the oracle (they need torch): named here only to point at them.
 ORACLE_COMMANDS = ("verify", "bench")
@@ -36,8 +37,24 @@ def _load(module_name: str):
         return None
 
 
+def utf8_output() -> None:
+    """Write stdout and stderr as UTF-8 whatever the locale (a C locale, a cp1252 redirect on Windows):
+    text the model generated, or a path with any character, can always be written; input files are read
+    as UTF-8 too. (Python's own UTF-8 mode, PEP 540, does the same; streams that cannot be reconfigured,
+    e.g. a test's capture, are left alone.)"""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            try:
+                stream.flush()
+                reconfigure(encoding="utf-8", errors="replace")
+            except (ValueError, OSError):        # a closed or detached stream: leave it as it is
+                pass
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m reference") -> int:
     argv = sys.argv[1:] if argv is None else argv
+    utf8_output()
     if argv and argv[0] in ORACLE_COMMANDS:
         print(f"error: '{argv[0]}' is a command of the oracle: run `python -m oracle {argv[0]}` "
               f"(or `numpy-gpt {argv[0]}`)", file=sys.stderr)
@@ -52,14 +69,43 @@ def main(argv: list[str] | None = None, prog: str = "python -m reference") -> in
     module = _load(COMMANDS[argv[0]][0])
     if module is None:
         return 2
-    cmd = argparse.ArgumentParser(prog=f"{prog} {argv[0]}", description=COMMANDS[argv[0]][1])
-    module.add_arguments(cmd)
+    return run_command(argv, module, command_parser(argv[0], module, prog=prog, commands=COMMANDS), prog)
+
+
+def run_command(argv: list[str], module, cmd: argparse.ArgumentParser, prog: str) -> int:
+    """Parse the command's flags and run it: on the fast path with the products on the pool (docs/
+    performance.md, "Threads"); Ctrl-C outside a command's own handling is one line and exit 130."""
     args = cmd.parse_args(argv[1:])
-    if getattr(args, "kernels", None) == "fast":              # train, sample: docs/performance.md, "Threads"
-        from .fast.pool import products_on_pool
-        with products_on_pool():
-            return int(module.run(args) or 0)
-    return int(module.run(args) or 0)
+    try:
+        if getattr(args, "kernels", None) == "fast":           # train, sample
+            from .fast.pool import products_on_pool
+            with products_on_pool():
+                return int(module.run(args) or 0)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"interrupted: {prog} {argv[0]} stopped", file=sys.stderr)
+        return 130
+
+
+def command_parser(name: str, module=None, prog: str = "numpy-gpt", commands: dict | None = None
+                   ) -> argparse.ArgumentParser:
+    """The parser of one command; every option's help shows its default (ArgumentDefaultsHelpFormatter)."""
+    commands = COMMANDS if commands is None else commands
+    module = module or importlib.import_module(commands[name][0])
+    cmd = argparse.ArgumentParser(prog=f"{prog} {name}", description=commands[name][1],
+                                  formatter_class=HelpFormatter)
+    module.add_arguments(cmd)
+    return cmd
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every option (unless its help already says "default"); descriptions as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from oracle import REGISTRY, rel_error
-from oracle.harness import run_reference
+from oracle.adapters import run_reference
 from reference import GPT, GPTConfig
 from reference.layers import DropoutMasks
 
