@@ -233,9 +233,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
         if ckpt is not None:
-            model = build_model(ckpt, kernels=getattr(args, "kernels", "fast"))
-        else:
-            model.use_kernels(getattr(args, "kernels", "fast"))
+            model = build_model(ckpt)
+        model.use_kernels(getattr(args, "kernels", "fast"))
     except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

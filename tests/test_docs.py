@@ -455,6 +455,7 @@ def test_slug_follows_github():
 
 QUOTE_START = re.compile(r"\b[Ii]n code\b|\b[Tt]he code (?:is|forms|uses)\b")
 SYMBOL = re.compile(r"^reference/[\w/]+\.py::[\w.]+$")
+FILE_PATH = re.compile(r"^[\w./-]+\.(py|md|json|toml|safetensors)$")         # a file named, not code quoted
 LIST_ITEM = re.compile(r"^\s*(\d+\.|[-*])\s")
 
 
@@ -480,7 +481,7 @@ def code_quotes(text: str) -> list[tuple[str, list[str], list[str]]]:
             body.append(nxt)
         passage = " ".join(body)
         snippets = re.findall(r"`([^`]+)`", passage)
-        passages.append((passage, [q for q in snippets if not SYMBOL.match(q)],
+        passages.append((passage, [q for q in snippets if not SYMBOL.match(q) and not FILE_PATH.match(q)],
                          [q for q in snippets if SYMBOL.match(q)]))
     return passages
 
