@@ -75,13 +75,15 @@ class KVCache:
 class GPT(Module):
     """Token ids (B, T) -> logits (B, T, vocab_size). Derived in docs/model.md."""
 
-    def __init__(self, config: GPTConfig, *, seed: int = 0, kernels: str = "fast"):
-        """Weights drawn from `seed`. `kernels`: "fast" (reference/fast/, the default) or "textbook"
+    def __init__(self, config: GPTConfig, *, seed: int | None = 0, kernels: str = "fast"):
+        """Weights drawn from `seed`; with seed None nothing is drawn and every matrix starts at zero, for
+        weights about to be loaded (reference/hf.py: GPT-2 small's 124M draws would cost time and memory).
+        `kernels`: "fast" (reference/fast/, the default) or "textbook"
         (the layers as docs/ derives them); the same weights and results either way (docs/performance.md).
         The choice is not part of the model's state: `use_kernels` changes it, checkpoints do not store it."""
         self.config = config
         dtype = as_dtype(config.dtype)
-        rng = np.random.default_rng(seed)
+        rng = None if seed is None else np.random.default_rng(seed)
         rotary = Rotary(config.head_dim, config.block_size, config.rope_base, dtype) if config.pos == "rope" else None
         parts = {"wte": Embedding(config.vocab_size, config.n_embd, rng=rng, dtype=dtype)}
         if config.pos == "learned":
