@@ -27,10 +27,11 @@ import sys
 
 import numpy as np
 
+from .kernels import add_kernels_argument
 from .model import GPT, KVCache
 
-__all__ = ["generate", "next_token_probs", "sample_next", "check_sampling_args", "check_logits", "add_arguments",
-           "run"]
+__all__ = ["generate", "next_token_probs", "sample_next", "check_sampling_args", "check_logits", "load_hf_dir",
+           "add_arguments", "run"]
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
@@ -158,8 +159,26 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, 
 # ------------------------------------------------------------------------------------------- CLI
 
 
+def load_hf_dir(path):
+    """(model, tokenizer) of a Hugging Face model directory: float32 weights (reference/hf.py) and its
+    BPE tokenizer files (reference/data.BPETokenizer). HFError/ValueError name what is missing."""
+    from .data import BPETokenizer
+    from .hf import check_dir, from_pretrained
+    check_dir(path)                                    # the model's problems are named before the tokenizer's
+    tok = BPETokenizer.from_dir(path)
+    model = from_pretrained(path, dtype="float32")
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} ids, more than the model's vocab_size "
+                         f"{model.config.vocab_size}")
+    return model, tok
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file")
+    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file (default out/ckpt.safetensors)")
+    parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
+                        help="sample from a Hugging Face GPT-2 or Llama model directory (config.json, "
+                             "model.safetensors and its tokenizer files) instead of --ckpt; needs the hf extra "
+                             "(default: none, use --ckpt)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="\n", help="text to continue (default a newline, as nanoGPT)")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (default: none, use --prompt)")
@@ -175,6 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, >= 0")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
+    add_kernels_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,21 +218,27 @@ def run(args: argparse.Namespace) -> int:
             except UnicodeDecodeError as e:
                 raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte "
                                  f"{e.start})") from None
-        ckpt = load_checkpoint(args.ckpt)
-        if ckpt.tokenizer is None:
-            raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")
-        tok = tokenizer_from_dict(ckpt.tokenizer)
+        ckpt = None
+        if getattr(args, "init_from", None):
+            model, tok = load_hf_dir(args.init_from)
+        else:
+            ckpt = load_checkpoint(args.ckpt)
+            if ckpt.tokenizer is None:
+                raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")
+            tok = tokenizer_from_dict(ckpt.tokenizer)
         if not prompt:
             raise ValueError("the prompt is empty: give at least one character with --prompt")
         try:
             ids = tok.encode(prompt)
         except ValueError as e:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
-        model = build_model(ckpt)
-    except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
+        if ckpt is not None:
+            model = build_model(ckpt)
+        model.use_kernels(getattr(args, "kernels", "fast"))
+    except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    note = ckpt.integrity_note
+    note = ckpt.integrity_note if ckpt is not None else None
     if note:
         print(note, file=sys.stderr)
     rng = np.random.default_rng(args.seed)
