@@ -15,8 +15,9 @@ from oracle.cases import GPTWithLoss
 from oracle.registry import perturb
 from oracle import tolerance as policy
 from reference import GPT, GPTConfig
-from reference import functional
-from reference.functional import erf, gelu_and_grad, softmax, softmax_backward
+from reference.fast import pool
+from reference.fast.functional import erf, gelu_and_grad, softmax, softmax_backward
+from reference.kernels import KERNELS, use_kernels
 from reference.attention import CausalSelfAttention
 from reference.layers import GELU, Dropout, DropoutMasks, LayerNorm, Linear, RMSNorm
 from reference.loss import CrossEntropyLoss
@@ -348,33 +349,37 @@ def test_dropout_is_the_identity_without_masks_or_probability():
     assert Dropout(0.0).forward(x, masks)[0] is x and masks.drawn == {}
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", ["attention", "attention_dropout"])
-def test_attention_of_one_token_in_a_batch_of_three(name):
+def test_attention_of_one_token_in_a_batch_of_three(name, kernels):
     """T = 1, one head, B = 3: the softmax rows of each batch element are 1 x 1, fewer numbers than
     batch rows (the blocks of softmax and its backward run over the batch axis).
     Kills reference.functional.x_softmax__mutmut_23 and x_softmax_backward__mutmut_23."""
     case = REGISTRY[name]
-    ref, twin, inputs = case.build("float64", 0, Dims(B=3, T=1, H=1, Hkv=1, hd=4))
+    ref, twin, inputs = case.build("float64", 0, Dims(B=3, T=1, H=1, Hkv=1, hd=4), kernels=kernels)
     report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("T", [3, 7])
-def test_rope_attention_where_half_the_sequence_is_not_half_the_head(T):
+def test_rope_attention_where_half_the_sequence_is_not_half_the_head(T, kernels):
     """RoPE's backward rotates along the head axis: with T // 2 != hd // 2 (hd = 4, the default T = 5
     does not tell them apart) it still agrees with the twin.
     Kills reference.attention.xǁRotaryǁ_rotate_half_t__mutmut_4 (x.shape[-1] -> x.shape[-2])."""
     case = REGISTRY["attention_rope"]
-    ref, twin, inputs = case.build("float64", 0, Dims(T=T))
+    ref, twin, inputs = case.build("float64", 0, Dims(T=T), kernels=kernels)
     report = compare(ref, twin, inputs, case="attention_rope")
     assert report.passed, str(report)
 
 
-def test_swiglu_model_with_dropout_against_twin():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_swiglu_model_with_dropout_against_twin(kernels):
     """SwiGLU passes the dropout masks on, forward and backward (the registered swiglu case has no dropout).
     Kills reference.layers.xǁSwiGLUǁforward__mutmut_29, _31 and xǁSwiGLUǁbackward__mutmut_8."""
     config = GPTConfig(**SMALL, mlp="swiglu", dropout=0.2)
     ref = GPTWithLoss(config)
+    use_kernels(ref, kernels)
     perturb(ref, np.random.default_rng(11))
     rng = np.random.default_rng(12)
     inputs = (rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6)))
@@ -409,9 +414,9 @@ def test_blocks_and_the_thread_pool_give_the_twins_numbers(name, monkeypatch):
     Kills reference.functional.x_column_sums__mutmut_2, _3, _22,
     reference.layers.xǁLinearǁbackward__mutmut_18, _23 and
     reference.attention.xǁCausalSelfAttentionǁbackward__mutmut_216, _221, _222."""
-    monkeypatch.setattr(functional, "BLOCK_ELEMENTS", 16)
-    monkeypatch.setattr(functional, "THREADS", 2)
-    monkeypatch.setattr(functional, "SPLIT_PRODUCTS", True)
+    monkeypatch.setattr(pool, "BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(pool, "THREADS", 2)
+    monkeypatch.setattr(pool, "SPLIT_PRODUCTS", True)
     case = REGISTRY[name]
     ref, twin, inputs = case.build("float64")
     report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
@@ -423,7 +428,8 @@ def test_blocks_and_the_thread_pool_give_the_twins_numbers(name, monkeypatch):
     dict(pos="alibi", norm="rmsnorm", n_kv_head=2, norm_eps=1e-2),
     dict(norm_eps=1e-2),
 ])
-def test_model_variants_outside_the_registered_cases_against_twin(changes):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_model_variants_outside_the_registered_cases_against_twin(changes, kernels):
     """Fixed-size whole models the registered cases do not build: the MLP without biases (its own branch
     in MLP.backward) and with the tanh GELU (the MLP passes `approximate` on); ALiBi inside a GPT; a
     norm eps other than the default, in both norms.
@@ -432,6 +438,7 @@ def test_model_variants_outside_the_registered_cases_against_twin(changes):
     reference.model.xǁBlockǁ__init____mutmut_24, _34, _36, _37 and x_make_norm__mutmut_8, _15."""
     config = GPTConfig(**SMALL, **changes)
     ref = GPTWithLoss(config)
+    use_kernels(ref, kernels)
     perturb(ref, np.random.default_rng(13))
     rng = np.random.default_rng(14)
     inputs = (rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6)))
