@@ -340,13 +340,15 @@ def test_layer_defaults():
 def test_dropout_is_the_identity_without_masks_or_probability():
     """Without masks (evaluation) dropout returns its input; with p = 0 it draws nothing, so the mask
     source's random stream is untouched.
-    Kills reference.layers.xǁDropoutǁdraw__mutmut_1, _4."""
+    Kills reference.layers.xǁDropoutǁdraw__mutmut_1, _4 and xǁDropoutMasksǁ__call____mutmut_15."""
     config = GPTConfig(**SMALL, dropout=0.2)
     idx = np.random.default_rng(17).integers(0, 13, (2, 6))
     np.testing.assert_array_equal(GPT(config).forward(idx)[0], GPT(config.replace(dropout=0.0)).forward(idx)[0])
     masks = DropoutMasks(np.random.default_rng(18), record=True)
     x = np.ones((2, 3))
     assert Dropout(0.0).forward(x, masks)[0] is x and masks.drawn == {}
+    y, mask = Dropout(0.5, name="d").forward(x, masks)
+    assert masks.drawn == {"d": mask} and masks.drawn["d"] is mask         # recorded when asked
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
