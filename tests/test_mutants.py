@@ -16,6 +16,7 @@ from oracle.cases import GPTWithLoss
 from oracle.registry import perturb
 from oracle import tolerance as policy
 from reference import GPT, GPTConfig
+from reference import functional as textbook
 from reference.fast import pool
 from reference.fast.functional import erf, gelu_and_grad, softmax, softmax_backward
 from reference.kernels import KERNELS, use_kernels
@@ -460,6 +461,8 @@ def test_residual_projections_start_at_gpt2_scaled_std():
         for weight in (block.attn.c_proj.weight.data, block.mlp.c_proj.weight.data):
             assert abs(weight.std() - 0.02 / np.sqrt(4)) < 0.0005
         assert abs(block.mlp.c_fc.weight.data.std() - 0.02) < 0.001
+        if mlp == "swiglu":
+            assert abs(block.mlp.c_gate.weight.data.std() - 0.02) < 0.001
 
 
 def test_float32_untied_model_is_float32_throughout():
@@ -482,10 +485,31 @@ def test_float64_erf_and_gelu_of_huge_inputs_are_exact_and_quiet():
     1e200 give exactly +-1, x, 0, without a warning.
     Kills reference.functional.x_erf__mutmut_5, _6 (a one-sided clip) and x_normal_pdf__mutmut_1."""
     x = np.array([-1e200, 1e200, -np.inf, np.inf, 0.5])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        e = erf(x)
-        y, dy = gelu_and_grad(x[:2])
-    np.testing.assert_array_equal(e[:4], [-1.0, 1.0, -1.0, 1.0])
-    np.testing.assert_array_equal(y, [0.0, 1e200])
-    np.testing.assert_array_equal(dy, [0.0, 1.0])
+    for path_erf, path_gelu, path_gelu_grad in ((erf, lambda v: gelu_and_grad(v)[0], lambda v: gelu_and_grad(v)[1]),
+                                                (textbook.erf, textbook.gelu, textbook.gelu_grad)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            e, y, dy = path_erf(x), path_gelu(x[:2]), path_gelu_grad(x[:2])
+        np.testing.assert_array_equal(e[:4], [-1.0, 1.0, -1.0, 1.0])
+        np.testing.assert_array_equal(y, [0.0, 1e200])
+        np.testing.assert_array_equal(dy, [0.0, 1.0])
+
+
+def test_every_weight_is_drawn_and_seed_none_draws_nothing():
+    """Every weight matrix starts at N(0, 0.02^2) (the embeddings, the fused attention projection, an
+    untied head), not zeros; GPT(seed=None) draws nothing: the matrices are zeros of the right shape and
+    dtype, ready to be loaded (reference/hf.py).
+    Kills, in the run after the split: reference.attention.xǁCausalSelfAttentionǁ__init____mutmut_13,
+    reference.layers.xǁSwiGLUǁ__init____mutmut_16 (with the c_gate check above), x_normal_init__mutmut_2 to _5,
+    reference.model.xǁGPTǁ__init____mutmut_8, _45, _77."""
+    config = GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=4, n_embd=64, tie_weights=False)
+    model = GPT(config)
+    block = model.transformer.h[0]
+    for weight in (model.transformer.wte.weight, model.transformer.wpe.weight, model.lm_head.weight,
+                   block.attn.c_attn.weight):
+        assert abs(weight.data.std() - 0.02) < 0.002
+    blank = GPT(config.replace(dtype="float32"), seed=None)
+    for (name, p), (_, q) in zip(blank.named_parameters(), model.named_parameters()):
+        assert p.data.shape == q.data.shape and p.data.dtype == np.float32, name
+        if p.data.ndim == 2:
+            assert not p.data.any(), name
