@@ -8,7 +8,7 @@ from reference import GPT, GPTConfig, KVCache, attention
 
 
 @pytest.mark.parametrize("tile", [attention.QUERY_TILE, 2])
-@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi", "sinusoidal"])
 @pytest.mark.parametrize("kv", [4, 2, 1])
 def test_cached_decoding_equals_recompute(pos, kv, tile, monkeypatch):
     """A prompt of 5, a chunk of 3, then one token at a time. With query tiles of 2 rows
