@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 COMPONENT_PAGES = [
     "linear.md", "embedding.md", "layernorm.md", "rmsnorm.md", "gelu.md", "softmax.md", "attention.md",
     "rope.md", "alibi.md", "swiglu.md", "dropout.md", "mlp.md", "block.md", "model.md", "cross_entropy.md",
-    "adam.md", "clipping.md", "lr_schedule.md", "sinusoidal.md",
+    "adam.md", "clipping.md", "lr_schedule.md", "sinusoidal.md", "sgd.md",
 ]
 GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md"]
 NOT_A_PAGE = {"_FORMAT.md"}                                    # for authors, not part of the docs
