@@ -33,7 +33,7 @@ COMPONENT_PAGES = [
     "rope.md", "alibi.md", "swiglu.md", "dropout.md", "mlp.md", "block.md", "model.md", "cross_entropy.md",
     "adam.md", "clipping.md", "lr_schedule.md", "sinusoidal.md", "sgd.md",
 ]
-GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md"]
+GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md", "sampling.md"]
 NOT_A_PAGE = {"_FORMAT.md"}                                    # for authors, not part of the docs
 
 # Every registered case of oracle/cases.py and the page that derives it. A new case fails

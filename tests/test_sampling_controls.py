@@ -24,7 +24,8 @@ def hf():
     """transformers' generation module, and a tiny random GPT-2 whose `_get_logits_processor` builds the list."""
     generation = pytest.importorskip("transformers.generation", reason="transformers (the `hf` extra) is not installed")
     transformers = pytest.importorskip("transformers")
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                                               bos_token_id=0, eos_token_id=0))
     return generation, model
 
 
