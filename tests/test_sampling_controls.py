@@ -149,6 +149,13 @@ def test_presence_and_frequency_follow_openais_formula(presence, frequency, dtyp
                           logits.astype(np.float64))
 
 
+def test_one_row_of_logits_and_context():
+    """A single row (V,) with a 1-D context is a batch of one, and the caller's logits are left alone."""
+    z = np.array([1.0, -1.0, 2.0])
+    out = apply_penalties(z, np.array([1, 2]), 1, repetition_penalty=2.0, frequency_penalty=1.0)
+    assert out.tolist() == [[1.0, -2.0, 2.0 / 2 - 1.0]] and z.tolist() == [1.0, -1.0, 2.0]
+
+
 def test_repetition_then_presence_and_frequency():
     """Order within the penalties (vLLM's): the repetition penalty scales the raw logit, then the additive
     penalties are subtracted."""

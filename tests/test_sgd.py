@@ -285,3 +285,12 @@ def test_train_cli_with_sgd_and_bad_sgd_flags(tmp_path, capsys, prepare_module):
     assert main(common + ["--momentum", "0", "--overwrite", "--max_iters", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nesterov needs momentum > 0 and dampening 0" in err
+
+
+def test_saving_an_sgd_over_foreign_parameters_is_refused(tmp_path):
+    from reference import GPT, GPTConfig
+    from reference.checkpoint import save_checkpoint
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    with pytest.raises(ValueError, match="parameter\\(s\\) that are not the model's"):
+        save_checkpoint(tmp_path / "c.safetensors", model, SGD([Parameter(np.zeros(2))], momentum=0.9))
+    assert not (tmp_path / "c.safetensors").exists()
