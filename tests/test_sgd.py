@@ -294,3 +294,64 @@ def test_saving_an_sgd_over_foreign_parameters_is_refused(tmp_path):
     with pytest.raises(ValueError, match="parameter\\(s\\) that are not the model's"):
         save_checkpoint(tmp_path / "c.safetensors", model, SGD([Parameter(np.zeros(2))], momentum=0.9))
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_sgd_training_trajectory_matches_torch():
+    """16 real training steps (Trainer.train_step: nanoGPT's two groups, warmup-cosine, clipping, dropout,
+    sinusoidal positions) with SGD + Nesterov + weight decay, against the twin trained by torch.optim.SGD,
+    LambdaLR and clip_grad_norm_ on the same batches and dropout masks, float64: losses, final weights and
+    momentum buffers."""
+    import math
+
+    import torch.nn.functional as F
+
+    from oracle import twins
+    from reference.train import TrainConfig, Trainer
+    steps, vocab = 16, 11
+    rng = np.random.default_rng(0)
+    data = np.tile(rng.integers(0, vocab, 12), 60)
+    cfg = TrainConfig(out_dir="", seed=4, n_layer=2, n_head=2, n_embd=16, block_size=8, dropout=0.1, dtype="float64",
+                      batch_size=4, max_iters=steps, learning_rate=0.1, min_lr=0.01, warmup_iters=3, lr_decay_iters=12,
+                      weight_decay=0.05, grad_clip=1.0, pos="sinusoidal", optimizer="sgd", momentum=0.9, nesterov=True)
+    trainer = Trainer(cfg, train_data=data[:600], val_data=data[600:], vocab_size=vocab)
+    trainer.record = True
+    init = {k: v.copy() for k, v in trainer.model.state_dict().items()}
+    records, batches, masks = [], [], []
+    for _ in range(steps):
+        records.append(trainer.train_step())
+        batches.append(trainer.last_batch)
+        masks.append(dict(trainer.last_masks.drawn))
+
+    def lr_at(it):                                              # nanoGPT's get_lr, written out
+        if it < cfg.warmup_iters:
+            return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+        if it > cfg.lr_decay_iters:
+            return cfg.min_lr
+        ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                                    # tiny tensors: threads only add synchronisation
+    twin = twins.GPT(trainer.model_config).double()
+    twins.load_reference_state(twin, init)
+    named = list(twin.named_parameters())
+    groups = [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_at(it) / cfg.learning_rate)
+    for rec, (x, y), m in zip(records, batches, masks):
+        opt.zero_grad()
+        logits = twin(torch.from_numpy(x), masks=m)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        assert abs(rec["loss"] - loss.item()) <= 1e-9 * abs(loss.item()), rec["step"]
+    torch.set_num_threads(threads)
+    assert records[-1]["loss"] < records[0]["loss"]             # it trained
+    ours = dict(trainer.model.named_parameters())
+    for name, p in named:
+        assert rel_error(ours[name].data, p.detach().numpy())[0] <= 1e-8, name
+        buf = trainer.optimizer.state[id(ours[name])]["momentum_buffer"]
+        assert rel_error(buf, opt.state[p]["momentum_buffer"].numpy())[0] <= 1e-8, name
