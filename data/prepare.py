@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
 import sys
 import urllib.request
 from pathlib import Path
@@ -35,6 +34,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `reference`
     sys.path.insert(0, str(_REPO_ROOT))
 
+from reference.atomic import atomic_write  # noqa: E402
 from reference.data import ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
@@ -151,19 +151,9 @@ def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temp file in the same directory + os.replace."""
-    # A fresh name opened with "xb" (not mkstemp) so the file gets the usual umask mode.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    f = open(tmp, "xb")
-    try:
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically, with the umask's mode, removing stale temporaries of
+    killed writes first (reference/atomic.py: the same writer as checkpoints)."""
+    atomic_write(path, data)
 
 
 def prepare(
@@ -206,24 +196,35 @@ def prepare(
     return meta
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help (unless its help already says it)."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python data/prepare.py",
         description="Tokenize a text corpus (default: tiny-shakespeare) into train/val splits.",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
-        "--from", dest="src", metavar="PATH",
-        help="read this local text file instead of downloading tiny-shakespeare",
+        "--from", dest="src", metavar="PATH", default=None,
+        help="read this local text file instead of downloading tiny-shakespeare (default: download it)",
     )
     p.add_argument(
-        "--out", metavar="DIR",
+        "--out", metavar="DIR", default=None,
         help="output directory (default: data/shakespeare_char or data/shakespeare_byte)",
     )
     p.add_argument("--tokenizer", choices=("char", "byte"), default="char",
-                   help="char: one id per character (default); byte: one id per UTF-8 byte")
+                   help="char: one id per character; byte: one id per UTF-8 byte")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
-                   help=f"download timeout in seconds (default {DOWNLOAD_TIMEOUT_S:g})")
-    return p.parse_args(argv)
+                   help="download timeout in seconds, > 0")
+    args = p.parse_args(argv)
+    if not args.timeout > 0:                       # (also refuses nan)
+        p.error(f"argument --timeout: must be a number of seconds > 0, got {args.timeout!r}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrepareError as exc:
         print(f"prepare.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:                     # files are written atomically: nothing half-written is left
+        print(f"prepare.py: interrupted; {out_dir} holds no partial file", file=sys.stderr)
+        return 130
     print(f"tokenizer: {args.tokenizer}, vocab size: {meta['vocab_size']:,}")
     print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin, meta.json")

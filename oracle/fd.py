@@ -1,68 +1,203 @@
 """The second oracle: central finite differences in float64, independent of PyTorch.
 
-For a layer f and a fixed random upstream gradient dout, the scalar L = sum(f(x) * dout) has
-dL/dθ = the backward's gradient for every input or parameter θ. Each sampled coordinate is
-perturbed by ±h and (L(θ+h) - L(θ-h)) / 2h is compared with the analytic value. This catches a
-layer and its twin that are wrong the same way (RoPE, ALiBi and the replayed dropout masks are
-written by hand on both sides). Step and tolerance: oracle/tolerance.py.
+Three checks of the hand-written backward against the forward alone, each on any NumPy code given
+as for `oracle.check` (forward, backward, inputs, params=..., grad_inputs=..., masks=...):
+
+- `sampled_check`: for a fixed random upstream gradient dout, the scalar L = sum(f(x) * dout) has
+  dL/dθ = the backward's gradient for every input or parameter θ; `coords` random coordinates of
+  each are perturbed by ±h and (L(θ+h) - L(θ-h)) / 2h is compared with the analytic value.
+- `jacobian_check`: the full Jacobian, as torch.autograd.gradcheck builds it: every coordinate of
+  every input and parameter perturbed (columns), against the backward run once per output
+  coordinate with a one-hot dout (rows). Meant for small sizes.
+- `directional_check`: as JAX's check_grads: for a random direction v over all inputs and parameters,
+  (L(θ+hv) - L(θ-hv)) / 2h against sum(<backward's gradient, v>), for all of them together and for
+  each tensor alone.
+
+They catch a layer and its twin that are wrong the same way (RoPE, ALiBi and the replayed dropout
+masks are written by hand on both sides). Step and tolerance: oracle/tolerance.py. This module
+imports nothing from `reference`; the project's layers reach it through oracle/adapters.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from reference.layers import DropoutMasks, name_dropouts
-
 from . import tolerance as tol_policy
-from .harness import Report, ReplayMasks, TensorCheck, run_reference
+from .harness import CheckError, Report, Subject, TensorCheck, grad_name, make_subject, random_dout, tensor_check
 
 
-def finite_difference_check(ref, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False,
-                            coords: int = 12, step: float = tol_policy.FD_STEP) -> Report:
-    """Compare the analytic gradients of `ref` (float64) with central differences at `coords`
-    random coordinates of the first input (if floating) and of every parameter."""
+def _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad) -> Subject:
+    subject = make_subject(forward, backward, inputs, params=params, grad_inputs=grad_inputs,
+                           input_names=input_names, masks=masks, zero_grad=zero_grad)
+    for name, kind, array in subject.leaves():
+        if np.asarray(array).dtype != np.float64:
+            raise CheckError(f"finite differences need float64: {kind} {name!r} is {np.asarray(array).dtype}")
+    # our own float64 copies of the inputs, perturbed in place below
+    subject.inputs = tuple(np.array(x, dtype=np.float64 if np.asarray(x).dtype.kind == "f" else None, copy=True)
+                           for x in subject.inputs)
+    return subject
+
+
+def _analytic(subject: Subject, seed: int):
+    """One forward (recording any dropout masks), dout, one backward: (dout, {leaf: gradient})."""
+    subject.zero()
+    out = subject.run_forward()
+    dout = random_dout(out, seed).astype(np.float64)
+    dx, grads = subject.run_backward(dout.copy())
+    analytic = {}
+    for (name, kind, array), g in zip(subject.leaves(), [*dx, *grads.values()]):
+        if g is None:
+            raise CheckError(f"the backward left no gradient for {kind} {name!r}")
+        analytic[name] = np.asarray(g, np.float64)
+    return dout, analytic
+
+
+def _arrays(subject: Subject) -> list[tuple[str, str, np.ndarray]]:
+    """(name, kind, the array perturbed in place): our input copies and the parameters themselves."""
+    return [(name, kind, subject.inputs[subject.input_names.index(name)] if kind == "input" else subject.params[name].value)
+            for name, kind, _ in subject.leaves()]
+
+
+def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
+                  zero_grad=None, seed: int = 0, case: str = "check", coords: int = 12,
+                  step: float = tol_policy.FD_STEP) -> Report:
+    """Analytic gradients against central differences at `coords` random coordinates of every input that
+    carries a gradient and of every parameter, float64. One report line per tensor: `<name> (fd)`."""
     report = Report(case, "float64 (finite differences)")
-    params = dict(ref.named_parameters())
-    if any(p.data.dtype != np.float64 for p in params.values()) or any(
-            np.asarray(x).dtype.kind == "f" and np.asarray(x).dtype != np.float64 for x in inputs):
-        report.problems.append("finite differences need float64 parameters and inputs")
+    try:
+        subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
+    except CheckError as e:
+        if "need float64" not in str(e):
+            raise
+        report.problems.append(f"finite differences need float64 parameters and inputs ({e})")
         return report
-    name_dropouts(ref)
-    masks = None
-    if dropout:
-        recorder = DropoutMasks(np.random.default_rng(seed + 1), record=True)
-        run_reference(ref, inputs, seed, recorder)
-        masks = ReplayMasks(recorder.drawn)                    # the same masks for every evaluation
-    _, dout, dx, grads = run_reference(ref, inputs, seed, masks)
-    grads = {n: g.copy() for n, g in grads.items()}
+    dout, analytic = _analytic(subject, seed)
+    arrays = _arrays(subject)
+    floors = dict(zip(analytic, tol_policy.gradient_floors([k for _, k, _ in arrays], list(analytic.values()))))
 
     def loss() -> float:
-        out, _ = ref.forward(*inputs, masks=masks) if masks is not None else ref.forward(*inputs)
-        return float(np.sum(np.asarray(out, np.float64) * dout))
+        return float(np.sum(np.asarray(subject.run_forward(), np.float64) * dout))
 
-    targets = [(n, params[n].data, grads[n], "param") for n in params]
-    if dx is not None:
-        targets.insert(0, ("input grad", inputs[0], dx, "input"))
     rng = np.random.default_rng(seed + 2)
-    for name, array, analytic, kind in targets:
-        flat = array.reshape(-1)                               # a view: perturbations reach the layer
-        picks = rng.choice(flat.size, size=min(coords, flat.size), replace=False)
+    for name, kind, array in arrays:
+        floor = floors[name]
+        picks = rng.choice(array.size, size=min(coords, array.size), replace=False)
         numeric = np.empty(picks.size)
         for j, i in enumerate(picks):
-            orig = flat[i]
-            flat[i] = orig + step
+            orig = array.flat[i]
+            array.flat[i] = orig + step
             up = loss()
-            flat[i] = orig - step
+            array.flat[i] = orig - step
             down = loss()
-            flat[i] = orig
+            array.flat[i] = orig
             numeric[j] = (up - down) / (2 * step)
-        sampled = analytic.reshape(-1)[picks]
+        sampled = analytic[name].reshape(-1)[picks]
         diff = np.abs(sampled - numeric)
-        worst = int(np.argmax(diff))
-        scale = max(float(np.abs(analytic).max()), float(np.abs(numeric).max()))
-        err = float(diff[worst]) / scale if scale > 0 else float(diff[worst])
-        where = tuple(int(k) for k in np.unravel_index(int(picks[worst]), array.shape))
-        report.checks.append(TensorCheck(f"{name} (fd)" if kind == "input" else f"{name}.grad (fd)", kind, err,
-                                         float(diff[worst]), where, float(sampled[worst]), float(numeric[worst]),
-                                         tol_policy.FD_TOL))
+        worst = int(np.argmax(diff)) if diff.size else 0
+        scale = max(float(np.abs(analytic[name]).max(initial=0.0)), float(np.abs(numeric).max(initial=0.0)), floor)
+        max_abs = float(diff[worst]) if diff.size else 0.0
+        err = max_abs / scale if scale > 0 else max_abs
+        where = tuple(int(k) for k in np.unravel_index(int(picks[worst]), array.shape)) if diff.size else ()
+        report.checks.append(TensorCheck(f"{grad_name(name, kind)} (fd)", kind, err, max_abs, where,
+                                         float(sampled[worst]) if diff.size else 0.0,
+                                         float(numeric[worst]) if diff.size else 0.0, tol_policy.FD_TOL,
+                                         sampled, numeric, floor))
     return report
+
+
+def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
+                   zero_grad=None, seed: int = 0, case: str = "check", step: float = tol_policy.FD_STEP,
+                   max_size: int = 20_000) -> Report:
+    """The full Jacobian d output / d leaf of every input that carries a gradient and every parameter,
+    float64: numerically, column by column (2 forwards per coordinate), against the backward run once
+    per output element with a one-hot upstream gradient. Each tensor's error is
+    max|J_ours - J_numeric| / max(max|J_numeric|, the largest |J| of any tensor) (tolerance.md).
+    Refuses (CheckError) when output size x leaf size exceeds `max_size`: use small sizes."""
+    subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
+    report = Report(case, "float64 (full Jacobian)")
+    subject.zero()
+    out = np.asarray(subject.run_forward(), np.float64)             # records the dropout masks, if any
+    leaves = _arrays(subject)
+    total = sum(a.size for *_, a in leaves)
+    if out.size * total > max_size:
+        raise CheckError(f"the Jacobian would have {out.size} x {total} entries (more than max_size={max_size}); "
+                         f"use smaller sizes")
+    rows = {name: np.empty((out.size, a.size)) for name, _, a in leaves}
+    for j in range(out.size):                                       # the backward's Jacobian, row by row
+        onehot = np.zeros(out.size)
+        onehot[j] = 1.0
+        subject.zero()
+        subject.run_forward()
+        dx, grads = subject.run_backward(onehot.reshape(out.shape).astype(out.dtype))
+        for (name, kind, _), g in zip(leaves, [*dx, *grads.values()]):
+            if g is None:
+                raise CheckError(f"the backward left no gradient for {kind} {name!r}")
+            rows[name][j] = np.asarray(g, np.float64).reshape(-1)
+    numeric = {}
+    for name, _, array in leaves:                                   # the forward's, column by column
+        cols = np.empty((out.size, array.size))
+        for i in range(array.size):
+            orig = array.flat[i]
+            array.flat[i] = orig + step
+            up = np.asarray(subject.run_forward(), np.float64).reshape(-1)
+            array.flat[i] = orig - step
+            down = np.asarray(subject.run_forward(), np.float64).reshape(-1)
+            array.flat[i] = orig
+            cols[:, i] = (up - down) / (2 * step)
+        numeric[name] = cols
+    floors = tol_policy.gradient_floors([k for _, k, _ in leaves], [numeric[n] for n, _, _ in leaves])
+    for (name, kind, _), floor in zip(leaves, floors):
+        report.checks.append(tensor_check(f"{grad_name(name, kind)} (jacobian)", kind, rows[name], numeric[name],
+                                          tol_policy.FD_TOL, floor))
+    return report
+
+
+def directional_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
+                      zero_grad=None, seed: int = 0, case: str = "check", step: float = tol_policy.FD_STEP) -> Report:
+    """Directional derivatives, float64: with dout and a direction v ~ N(0, 1) over every input that carries
+    a gradient and every parameter, (L(θ+hv) - L(θ-hv)) / 2h for L = sum(f * dout) against
+    sum over tensors of <gradient, v>, relative to the norm of the gradient (the scale of that sum).
+    One line for all tensors moved together, then one per tensor moved alone."""
+    subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
+    report = Report(case, "float64 (directional)")
+    dout, analytic = _analytic(subject, seed)
+    rng = np.random.default_rng(seed + 3)
+    leaves = _arrays(subject)
+    direction = {name: rng.standard_normal(a.shape) for name, _, a in leaves}
+
+    def loss() -> float:
+        return float(np.sum(np.asarray(subject.run_forward(), np.float64) * dout))
+
+    def derivative(names: list[str]) -> float:
+        saved = {n: a.copy() for n, _, a in leaves if n in names}
+        moved = [(a, direction[n], saved[n]) for n, _, a in leaves if n in names]
+        for a, v, s in moved:
+            a[...] = s + step * v
+        up = loss()
+        for a, v, s in moved:
+            a[...] = s - step * v
+        down = loss()
+        for a, _, s in moved:
+            a[...] = s
+        return (up - down) / (2 * step)
+
+    groups = [("all gradients", "directional", [n for n, *_ in leaves])]
+    groups += [(grad_name(n, kind), kind, [n]) for n, kind, _ in leaves]
+    norm = float(np.sqrt(sum(float(np.sum(g * g)) for g in analytic.values())))
+    for label, kind, names in groups:
+        numeric = derivative(names)
+        exact = float(sum(np.sum(analytic[n] * direction[n]) for n in names))
+        scale = max(norm, abs(exact))
+        err = abs(numeric - exact) / scale if scale > 0 else abs(numeric - exact)
+        report.checks.append(TensorCheck(f"{label} (directional)", kind, err, abs(numeric - exact), (), exact, numeric,
+                                         tol_policy.FD_TOL, np.array(exact), np.array(numeric), norm))
+    return report
+
+
+def __getattr__(name: str):
+    """Compatibility: `finite_difference_check(ref, inputs, ...)` on the project's layers moved to
+    oracle.adapters (it knows the layer protocol; this module does not import `reference`)."""
+    if name == "finite_difference_check":
+        from . import adapters
+        return adapters.finite_difference_check
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

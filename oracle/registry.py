@@ -64,6 +64,7 @@ class Case:
     dropout: bool = False                                        # draw and share dropout masks
     fd: bool = True                                              # run the finite-difference oracle
     dims: Dims = Dims()                                          # the default sizes for this case
+    small: Dims | None = None                                    # sizes for the full Jacobian (default: tiny(dims))
 
     def build(self, dtype, seed: int = 0, dims: Dims | None = None):
         """(reference layer with perturbed weights, twin, inputs) for one run."""
@@ -72,6 +73,17 @@ class Case:
         ref = self.ref(d, np.dtype(dtype), rng)
         perturb(ref, rng)
         return ref, self.twin(d), self.inputs(d, np.dtype(dtype), rng)
+
+
+def tiny(d: Dims) -> Dims:
+    """The smallest useful sizes of a case, for the full-Jacobian check: one sequence of 2 tokens, heads
+    kept (the head layout is what GQA, MQA and ALiBi cases test), n_embd 4 per head pair, 5 classes."""
+    return d.replace(B=1, T=2, hd=2 if d.H >= 2 else 4, V=5, L=3)
+
+
+def small_dims(case: Case) -> Dims:
+    """The sizes the full-Jacobian check runs a case at."""
+    return case.small or tiny(case.dims)
 
 
 REGISTRY: dict[str, Case] = {}

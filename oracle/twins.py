@@ -2,8 +2,10 @@
 
 Each twin has the reference layer's parameter names, so `twin.load_state_dict(ref.state_dict())`
 works with no mapping, and its forward takes the same arguments. Only RoPE (which torch does not
-provide) and the replay of a given dropout mask are written out here; they are cross-checked by
-finite differences (oracle/fd.py), independently of torch.
+provide), the ALiBi slopes and the replay of a given dropout mask are written out here, from their
+papers and not from `reference/` (tests/test_twins_independent.py enforces that this module imports
+nothing from `reference`); they are cross-checked by finite differences (oracle/fd.py), independently
+of torch.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference.attention import alibi_slopes
-from reference.config import GPTConfig
 
 
 class Dropout(nn.Module):
@@ -62,15 +62,33 @@ class SwiGLU(nn.Module):
         return self.dropout(self.c_proj(F.silu(self.c_fc(x)) * self.c_gate(x)), masks)
 
 
+def alibi_head_slopes(n_head: int) -> list[float]:
+    """ALiBi's head-specific slopes, from the paper (Press, Smith and Lewis, "Train Short, Test Long",
+    ICLR 2022, section 3 and its reference code's get_slopes): for n heads, n a power of two, the
+    geometric sequence that starts at 2^(-8/n) with ratio 2^(-8/n), i.e. 2^(-8/n), 2^(-16/n), ..., 2^(-8)
+    (n = 8: 1/2, 1/4, ..., 1/256). For other n, with p the largest power of two below n: the p slopes
+    of p heads, then the first n - p slopes of 2p heads taken at odd positions (1st, 3rd, 5th, ...)."""
+    def power_of_two_slopes(n: int) -> list[float]:     # start * ratio^i with start = ratio = 2^(-8/n),
+        exponent = -8.0 / n                             # as one power each (a running product drifts by ulps)
+        return [2.0 ** (exponent * (i + 1)) for i in range(n)]
+    if math.log2(n_head).is_integer():
+        return power_of_two_slopes(n_head)
+    closest = 2 ** math.floor(math.log2(n_head))
+    return power_of_two_slopes(closest) + alibi_head_slopes(2 * closest)[0::2][: n_head - closest]
+
+
 def rope(x: torch.Tensor, start: int, base: float) -> torch.Tensor:
-    """Rotate-half RoPE on (..., T, hd), angles t * base^(-2i/hd) computed in float64."""
+    """RoPE (Su et al., RoFormer, 2021, eq. 34) in GPT-NeoX's rotate-half layout, on (..., T, hd):
+    channel i < hd/2 pairs with channel i + hd/2, and the pair at position m turns by the angle
+    m * theta_i, theta_i = base^(-2i/hd). The rotation is written per pair, as the paper's 2x2 block
+    [[cos, -sin], [sin, cos]], with the angles computed in float64."""
     t, hd = x.shape[-2], x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    angles = torch.outer(torch.arange(start, start + t, dtype=torch.float64), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    half = hd // 2
+    theta = torch.tensor([base ** (-2.0 * i / hd) for i in range(half)], dtype=torch.float64)    # (hd/2,)
+    m = torch.arange(start, start + t, dtype=torch.float64)[:, None]                            # (T, 1)
+    cos, sin = torch.cos(m * theta).to(x.dtype), torch.sin(m * theta).to(x.dtype)               # (T, hd/2)
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
 
 def sinusoidal(T: int, C: int) -> torch.Tensor:
@@ -111,7 +129,7 @@ class CausalSelfAttention(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         bias = torch.zeros(T, T, dtype=x.dtype).masked_fill(~causal, float("-inf"))
         if self.pos == "alibi":
-            slopes = torch.tensor(alibi_slopes(H), dtype=x.dtype).view(H, 1, 1)
+            slopes = torch.tensor(alibi_head_slopes(H), dtype=x.dtype).view(H, 1, 1)
             dist = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).to(x.dtype)
             bias = bias - slopes * dist                        # (H, T, T)
         if masks is not None and self.attn_dropout.p > 0:
@@ -125,14 +143,16 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y), masks)
 
 
-def make_norm(config: GPTConfig) -> nn.Module:
+# `config` below is any object with GPTConfig's fields (reference/config.py): read by name, not imported.
+
+def make_norm(config) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config):
         super().__init__()
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.kv_heads, config.bias,
@@ -151,7 +171,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """nanoGPT's model with the reference's options; same parameter names, same tying."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config):
         super().__init__()
         self.config = config
         parts = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
@@ -182,7 +202,7 @@ class GPT(nn.Module):
 class GPTLoss(nn.Module):
     """The whole model and its loss: (idx, targets) -> F.cross_entropy(GPT(idx), targets)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config):
         super().__init__()
         self.model = GPT(config)
 
@@ -191,7 +211,7 @@ class GPTLoss(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def twin_of(config: GPTConfig) -> GPT:
+def twin_of(config) -> GPT:
     """A torch GPT with `config`'s structure (float64); load weights with load_reference_state."""
     return GPT(config).double()
 

@@ -1,40 +1,70 @@
 """`python -m reference verify`: run the oracle over every registered case in both dtypes and print
-the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure."""
+the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure.
+
+`--cases MODULE` runs the cases registered by your own module (an importable name or a .py file
+that calls `oracle.register`), `--dims B=2,T=5` sets the sizes (docs/verifying-your-own-code.md)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
 import sys
 import time
+from pathlib import Path
 
-from .fd import finite_difference_check
-from .harness import Report, compare
-from .registry import REGISTRY
+from .adapters import finite_difference_check
+from .adapters import compare, consistency, directional_check, jacobian_check
+from .harness import Report
+from .registry import REGISTRY, Dims, small_dims, tiny
 
 HEADER = ("component", "dtype", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
 
 
-def run_case(name: str, dtype: str, seed: int = 0) -> tuple[Report, Report | None]:
+def run_case(name: str, dtype: str, seed: int = 0, dims: dict | None = None) -> tuple[Report, Report | None]:
+    """(twin report, finite-difference report or None) for one case and dtype; `dims` overrides sizes."""
     case = REGISTRY[name]
-    ref, twin, inputs = case.build(dtype, seed)
+    d = case.dims.replace(**dims) if dims else None
+    ref, twin, inputs = case.build(dtype, seed, d)
     report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
     fd = None
     if dtype == "float64" and case.fd:
-        ref, _, inputs = case.build(dtype, seed)
+        ref, _, inputs = case.build(dtype, seed, d)
         fd = finite_difference_check(ref, inputs, case=name, seed=seed, dropout=case.dropout)
     return report, fd
 
 
-def row(report: Report, fd: Report | None) -> tuple[str, ...]:
+def gradchecks(name: str, dtype: str, seed: int = 0, dims: dict | None = None) -> list[Report]:
+    """The gradient checkers' checks for one case and dtype (tests/test_gradcheck.py runs them in CI):
+    backward twice and non-contiguous inputs (both dtypes); in float64 also the full Jacobian at a
+    tiny size and a directional derivative."""
+    case = REGISTRY[name]
+    d = case.dims.replace(**dims) if dims else case.dims
+    ref, _, inputs = case.build(dtype, seed, d)
+    reports = [consistency(ref, inputs, case=name, seed=seed, dropout=case.dropout)]
+    if dtype == "float64" and case.fd:
+        ref, _, inputs = case.build(dtype, seed, d)
+        reports.append(directional_check(ref, inputs, case=name, seed=seed, dropout=case.dropout))
+        ref, _, inputs = case.build(dtype, seed, tiny(d) if dims else small_dims(case))
+        reports.append(jacobian_check(ref, inputs, case=name, seed=seed, dropout=case.dropout))
+    return reports
+
+
+def row(report: Report, fd: Report | None, extra: list[Report] = ()) -> tuple[str, ...]:
+    """One table row. `extra` (gradchecks' reports) count in the finite-difference column (the Jacobian
+    and directional checks), the margin (checks with a tolerance) and the result."""
     def err(kind: str) -> str:
         c = report.worst(kind)
         return f"{c.err:.1e}" if c else "-"
     p = report.worst("param")
-    fd_worst = max(fd.checks, key=lambda c: c.err / c.tol) if fd and fd.checks else None
-    checks = report.checks + (fd.checks if fd else [])
+    fd_checks = (fd.checks if fd else []) + [c for r in extra for c in r.checks if "(jacobian)" in c.name
+                                             or "(directional)" in c.name]
+    fd_worst = max(fd_checks, key=lambda c: c.err / c.tol) if fd_checks else None
+    checks = report.checks + [c for c in (fd.checks if fd else []) + [c for r in extra for c in r.checks] if c.tol > 0]
     margin = max((c.err / c.tol for c in checks), default=float("inf"))
     tol = min((c.tol for c in report.checks), default=0.0)
-    passed = report.passed and (fd is None or fd.passed)
+    passed = report.passed and (fd is None or fd.passed) and all(r.passed for r in extra)
     return (report.case, report.dtype, err("forward"), err("input"),
             f"{p.err:.1e} {p.name.removesuffix('.grad')}" if p else "-",
             f"{fd_worst.err:.1e}" if fd_worst else "-",
@@ -49,25 +79,93 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
-    parser.add_argument("--case", action="append", help="only these cases (repeatable); default: all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", "-v", action="store_true", help="print every tensor of every case")
+    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
+                        help="the dtype(s) to run each case in (default: %(default)s)")
+    parser.add_argument("--case", action="append",
+                        help="only these cases (repeatable; default: every registered case, or with --cases every "
+                             "case that module registers)")
+    parser.add_argument("--cases", metavar="MODULE", action="append",
+                        help="import MODULE (an importable name such as mypkg.cases, or a path to a .py file) whose "
+                             "oracle.register(...) calls add your own cases, and run those (repeatable; default: none)")
+    parser.add_argument("--dims", metavar="K=V,...", type=parse_dims, default=None,
+                        help=f"sizes for every case, e.g. B=2,T=5,H=2,Hkv=1,hd=4,V=11,L=8 (keys: {', '.join(DIM_KEYS)}; "
+                             "default: each case's own sizes)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random weights, inputs and upstream gradient (default: %(default)s)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="print every tensor of every case (default: only the failing ones)")
+
+
+DIM_KEYS = tuple(f.name for f in dataclasses.fields(Dims))
+
+
+def parse_dims(text: str) -> dict:
+    """'B=2,T=5' -> {'B': 2, 'T': 5}; refuses unknown keys, non-integers, sizes below 1 and sizes that
+    contradict each other (Hkv must divide H, T must not exceed L)."""
+    dims = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in DIM_KEYS:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=INTEGER with KEY one of {', '.join(DIM_KEYS)}")
+        try:
+            dims[key] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}={value.strip()!r}: expected an integer") from None
+        if dims[key] < 1:
+            raise argparse.ArgumentTypeError(f"{key}={dims[key]}: expected an integer >= 1")
+    d = Dims().replace(**dims)
+    if d.H % d.Hkv:
+        raise argparse.ArgumentTypeError(f"Hkv={d.Hkv} must divide H={d.H}")
+    if d.T > d.L:
+        raise argparse.ArgumentTypeError(f"T={d.T} must not exceed the context length L={d.L}")
+    return dims
+
+
+def load_cases(spec: str) -> list[str]:
+    """Import a module that registers cases (by name, or a .py file path); the names it registered."""
+    before = set(REGISTRY)
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"--cases {spec}: no such file")
+        module_spec = importlib.util.spec_from_file_location(f"_oracle_cases_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        if spec in sys.modules:                                # imported before: its cases are already there
+            return [n for n, c in REGISTRY.items() if getattr(c.ref, "__module__", None) == spec]
+        importlib.import_module(spec)
+    return [n for n in REGISTRY if n not in before]
 
 
 def run(args: argparse.Namespace) -> int:
-    names = args.case or list(REGISTRY)
+    external = []
+    for spec in getattr(args, "cases", None) or []:
+        try:
+            found = load_cases(spec)
+        except (ImportError, OSError, ValueError, SyntaxError) as e:
+            print(f"error: --cases {spec}: could not import it ({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
+        if not found:
+            print(f"error: --cases {spec}: the module registered no case (call oracle.register(...) in it)",
+                  file=sys.stderr)
+            return 2
+        external += found
+    names = args.case or external or list(REGISTRY)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         print(f"error: unknown case(s) {unknown}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
+    dims = getattr(args, "dims", None)
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     rows, failures, start = [], [], time.perf_counter()
     for name in names:
         for dtype in dtypes:
-            report, fd = run_case(name, dtype, args.seed)
-            rows.append(row(report, fd))
-            for r in (report, fd):
+            report, fd = run_case(name, dtype, args.seed, dims)
+            extra = gradchecks(name, dtype, args.seed, dims)
+            rows.append(row(report, fd, extra))
+            for r in (report, fd, *extra):
                 if r is not None and (args.verbose or not r.passed):
                     failures.append(str(r))
     print(format_table(rows))
@@ -80,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oracle.verify", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m oracle.verify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

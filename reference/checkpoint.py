@@ -12,9 +12,9 @@ tensors
     `optimizer.<param name>.momentum_buffer`  SGD's momentum buffer instead (only with momentum != 0,
                                           and only for parameters that have one, as in torch).
 `__metadata__`
-    one key, "numpy_gpt", whose value is one JSON string::
+    two keys. "numpy_gpt" holds one JSON string, the header::
 
-        {"format": "numpy-gpt-checkpoint", "version": 1,
+        {"format": "numpy-gpt-checkpoint", "version": 2,
          "config": {GPTConfig fields}, "tokenizer": {"kind": "char", "chars": ...} | null,
          "step": optimizer steps done, "best_val_loss": float | null,
          "optimizer": {"type": "AdamW",
@@ -26,19 +26,37 @@ tensors
          "rng": {"train": np.random.Generator.bit_generator.state (arrays as lists of ints), ...},
          "train_config": {TrainConfig fields} | null, "extra": {...}}
 
+    "numpy_gpt.sha256" holds the checksums, one JSON string::
+
+        {"header": SHA-256 of the "numpy_gpt" string,
+         "fields": {header key: SHA-256 of json.dumps(value, sort_keys=True)},
+         "tensors": {tensor name: SHA-256 of "<dtype code> <shape>\n" + its little-endian C-order bytes}}
+
+Integrity. Every tensor (its bytes, dtype and shape) and the header are covered by SHA-256 checksums
+(`seal`). Loading recomputes them and refuses a mismatch naming the file, the tensor or the header
+field, and the recorded and found digests: one flipped bit anywhere in a tensor, or an edited header
+value, is caught. Loading then refuses non-finite values in any tensor (weights or optimizer moments),
+naming the tensor; saving refuses them too, so a checkpoint never holds a NaN. Checksums catch
+accidents (bit rot, a truncated copy, a hand edit), not an attacker, who can recompute them.
+
+Version 1 checkpoints (before checksums) still load: `Checkpoint.checksummed` is False and the CLI
+prints a note that the file's integrity cannot be checked (re-saving it, e.g. by resuming, adds them).
+
 Loading reads bytes and parses JSON, nothing else: no pickle, no code from the file is ever run
 (a bit generator is chosen by name from a fixed list, and its state checked against that generator's
-layout). Everything is checked and a problem raises `CheckpointError` naming the file and the problem:
-truncated or corrupt files (from `safetensors_io`), a missing or foreign header, an unknown format
-version, an invalid model config, every header field's type (optimizer groups, generator states,
-best_val_loss, train_config, extra), missing or unexpected tensors, wrong shapes or dtypes, and, with
-`check_compatible`, another model config or another vocabulary than the run expects. The tensors are
-compared with the names and shapes the header's config implies (`model_tensor_names`, arithmetic on
-the config) before anything sized by the header is allocated: a small file claiming a huge model is
-refused without building it.
+layout). The safetensors library parses and validates the file itself (reference/safetensors_io.py);
+everything above it is checked here and a problem raises `CheckpointError` naming the file and the
+problem: a missing or foreign header, an unknown format version, checksums, an invalid model config,
+every header field's type (optimizer groups, generator states, best_val_loss, train_config, extra),
+missing or unexpected tensors, wrong shapes or dtypes, non-finite values, and, with `check_compatible`,
+another model config or another vocabulary than the run expects. The tensors are compared with the
+names and shapes the header's config implies (`model_tensor_names`, arithmetic on the config) before
+anything sized by the header is allocated: a small file claiming a huge model is refused without
+building it.
 
-Writing is atomic (temporary file in the same directory, fsync, rename): a crash mid-save leaves the
-previous checkpoint as it was.
+Writing is atomic (reference/atomic.py: temporary file in the same directory, fsync, rename; stale
+temporaries of killed saves removed by the next save): a crash mid-save leaves the previous checkpoint
+as it was, and nothing behind.
 
 On to PyTorch: the weights load into `oracle.twins.GPT` (or nanoGPT's model) directly::
 
@@ -51,6 +69,7 @@ On to PyTorch: the weights load into `oracle.twins.GPT` (or nanoGPT's model) dir
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -62,15 +81,17 @@ from .config import GPTConfig, _is_finite_number, _is_int
 from .data import tokenizer_from_dict
 from .model import GPT
 from .optim import SGD
-from .safetensors_io import CheckpointError, load_file, save_file
+from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, save_file
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT", "VERSION", "save_checkpoint", "load_checkpoint",
            "build_model", "restore_optimizer", "check_compatible", "generator_from_state", "state_from_json",
-           "model_tensor_names", "model_tensor_count"]
+           "model_tensor_names", "model_tensor_count", "seal", "tensor_digest"]
 
 FORMAT = "numpy-gpt-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)                        # 1: before checksums (loads, with checksummed=False)
 METADATA_KEY = "numpy_gpt"
+CHECKSUM_KEY = "numpy_gpt.sha256"
 OPT_PREFIX = "optimizer."
 MOMENTS = ("exp_avg", "exp_avg_sq")
 # The bit generators a checkpoint may name; anything else is refused (never getattr on file input).
@@ -108,6 +129,15 @@ class Checkpoint:
     train_config: dict | None = None
     best_val_loss: float | None = None
     extra: dict = field(default_factory=dict)
+    checksummed: bool = True                      # False for a version 1 file: nothing could be verified
+
+    @property
+    def integrity_note(self) -> str | None:
+        """One line for the user when the file's integrity could not be checked, else None."""
+        if self.checksummed:
+            return None
+        return (f"note: {self.path} is a version 1 checkpoint without checksums; its integrity cannot be "
+                "checked (a resumed run saves it again with checksums)")
 
 
 # ------------------------------------------------------------------------------------------ saving
@@ -165,6 +195,12 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
             unknown = [p for p in g["params"] if id(p) not in names]
             if unknown:
                 raise ValueError(f"the optimizer holds {len(unknown)} parameter(s) that are not the model's")
+        listed = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        twice = sorted({n for n in listed if listed.count(n) > 1})
+        if twice:                                  # torch warns and updates such a parameter twice a step
+            raise ValueError(f"the optimizer lists {twice} more than once; a checkpoint holds each parameter once "
+                             "(build the optimizer with each parameter in one group, once)")
+        for g in optimizer.param_groups:
             groups.append({"lr": float(g["lr"]), "betas": [float(b) for b in g["betas"]], "eps": float(g["eps"]),
                            "weight_decay": float(g["weight_decay"]), "params": [names[id(p)] for p in g["params"]]})
             for p in g["params"]:
@@ -190,7 +226,95 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
         "train_config": train_config,
         "extra": extra or {},
     }
-    save_file(tensors, path, metadata={METADATA_KEY: json.dumps(header, allow_nan=False)})
+    for name, arr in tensors.items():
+        _refuse_non_finite(path, name, arr, ValueError)
+    save_file(tensors, path, metadata=seal(tensors, json.dumps(header, allow_nan=False)))
+
+
+# ------------------------------------------------------------------------------------------ integrity
+
+
+def _le_bytes(arr: np.ndarray) -> tuple[memoryview, str]:
+    code = next(c for c, dt in DTYPES.items() if dt == arr.dtype.newbyteorder("<"))
+    return memoryview(np.require(arr, dtype=DTYPES[code], requirements="C")).cast("B"), code
+
+
+def tensor_digest(arr: np.ndarray) -> str:
+    """SHA-256 of "<dtype code> <shape>\\n" followed by the tensor's little-endian C-order bytes: the
+    exact bytes the file holds for it, with the header entry that gives them meaning."""
+    arr = np.asarray(arr)
+    data, code = _le_bytes(arr)
+    h = hashlib.sha256(f"{code} {list(arr.shape)}\n".encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def _field_digests(header: dict) -> dict[str, str]:
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in header.items()}
+
+
+def seal(tensors: dict[str, np.ndarray], header_json: str) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint: its header and the checksums of header and tensors."""
+    checksums = {"header": hashlib.sha256(header_json.encode()).hexdigest(),
+                 "fields": _field_digests(json.loads(header_json)),
+                 "tensors": {name: tensor_digest(arr) for name, arr in tensors.items()}}
+    return {METADATA_KEY: header_json, CHECKSUM_KEY: json.dumps(checksums)}
+
+
+def _refuse_non_finite(path, name: str, arr: np.ndarray, exc=CheckpointError) -> None:
+    if arr.dtype.kind != "f":
+        return
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = arr[~finite]
+    where = tuple(int(i) for i in np.argwhere(~finite)[0])
+    raise exc(f"{path}: tensor {name!r} holds non-finite values ({int(np.isnan(bad).sum())} NaN, "
+              f"{int(np.isinf(bad).sum())} inf; the first at index {where} is {arr[where]}); "
+              "a checkpoint holds only finite values")
+
+
+def _checksums(path, metadata: dict, raw_header: str) -> dict | None:
+    """The recorded checksums, after checking the header against them; None for a version 1 file."""
+    raw = metadata.get(CHECKSUM_KEY)
+    if raw is None:
+        return None
+    try:
+        sums = json.loads(raw)
+    except ValueError as e:
+        _fail(path, f"the checksums (metadata {CHECKSUM_KEY!r}) are not valid JSON: {e}")
+    if not (isinstance(sums, dict) and isinstance(sums.get("header"), str) and isinstance(sums.get("fields"), dict)
+            and isinstance(sums.get("tensors"), dict)):
+        _fail(path, f"the checksums (metadata {CHECKSUM_KEY!r}) must be an object with 'header', 'fields' "
+                    "and 'tensors'")
+    found = hashlib.sha256(raw_header.encode()).hexdigest()
+    if found != sums["header"]:
+        detail = f"metadata {METADATA_KEY!r}"
+        try:
+            fields = _field_digests(json.loads(raw_header))
+        except (ValueError, RecursionError, AttributeError):
+            fields = None
+        if isinstance(fields, dict):
+            changed = sorted(k for k in set(fields) | set(sums["fields"]) if fields.get(k) != sums["fields"].get(k))
+            if changed:
+                k = changed[0]
+                detail = (f"header field {k!r} (recorded SHA-256 {sums['fields'].get(k)}, found {fields.get(k)}); "
+                          f"changed fields: {changed}")
+        _fail(path, f"the header fails its checksum: {detail}; whole header recorded SHA-256 {sums['header']}, "
+                    f"found {found}. The file is corrupt or was edited")
+    return sums
+
+
+def _verify_tensor(path, name: str, arr: np.ndarray, sums: dict | None) -> None:
+    if sums is not None:
+        recorded = sums["tensors"].get(name)
+        if recorded is None:
+            _fail(path, f"tensor {name!r} has no recorded checksum (metadata {CHECKSUM_KEY!r})")
+        found = tensor_digest(arr)
+        if found != recorded:
+            _fail(path, f"tensor {name!r} fails its checksum: recorded SHA-256 {recorded}, found {found}. "
+                        "The file is corrupt")
+    _refuse_non_finite(path, name, arr)
 
 
 def _sgd_header(optimizer: SGD, names: dict[int, str], tensors: dict[str, np.ndarray]) -> dict:
@@ -278,8 +402,9 @@ def _header(path, metadata: dict) -> dict:
         _fail(path, f"the checkpoint header must be a JSON object, got {type(header).__name__}")
     if header.get("format") != FORMAT:
         _fail(path, f"not a numpy-gpt checkpoint: format is {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("version") != VERSION:
-        _fail(path, f"unsupported checkpoint version {header.get('version')!r}; this code reads version {VERSION}")
+    if header.get("version") not in READABLE_VERSIONS:
+        _fail(path, f"unsupported checkpoint version {_brief(header.get('version'))}; this code reads versions "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}")
     for key in ("config", "step"):
         if key not in header:
             _fail(path, f"the checkpoint header has no {key!r}")
@@ -299,13 +424,40 @@ def _check_tensor(path, name: str, arr: np.ndarray, shape, dtype) -> None:
         _fail(path, f"tensor {name!r} has dtype {arr.dtype}, expected {dtype} (config dtype)")
 
 
+def _read_tensors(path, f: SafetensorsFile, header: dict, sums: dict | None) -> dict[str, np.ndarray]:
+    """Every tensor, checked against its checksum and for finite values, read only once the file's
+    tensor count is known to fit the header's config (a huge claimed model is not allocated)."""
+    try:
+        config = GPTConfig.from_dict(header["config"])
+    except (TypeError, ValueError) as e:
+        _fail(path, f"invalid model config in the checkpoint: {e}")
+    needed = model_tensor_count(config)
+    if needed > len(f.entries):
+        _fail(path, f"the model config in the header ({config.n_layer} layers) has {needed} tensors, "
+                    f"but the file holds only {len(f.entries)}")
+    tensors = {}
+    for name in f.entries:
+        tensors[name] = f.tensor(name)
+        _verify_tensor(path, name, tensors[name], sums)
+    return tensors
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read and validate a checkpoint; raise CheckpointError on anything wrong with it."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    tensors, metadata = load_file(path)                        # CheckpointError if truncated or corrupt
-    header = _header(path, metadata)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory; expected a checkpoint file (e.g. {path}/ckpt.safetensors)")
+    with SafetensorsFile(path) as f:                           # CheckpointError if truncated or malformed
+        metadata = f.metadata
+        raw_header = metadata.get(METADATA_KEY)
+        sums = _checksums(path, metadata, raw_header) if isinstance(raw_header, str) else None
+        header = _header(path, metadata)
+        if sums is None and header["version"] != 1:
+            _fail(path, f"a version {header['version']} checkpoint must carry checksums (metadata "
+                        f"{CHECKSUM_KEY!r}), and this one has none")
+        tensors = _read_tensors(path, f, header, sums)
     try:
         config = GPTConfig.from_dict(header["config"])
     except (TypeError, ValueError) as e:
@@ -370,7 +522,8 @@ def load_checkpoint(path) -> Checkpoint:
             _fail(path, f"the tokenizer has {tok.vocab_size} symbols but the model's vocab_size is {config.vocab_size}")
     return Checkpoint(path=path, config=config, step=step, model_state=model_state, tokenizer=tokenizer,
                       optimizer=optimizer, rng=states, train_config=train_config,
-                      best_val_loss=None if best is None else float(best), extra=extra)
+                      best_val_loss=None if best is None else float(best), extra=extra,
+                      checksummed=sums is not None)
 
 
 def _optimizer(path, opt_header, tensors: dict, expected: dict) -> tuple[dict, set[str]]:

@@ -34,8 +34,24 @@ def _load(module_name: str):
         return None
 
 
+def utf8_output() -> None:
+    """Write stdout and stderr as UTF-8 whatever the locale (a C locale, a cp1252 redirect on Windows):
+    text the model generated, or a path with any character, can always be written; input files are read
+    as UTF-8 too. (Python's own UTF-8 mode, PEP 540, does the same; streams that cannot be reconfigured,
+    e.g. a test's capture, are left alone.)"""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            try:
+                stream.flush()
+                reconfigure(encoding="utf-8", errors="replace")
+            except (ValueError, OSError):        # a closed or detached stream: leave it as it is
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    utf8_output()
     parser = argparse.ArgumentParser(prog="numpy-gpt", description="A GPT in pure NumPy, proved against PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
@@ -46,14 +62,36 @@ def main(argv: list[str] | None = None) -> int:
     module = _load(COMMANDS[argv[0]][0])
     if module is None:
         return 2
-    cmd = argparse.ArgumentParser(prog=f"numpy-gpt {argv[0]}", description=COMMANDS[argv[0]][1])
-    module.add_arguments(cmd)
+    cmd = command_parser(argv[0], module)
     args = cmd.parse_args(argv[1:])
-    if argv[0] in ("train", "sample"):                         # faster: docs/performance.md, "Threads"
-        from .functional import products_on_pool
-        with products_on_pool():
-            return int(module.run(args) or 0)
-    return int(module.run(args) or 0)
+    try:
+        if argv[0] in ("train", "sample"):                     # faster: docs/performance.md, "Threads"
+            from .functional import products_on_pool
+            with products_on_pool():
+                return int(module.run(args) or 0)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:                                  # Ctrl-C outside a command's own handling
+        print(f"interrupted: numpy-gpt {argv[0]} stopped", file=sys.stderr)
+        return 130
+
+
+def command_parser(name: str, module=None) -> argparse.ArgumentParser:
+    """The parser of one command; every option's help shows its default (ArgumentDefaultsHelpFormatter)."""
+    module = module or importlib.import_module(COMMANDS[name][0])
+    cmd = argparse.ArgumentParser(prog=f"numpy-gpt {name}", description=COMMANDS[name][1],
+                                  formatter_class=HelpFormatter)
+    module.add_arguments(cmd)
+    return cmd
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every option (unless its help already says "default"); descriptions as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 if __name__ == "__main__":

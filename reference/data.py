@@ -36,6 +36,7 @@ __all__ = [
     "split_train_val",
     "load_meta",
     "load_split",
+    "resolve_data_dir",
     "SPLITS",
 ]
 
@@ -207,20 +208,73 @@ def split_train_val(ids: npt.ArrayLike, val_fraction: float = 0.1) -> tuple[np.n
     return ids[:n], ids[n:]
 
 
+#: Where a relative data directory is also looked for: the checkout holding this package (where
+#: ``data/prepare.py`` writes ``data/shakespeare_char``), so that commands work from any directory.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_data_dir(data_dir: str | Path) -> Path:
+    """The prepared-data directory ``data_dir`` names: as given (relative to the current directory), or,
+    for a relative path that does not exist there, relative to :data:`PACKAGE_ROOT`.
+
+    FileNotFoundError names every place looked in; NotADirectoryError a path that is a file."""
+    given = Path(data_dir)
+    candidates = [given]
+    if not given.is_absolute() and (PACKAGE_ROOT / given).resolve() != given.resolve():
+        candidates.append(PACKAGE_ROOT / given)
+    for path in candidates:
+        if path.is_dir():
+            return path
+        if path.exists():
+            raise NotADirectoryError(f"data_dir {path} is a file, not a directory; expected the directory "
+                                     f"that data/prepare.py writes (train.bin, val.bin, meta.json)")
+    looked = " and ".join(str(p.resolve()) for p in candidates)
+    raise FileNotFoundError(f"no prepared data: looked for {data_dir} in {looked}; {_PREPARE_HINT}")
+
+
+_META_TYPES = {"tokenizer": dict, "dtype": str}
+
+
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
-    """Read ``meta.json`` written by ``data/prepare.py`` in ``data_dir``."""
+    """Read ``meta.json`` written by ``data/prepare.py`` in ``data_dir``, checking the keys training
+    needs ("tokenizer", "dtype"); ValueError names a missing or malformed one."""
     path = Path(data_dir) / "meta.json"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"no prepared data: {path} is missing; {_PREPARE_HINT}") from None
-    return json.loads(text)
+    except NotADirectoryError:
+        raise NotADirectoryError(f"data_dir {data_dir} is a file, not a directory; expected the directory "
+                                 f"that data/prepare.py writes") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason}); {_PREPARE_HINT} again") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {_PREPARE_HINT} again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}; {_PREPARE_HINT} again")
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            raise ValueError(f"{path} has no {key!r} key (it has {sorted(meta)}); the data was not written by "
+                             f"this version of data/prepare.py: {_PREPARE_HINT} again")
+        if not isinstance(meta[key], kind):
+            raise ValueError(f"{path}: {key!r} must be a JSON {'object' if kind is dict else 'string'}, "
+                             f"got {meta[key]!r}")
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "ui":
+        raise ValueError(f"{path}: 'dtype' must name an integer dtype such as 'uint16', got {meta['dtype']!r}")
+    return meta
 
 
 def load_split(data_dir: str | Path, split: str) -> np.ndarray:
     """Read the token ids of ``split`` ("train" or "val") from ``data_dir``.
 
-    The ids keep the on-disk dtype recorded in ``meta.json`` (uint16).
+    The ids keep the on-disk dtype recorded in ``meta.json`` (uint16). A file whose size is not a whole
+    number of ids, or that holds another count than meta.json records, is refused (truncated or corrupt).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -228,7 +282,12 @@ def load_split(data_dir: str | Path, split: str) -> np.ndarray:
     path = Path(data_dir) / f"{split}.bin"
     if not path.is_file():
         raise FileNotFoundError(f"no prepared data: {path} is missing; {_PREPARE_HINT}")
-    ids = np.fromfile(path, dtype=np.dtype(meta["dtype"]))
+    dtype = np.dtype(meta["dtype"])
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise ValueError(f"{path} is {size} bytes, not a whole number of {dtype} ids ({dtype.itemsize} bytes each): "
+                         "the data is truncated or corrupt, re-run `python data/prepare.py`")
+    ids = np.fromfile(path, dtype=dtype)
     expected = meta.get(f"{split}_tokens")
     if expected is not None and expected != len(ids):
         raise ValueError(

@@ -278,7 +278,7 @@ def erf(x: np.ndarray) -> np.ndarray:
     about 8x more than integer ones in NumPy, and np.where-style blends evaluate both formulas
     everywhere.
     """
-    x = np.asarray(x)
+    x = np.ascontiguousarray(x)                                # C order: the flat indices below assume it
     xc = np.clip(x, -1.0, 1.0)                                 # beyond 1 the value is replaced below
     z = xc * xc
     out = _polyval(_ERF_T, z)

@@ -106,6 +106,9 @@ class GPT(Module):
             raise TypeError(f"token ids must be integers, got dtype {idx.dtype}")
         if idx.ndim != 2:
             raise ValueError(f"token ids must have shape (batch, time), got shape {idx.shape}")
+        if idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"token ids of shape {idx.shape} are empty: expected (batch, time) with batch >= 1 "
+                             "and time >= 1")
         if start + idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence of length {start + idx.shape[1]} is longer than the context "
                              f"(block_size {self.config.block_size})")
@@ -149,7 +152,10 @@ class GPT(Module):
         tr.wte.backward(dx, c_wte)                             # (sinusoidal positions: nothing to learn)
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, masks: MaskSource | None = None):
-        """Forward and mean cross-entropy: (loss, logits, cache)."""
+        """Forward and mean cross-entropy: (loss, logits, cache). idx and targets: (B, T) token ids."""
+        if np.shape(targets) != np.shape(idx):
+            raise ValueError(f"targets of shape {np.shape(targets)} do not match token ids of shape {np.shape(idx)}: "
+                             "expected one target per token, the same (batch, time) shape")
         logits, cache = self.forward(idx, masks)
         loss, c_loss = self.criterion.forward(logits, targets)
         return loss, logits, (cache, c_loss)

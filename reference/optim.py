@@ -13,6 +13,7 @@ SGD (momentum, dampening, Nesterov; state `momentum_buffer`) is derived in docs/
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -36,10 +37,7 @@ class Adam:
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
         self.state: dict[int, dict] = {}                       # id(Parameter) -> {step, exp_avg, exp_avg_sq}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if not isinstance(p, Parameter):
-                    raise TypeError(f"optimizer params must be Parameters, got {type(p).__name__}")
+        check_param_groups(self.param_groups)
 
     def zero_grad(self) -> None:
         for group in self.param_groups:
@@ -118,6 +116,27 @@ class Adam:
                                      f"{st[key].dtype}, expected {p.data.shape} {p.data.dtype}")
             self.state[id(p)] = {"step": int(st["step"]), "exp_avg": st["exp_avg"].copy(),
                                  "exp_avg_sq": st["exp_avg_sq"].copy()}
+
+
+def check_param_groups(param_groups: list[dict]) -> None:
+    """torch.optim.Optimizer.add_param_group's checks, with its messages: every param a Parameter
+    (TypeError); the same Parameter in two groups, ValueError("some parameters appear in more than one
+    parameter group"); twice within one group, torch's UserWarning (torch still accepts it and updates
+    that parameter twice per step, as we do; it says this will become an error)."""
+    seen: set[int] = set()
+    for group in param_groups:
+        ids = []
+        for p in group["params"]:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"optimizer can only optimize Parameters, but one of the params is {type(p).__name__}")
+            ids.append(id(p))
+        if len(ids) != len(set(ids)):
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
+                          "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information",
+                          UserWarning, stacklevel=3)
+        if not seen.isdisjoint(ids):
+            raise ValueError("some parameters appear in more than one parameter group")
+        seen.update(ids)
 
 
 class AdamW(Adam):

@@ -1,8 +1,9 @@
 """`python -m reference plot out/log.jsonl [more.jsonl ...] -o curve.png`: loss curves to PNG.
 
-Reads the JSON-lines logs written by `reference.train` (records with "event": "train" and "eval") and
-draws, per log, the training loss of every logged step (thin) and the evaluated train/val losses
-(markers). matplotlib is imported only here, lazily, with the Agg backend (no display needed); when it
+Reads the JSON-lines logs written by `reference.train` (records with "event": "train", "eval" and
+"diverged") and draws, per log, the training loss of every logged step (a solid line), the evaluated
+train loss (circles, the same colour) and the val loss (squares, another colour), and marks a run that
+diverged (a red dotted line and cross at the step, named in the legend). matplotlib is imported only here, lazily, with the Agg backend (no display needed); when it
 is missing the command says how to install it.
 """
 
@@ -17,8 +18,9 @@ __all__ = ["read_log", "plot_curves", "add_arguments", "run"]
 
 
 def read_log(path) -> dict[str, list[dict]]:
-    """{"train": [...], "eval": [...]} records of a log; blank lines skipped, bad lines refused by number."""
-    out: dict[str, list[dict]] = {"train": [], "eval": []}
+    """{"train": [...], "eval": [...], "diverged": [...]} records of a log; blank lines skipped, bad lines
+    refused by number."""
+    out: dict[str, list[dict]] = {"train": [], "eval": [], "diverged": []}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -45,6 +47,19 @@ def _pyplot():
     return plt
 
 
+def diverged_at(log: dict) -> int | None:
+    """The step at which a run diverged: its "diverged" record, or its first non-finite (null) train loss."""
+    steps = [r["step"] for r in log.get("diverged", []) if isinstance(r.get("step"), int)]
+    steps += [r["step"] for r in log["train"] if r.get("loss") is None and isinstance(r.get("step"), int)]
+    return min(steps) if steps else None
+
+
+def png_path(path) -> Path:
+    """The file actually written: `path`, with ".png" added when it has no suffix (as matplotlib does)."""
+    path = Path(path)
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
 def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = None, diff: bool = False) -> Path:
     """Draw [(label, read_log(...)), ...] on one chart and save it as PNG; returns the path.
 
@@ -60,20 +75,27 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
         fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, log) in enumerate(runs):
-        c = colors[i % len(colors)]
+        c_train, c_val = colors[(2 * i) % len(colors)], colors[(2 * i + 1) % len(colors)]   # train != val colour
         hollow = dict(mfc="none", mew=1.4) if i % 2 else {}          # overlapping curves stay visible
         tr = [r for r in log["train"] if r.get("loss") is not None]
         if tr:
-            ax.plot([r["step"] for r in tr], [r["loss"] for r in tr], color=c, alpha=0.25, lw=0.8,
+            ax.plot([r["step"] for r in tr], [r["loss"] for r in tr], color=c_train, alpha=0.7, lw=1.1,
                     ls="-" if i % 2 == 0 else ":", label=f"{label}: train loss (per step)")
         ev = [r for r in log["eval"] if r.get("val_loss") is not None]
         if ev:
             steps = [r["step"] for r in ev]
-            ax.plot(steps, [r["train_loss"] for r in ev], color=c, ls="--", marker="o", ms=4 + 3 * (i % 2),
+            ax.plot(steps, [r["train_loss"] for r in ev], color=c_train, ls="--", marker="o", ms=4 + 3 * (i % 2),
                     label=f"{label}: train loss (eval)", **hollow)
-            ax.plot(steps, [r["val_loss"] for r in ev], color=c, ls="-" if i % 2 == 0 else (0, (4, 3)),
+            ax.plot(steps, [r["val_loss"] for r in ev], color=c_val, ls="-" if i % 2 == 0 else (0, (4, 3)),
                     marker="s", ms=4 + 4 * (i % 2), lw=1.8, label=f"{label}: val loss (final {ev[-1]['val_loss']:.4f})",
                     **hollow)
+        step = diverged_at(log)
+        if step is not None:
+            ax.axvline(step, color="red", ls=":", lw=1.5)
+            last = tr[-1]["loss"] if tr else (ev[-1]["val_loss"] if ev else None)
+            if last is not None:
+                ax.plot([step], [last], color="red", marker="X", ms=10, ls="none",
+                        label=f"{label}: diverged at step {step}")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title or "loss curves")
     ax.grid(alpha=0.3)
@@ -100,7 +122,7 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
     else:
         ax.set_xlabel("step")
     fig.tight_layout()
-    out_path = Path(out_path)
+    out_path = png_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path)
     plt.close(fig)
@@ -109,9 +131,10 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logs", nargs="+", help="log.jsonl file(s) written by `train`")
-    parser.add_argument("-o", "--out", default="loss_curve.png", help="PNG to write (default loss_curve.png)")
-    parser.add_argument("--labels", nargs="+", help="one legend label per log (default: the file names)")
-    parser.add_argument("--title", default=None)
+    parser.add_argument("-o", "--out", default="loss_curve.png",
+                        help="PNG to write; .png is added to a name without a suffix")
+    parser.add_argument("--labels", nargs="+", help="one legend label per log (default: the run directory names)")
+    parser.add_argument("--title", default=None, help="chart title (default: 'loss curves')")
     parser.add_argument("--diff", action="store_true", help="with two logs: add a panel of their loss differences")
 
 

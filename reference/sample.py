@@ -46,7 +46,7 @@ import numpy as np
 from .model import GPT, KVCache
 
 __all__ = ["generate", "iter_generate", "next_token_probs", "sample_next", "apply_penalties", "check_sampling_args",
-           "check_penalty_args", "TextStream", "add_arguments", "run"]
+           "check_penalty_args", "check_logits", "TextStream", "add_arguments", "run"]
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
@@ -57,6 +57,24 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
         raise ValueError(f"top_k must be an integer >= 1 (or None for no limit), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p!r}")
+
+
+def check_logits(logits: np.ndarray, what: str = "logits") -> None:
+    """Refuse logits that no distribution can come from, as torch.multinomial refuses a probability
+    tensor with inf or NaN: ValueError for NaN or +inf anywhere, or a row that is -inf throughout.
+    (-inf alone is a masked token: probability 0.) A model with non-finite weights gives NaN logits."""
+    z = np.asarray(logits)
+    if z.size and z.dtype.kind == "f" and not np.isfinite(z).all():
+        bad = np.isnan(z) | (z == np.inf)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{what} hold non-finite values ({int(np.isnan(z).sum())} NaN, "
+                             f"{int((z == np.inf).sum())} +inf; {z[where]} at index {where}); sampling needs "
+                             "finite logits (-inf masks a token). Non-finite weights give NaN logits: check the model")
+        dead = np.all(z == -np.inf, axis=-1)
+        if dead.any():
+            raise ValueError(f"{what}: row {int(np.argwhere(dead)[0][0])} is -inf for every token; "
+                             "no token can be sampled")
 
 
 def _is_real(value) -> bool:
@@ -112,10 +130,14 @@ def apply_penalties(logits: np.ndarray, context: np.ndarray, n_generated: int = 
 def next_token_probs(logits: np.ndarray, *, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, min_p: float | None = None) -> np.ndarray:
     """The distribution sampled from: (B, V) logits -> (B, V) float64 probabilities (rows sum to 1).
-    Steps 2-5 of the module's rule: temperature, top-k, top-p, min-p (transformers' warpers, in its order)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    Steps 2-5 of the module's rule: temperature, top-k, top-p, min-p (transformers' warpers, in its order).
+    ValueError for non-finite logits (`check_logits`), or a temperature so small that logits overflow."""
+    check_logits(logits)
+    with np.errstate(over="ignore"):
+        z = np.asarray(logits, dtype=np.float64) / float(temperature)
     if z.ndim == 1:
         z = z[None]
+    check_logits(z, f"logits / temperature ({temperature!r})")
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
@@ -141,10 +163,12 @@ def next_token_probs(logits: np.ndarray, *, temperature: float = 1.0, top_k: int
 def sample_next(logits: np.ndarray, *, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, greedy: bool = False,
                 rng: np.random.Generator | None = None, min_p: float | None = None) -> np.ndarray:
-    """Next token ids (B,) from the last-position logits (B, V)."""
+    """Next token ids (B,) from the last-position logits (B, V). ValueError for NaN or +inf logits
+    (torch.multinomial refuses them too), greedy or not."""
     logits = np.asarray(logits)
     if logits.ndim == 1:
         logits = logits[None]
+    check_logits(logits)
     if greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
     if rng is None:
@@ -286,17 +310,19 @@ class TextStream:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint (default out/ckpt.safetensors)")
+    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="\n", help="text to continue (default a newline, as nanoGPT)")
-    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500)
-    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1)
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (default: none, use --prompt)")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
+                        help="tokens to generate per sample, >= 0")
+    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1,
+                        help="samples to generate, >= 1")
     parser.add_argument("--temperature", type=float, default=0.8, help="default 0.8 (nanoGPT)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200,
                         help="keep the k most likely tokens (default 200, as nanoGPT; 0 for no limit)")
     parser.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None,
-                        help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
+                        help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1] (default: no limit)")
     parser.add_argument("--min-p", "--min_p", dest="min_p", type=float, default=0.0,
                         help="keep the tokens at least this many times as likely as the most likely one, in [0, 1] "
                              "(transformers' min_p; default 0: keep all)")
@@ -313,7 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="print each token as it is generated (a UTF-8 character split over byte tokens "
                              "appears when complete); Ctrl-C stops, keeping what was printed (exit status 130)")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, >= 0")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
 
 
@@ -329,10 +355,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
         prompt = args.prompt
         if args.prompt_file:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
+            try:
+                with open(args.prompt_file, encoding="utf-8") as f:
+                    prompt = f.read()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte "
+                                 f"{e.start})") from None
         ckpt = load_checkpoint(args.ckpt)
         if ckpt.tokenizer is None:
             raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")
@@ -347,25 +379,38 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    note = ckpt.integrity_note
+    if note:
+        print(note, file=sys.stderr)
     rng = np.random.default_rng(args.seed)
     rule = dict(temperature=args.temperature, top_k=top_k, top_p=args.top_p, greedy=args.greedy, rng=rng,
                 use_cache=not args.no_cache, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                 presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
-    try:
-        for i in range(args.num_samples):
+    for i in range(args.num_samples):
+        try:
             if args.stream:
                 _stream(tok, iter_generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule), ids)
             else:
                 out = generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule)
+                # Written and flushed as soon as it exists; stdout is UTF-8 whatever the locale (reference/cli.py).
                 sys.stdout.write(tok.decode(out) + "\n")
-            if i + 1 < args.num_samples:
-                sys.stdout.write("---------------\n")
+        except ValueError as e:                   # non-finite logits: a model with non-finite weights
+            sys.stdout.flush()
+            print(f"error: sample {i + 1}: {e}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            sys.stdout.flush()
+            print(f"error: sample {i + 1}: out of memory for {len(ids) + args.max_new_tokens:,} tokens; "
+                  "lower --max-new-tokens", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:                 # Ctrl-C: keep what was printed, say so, status 130
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            print("interrupted: generation stopped (Ctrl-C); the text above is what was generated", file=sys.stderr)
+            return 130
+        if i + 1 < args.num_samples:
+            sys.stdout.write("---------------\n")
         sys.stdout.flush()
-    except KeyboardInterrupt:                                  # Ctrl-C: keep what was printed, say so, status 130
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        print("interrupted: generation stopped (Ctrl-C); the text above is what was generated", file=sys.stderr)
-        return 130
     return 0
 
 

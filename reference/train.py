@@ -24,18 +24,39 @@ Logs: one JSON object per line in `out_dir/log.jsonl`: `{"event": "train", "step
 "diverged" records. A non-finite loss, gradient norm, weight or eval loss stops training with
 `TrainingDiverged` naming the step; the last checkpoint on disk is left untouched.
 
-Configuration, lowest to highest precedence: TrainConfig's defaults (which are nanoGPT's shakespeare_char
-CPU recipe), `--preset NAME`, `--config file.json` (a flat JSON object of TrainConfig fields), flags.
-When resuming, the checkpoint's saved training config takes the place of the defaults, and the model
-settings must equal the checkpoint's.
+Configuration, highest precedence first (`resolve_settings`):
+
+    1. flags given on the command line
+    2. `--config file.json` (a flat JSON object of TrainConfig fields)
+    3. on `--resume`: the training config saved in the checkpoint
+    4. `--preset NAME`
+    5. TrainConfig's defaults (nanoGPT's shakespeare_char CPU recipe)
+
+What you type now (flags, then the file you name) wins over what was saved; what the run was (its
+checkpoint) wins over templates (a preset, the defaults). So `--preset shakespeare_char --resume` continues
+the run with its own max_iters, not the preset's, while `--resume --max_iters 4000` extends it. The model
+settings of a resumed run must equal the checkpoint's. The effective settings, with where each
+non-default one came from, are printed at start and logged in the "start" record.
+
+`--resume` finds the run it continues: `--resume PATH` (a checkpoint file, or a run directory holding
+ckpt.safetensors), else OUT_DIR/ckpt.safetensors with OUT_DIR from flags, config file or preset. A
+relative `data_dir` that does not exist from the current directory is looked up next to the package
+(the repository checkout), so `--preset shakespeare_char` works from any directory.
+
+Failures of the environment or of user input end the command with one line on stderr and a non-zero
+exit: bad values (2), a run that cannot fit in memory (2, checked before allocating, see
+`estimate_memory`), a disk that fills up or a directory that cannot be written (1), divergence (1), and
+Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -47,7 +68,7 @@ import numpy as np
 from .checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                          restore_optimizer, save_checkpoint)
 from .config import CHOICES, GPTConfig
-from .data import get_batch, load_meta, load_split, tokenizer_from_dict
+from .data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
 from .layers import DropoutMasks
 from .model import GPT
 from .optim import SGD, AdamW, clip_grad_norm_, cosine_lr
@@ -208,6 +229,60 @@ def configure_optimizers(model: GPT, config: TrainConfig) -> AdamW | SGD:
                  weight_decay=config.weight_decay)
 
 
+def estimate_memory(config: TrainConfig, vocab_size: int) -> dict[str, int]:
+    """Bytes a training step of `config` needs, estimated from the config before anything is allocated:
+    {"weights": parameters + gradients + AdamW's two moments, "activations": what forward keeps for
+    backward at batch_size x block_size, "total"}. Per layer about 8 (B, T, C)-sized arrays, the q/k/v
+    projection, 2 (B, T, hidden)-sized arrays and one (B, n_head, T, T) attention map; the logits and
+    their gradient (B, T, V). Calibrated against tracemalloc's peak of real steps (within about 10%,
+    tests/test_cli_failures.py); NumPy's short-lived temporaries are not counted."""
+    gc = config.model_config(vocab_size)
+    item = np.dtype(gc.dtype).itemsize
+    C, L, H, T, B, V = gc.n_embd, gc.n_layer, gc.n_head, gc.block_size, config.batch_size, vocab_size
+    hidden = gc.hidden
+    kv = (gc.n_head + 2 * gc.kv_heads) * gc.head_dim
+    params = V * C * (1 if gc.tie_weights else 2) + (T * C if gc.pos == "learned" else 0) + 2 * C \
+        + L * (4 * C + C * kv + kv + C * C + C + (3 if gc.mlp == "swiglu" else 2) * C * hidden + hidden + C)
+    per_layer = B * T * (8 * C + kv + 2 * hidden) + B * H * T * T
+    activations = L * per_layer + 2 * B * T * V
+    out = {"weights": 4 * params * item, "activations": activations * item}
+    out["total"] = out["weights"] + out["activations"]
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux: MemAvailable; else free physical pages), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class InsufficientMemory(ValueError):
+    """A run whose estimated memory exceeds what is available: refused before allocating."""
+
+
+def check_memory(config: TrainConfig, vocab_size: int, available: int | None = None) -> dict[str, int]:
+    """Refuse (InsufficientMemory) a run whose `estimate_memory` total exceeds the available memory."""
+    est = estimate_memory(config, vocab_size)
+    available = available_memory() if available is None else available
+    if available is not None and est["total"] > available:
+        gib = 2.0 ** 30
+        raise InsufficientMemory(
+            f"this run needs about {est['total'] / gib:.1f} GiB of memory (weights, gradients and AdamW moments "
+            f"{est['weights'] / gib:.2f} GiB; activations at batch_size {config.batch_size}, block_size "
+            f"{config.block_size}, n_layer {config.n_layer}: {est['activations'] / gib:.1f} GiB), but only "
+            f"{available / gib:.1f} GiB is available; lower batch_size, block_size, n_layer or n_embd")
+    return est
+
+
 def _finite_params(model: GPT) -> bool:
     return all(bool(np.isfinite(p.data).all()) for p in model.parameters())
 
@@ -226,9 +301,10 @@ class Trainer:
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
         if train_data is None:
-            meta = load_meta(config.data_dir)
+            data_dir = resolve_data_dir(config.data_dir)
+            meta = load_meta(data_dir)
             tokenizer = tokenizer_from_dict(meta["tokenizer"])
-            train_data, val_data = load_split(config.data_dir, "train"), load_split(config.data_dir, "val")
+            train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
         self.tokenizer = tokenizer
         if tokenizer is not None:
             vocab_size = tokenizer.vocab_size
@@ -247,6 +323,7 @@ class Trainer:
                 raise ValueError(f"the {split} split holds token id {bad} outside the vocabulary of {vocab_size} "
                                  f"(expected 0 <= id < {vocab_size})")
         self.model_config = config.model_config(vocab_size)
+        self.memory = check_memory(config, vocab_size)       # before the model and its arrays exist
         self.model = GPT(self.model_config, seed=config.seed)
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
@@ -456,14 +533,24 @@ def _int_or_none(text: str) -> int | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made recipe "
-                        "(shakespeare_char: nanoGPT's CPU recipe, 4 layers, 4 heads, 128 wide, context 64)")
-    parser.add_argument("--config", metavar="FILE.json", help="a JSON object of training config keys")
-    parser.add_argument("--resume", action="store_true", help=f"continue from OUT_DIR/{CKPT_NAME}")
+    parser.description = ((parser.description or "") + "\n\nSettings, highest precedence first: flags, "
+                           "--config FILE.json, the resumed checkpoint's saved settings, --preset, the defaults "
+                           "(the shakespeare_char recipe). The effective settings are printed at start.").strip()
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a ready-made recipe "
+                        "(shakespeare_char: nanoGPT's CPU recipe, 4 layers, 4 heads, 128 wide, context 64; "
+                        "default: none)")
+    parser.add_argument("--config", metavar="FILE.json", default=None,
+                        help="a JSON object of training config keys (default: none)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                        help=f"continue a run: from PATH (a checkpoint, or a run directory holding {CKPT_NAME}), or "
+                             f"without PATH from OUT_DIR/{CKPT_NAME} (default: off, start a new run)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run even if OUT_DIR already holds a checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or console lines")
-    group = parser.add_argument_group("training config (defaults: the shakespeare_char recipe)")
+                        help="start a new run even if OUT_DIR already holds a checkpoint (default: off)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar or per-step lines; the settings and the final line are still "
+                             "printed (default: off)")
+    group = parser.add_argument_group("training config (defaults: the shakespeare_char recipe; a preset, "
+                                      "config file or resumed checkpoint may change them)")
     for name, f in FIELDS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = str(f.type)
@@ -503,36 +590,139 @@ def read_config_file(path) -> dict:
     return d
 
 
-def resolve_config(args: argparse.Namespace, base: dict | None = None) -> TrainConfig:
-    """defaults (or `base`) < preset < config file < flags."""
-    d = dict(base or {})
+def resolve_settings(args: argparse.Namespace, saved: dict | None = None) -> tuple[TrainConfig, dict[str, str]]:
+    """The effective TrainConfig and where each non-default setting came from ({field: "flag" | "config file"
+    | "checkpoint" | "preset"}): flags > config file > `saved` (a resumed checkpoint's train_config) >
+    preset > defaults (module docstring)."""
+    layers = []
     if getattr(args, "preset", None):
-        d.update(PRESETS[args.preset])
+        layers.append(("preset", PRESETS[args.preset]))
+    if saved:
+        layers.append(("checkpoint", {k: v for k, v in saved.items() if k in FIELDS}))
     if getattr(args, "config", None):
-        d.update(read_config_file(args.config))
-    d.update({k: getattr(args, k) for k in FIELDS if hasattr(args, k)})
-    return TrainConfig.from_dict(d)
+        layers.append(("config file", read_config_file(args.config)))
+    layers.append(("flag", {k: getattr(args, k) for k in FIELDS if hasattr(args, k)}))
+    d, source = {}, {}
+    for where, values in layers:
+        d.update(values)
+        source.update({k: where for k in values})
+    return TrainConfig.from_dict(d), source
+
+
+def resolve_config(args: argparse.Namespace, base: dict | None = None) -> TrainConfig:
+    """The effective TrainConfig (see `resolve_settings`); `base` is a resumed checkpoint's train_config."""
+    return resolve_settings(args, base)[0]
+
+
+def describe_settings(config: TrainConfig, source: dict[str, str]) -> str:
+    """One line: every setting given now (flag, config file) or differing from the default, with where it
+    came from; the rest are the defaults (the shakespeare_char recipe)."""
+    defaults = TrainConfig()
+    parts = []
+    for name in FIELDS:
+        value, where = getattr(config, name), source.get(name)
+        if where in ("flag", "config file") or value != getattr(defaults, name):
+            parts.append(f"{name}={value!r}" + (f" ({where})" if where else ""))
+    if not parts:
+        return "settings: the defaults (the shakespeare_char recipe)"
+    return "settings: " + ", ".join(parts) + "; the rest at their defaults"
+
+
+def find_checkpoint(resume, out_dir: str) -> Path:
+    """The checkpoint `--resume` names: PATH (a file, or a directory holding ckpt.safetensors), else
+    OUT_DIR/ckpt.safetensors. FileNotFoundError says where it looked."""
+    if resume is True:
+        path = Path(out_dir) / CKPT_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path} to resume (out_dir {out_dir!r}); give the run with "
+                                    f"--out_dir DIR or --resume PATH")
+        return path
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} to resume")
+    return path
+
+
+def schedule_warnings(config: TrainConfig) -> list[str]:
+    """What a user would not expect of the learning-rate schedule: one that is longer than the run."""
+    out = []
+    if config.decay_lr and config.lr_decay_iters > config.max_iters:
+        out.append(f"warning: the learning-rate schedule decays over lr_decay_iters={config.lr_decay_iters} steps "
+                   f"but the run stops at max_iters={config.max_iters}: the last lr is "
+                   f"{config.lr_at(max(config.max_iters - 1, 0)):.3g}, not min_lr {config.min_lr:.3g}; "
+                   f"pass --lr_decay_iters {config.max_iters} to decay within the run")
+    if config.decay_lr and config.warmup_iters > config.max_iters:
+        out.append(f"warning: warmup_iters={config.warmup_iters} is longer than the run (max_iters="
+                   f"{config.max_iters}): the learning rate never reaches {config.learning_rate:.3g}")
+    return out
+
+
+def _checkpoint_state(path: Path | None) -> str:
+    """What is on disk at `path`, verified: "the last good checkpoint PATH (step N) is left as it was", or why
+    it is not good. A checkpoint is called good only after load_checkpoint has checked it."""
+    if path is None or not path.exists():
+        return "no checkpoint was written"
+    try:
+        step = load_checkpoint(path).step
+    except (CheckpointError, OSError) as e:
+        return f"the checkpoint on disk fails its checks ({e})"
+    return f"the last good checkpoint {path} (step {step}) is left as it was"
+
+
+def _os_error(e: OSError) -> str:
+    what = e.strerror or str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    hint = {errno.ENOSPC: "; free some space", errno.EDQUOT: "; free some space or raise the quota",
+            errno.EACCES: "; choose a writable --out_dir", errno.EROFS: "; choose a writable --out_dir",
+            errno.EPERM: "; choose a writable --out_dir"}.get(e.errno, "")
+    return f"{what}{where}{hint}"
 
 
 def run(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
     try:
-        config = resolve_config(args)
-        ckpt_path = Path(config.out_dir) / CKPT_NAME
+        config, source = resolve_settings(args)
         resume = None
         if args.resume:
-            ckpt = load_checkpoint(ckpt_path)                 # FileNotFoundError / CheckpointError
-            base = {k: v for k, v in (ckpt.train_config or {}).items() if k in FIELDS}
-            config = resolve_config(args, {**base, "out_dir": config.out_dir})
+            path = find_checkpoint(args.resume, config.out_dir)
+            ckpt = load_checkpoint(path)                      # FileNotFoundError / CheckpointError
+            explicit_out = "out_dir" in source and source["out_dir"] in ("flag", "config file")
+            config, source = resolve_settings(args, ckpt.train_config)
+            if not explicit_out:                               # continue the run where its checkpoint is
+                config = config.replace(out_dir=str(path.parent))
             resume = ckpt
-        elif ckpt_path.exists() and not args.overwrite:
-            print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
-                  "it or --overwrite to start a new run there", file=sys.stderr)
-            return 2
-        trainer = Trainer(config, resume=resume, progress=not args.no_progress)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+            if ckpt.integrity_note:
+                print(ckpt.integrity_note, file=sys.stderr)
+        else:
+            ckpt_path = Path(config.out_dir) / CKPT_NAME
+            if ckpt_path.exists() and not args.overwrite:
+                print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
+                      "it or --overwrite to start a new run there", file=sys.stderr)
+                return 2
+        config.model_config(1)                                 # model settings checked before reading any data
+        print(describe_settings(config, source), file=sys.stderr)
+        out_dir = Path(config.out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
+        trainer = Trainer(config, resume=resume, progress=progress)
+        if resume is not None and resume.step >= config.max_iters:
+            print(f"nothing to train: the checkpoint {resume.path} is at step {resume.step} and max_iters is "
+                  f"{config.max_iters}; pass --max_iters N with N > {resume.step} to train further", file=sys.stderr)
+            return 0
+        for line in schedule_warnings(config):
+            print(line, file=sys.stderr)
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    progress = not args.no_progress
+    except MemoryError:
+        print("error: out of memory while loading the data or building the model; lower batch_size, block_size, "
+              "n_layer or n_embd", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
     if progress:
         print(f"model: {trainer.model.num_parameters():,} parameters, {trainer.model_config.dtype}; "
               f"data: {len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens; "
@@ -540,14 +730,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = trainer.run()
     except TrainingDiverged as e:
-        kept = (f"; the last good checkpoint {trainer.ckpt_path} is left as it was"
-                if trainer.ckpt_path is not None and trainer.ckpt_path.exists() else "; no checkpoint was written")
-        print(f"error: {e}{kept}", file=sys.stderr)
+        print(f"error: {e}; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
         return 1
-    if progress:
-        last, best = summary["last_eval"], summary["best_val_loss"]
-        print(f"done: step {summary['step']}"
-              + (f", val loss {last['val_loss']:.4f}" if last else "")
-              + (f" (best {best:.4f})" if best is not None else "")
-              + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"interrupted at step {trainer.step}; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"error: out of memory at step {trainer.step} (about {trainer.memory['total'] / 2**30:.1f} GiB "
+              f"estimated); lower batch_size or block_size; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: writing to {config.out_dir} failed: {_os_error(e)}; {_checkpoint_state(trainer.ckpt_path)}",
+              file=sys.stderr)
+        return 1
+    last, best = summary["last_eval"], summary["best_val_loss"]
+    print(f"done: step {summary['step']}"
+          + (f", val loss {last['val_loss']:.4f}" if last else "")
+          + (f" (best {best:.4f})" if best is not None else "")
+          + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s", file=sys.stderr)
     return 0

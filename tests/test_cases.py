@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oracle import REGISTRY, Dims, compare
-from oracle.fd import finite_difference_check
-from oracle.harness import run_reference
+from oracle.adapters import finite_difference_check
+from oracle.adapters import run_reference
 from reference import attention
 
 CASES = sorted(REGISTRY)
@@ -122,7 +122,7 @@ def test_layernorm_large_constant_rows_against_extended_precision():
     torch's float64 is not, which is why the constant-row test above keeps values small."""
     import torch
 
-    from oracle.harness import run_twin
+    from oracle.adapters import run_twin
 
     ref, twin, (x,) = REGISTRY["layernorm"].build("float64", 0)
     x[:, :1] = 999.75

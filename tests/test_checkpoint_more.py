@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from reference.checkpoint import (BIT_GENERATORS, METADATA_KEY, STATE_LAYOUTS, CheckpointError, build_model,
+from reference.checkpoint import (BIT_GENERATORS, METADATA_KEY, seal, STATE_LAYOUTS, CheckpointError, build_model,
                                   check_compatible, generator_from_state, load_checkpoint, model_tensor_count,
                                   model_tensor_names, restore_optimizer, save_checkpoint, state_from_json)
 from reference.config import GPTConfig
@@ -63,7 +63,7 @@ def edit_header(path, edit) -> None:
     tensors, meta = load_file(path)
     header = json.loads(meta[METADATA_KEY])
     edit(header)
-    save_file(tensors, path, metadata={METADATA_KEY: json.dumps(header)})
+    save_file(tensors, path, metadata=seal(tensors, json.dumps(header)))   # checksums recomputed
 
 
 def refused(path, message: str) -> str:
@@ -332,7 +332,7 @@ def _param_groups_duplicate(h):
     (lambda h: h.update(format="other-format"),
      r"not a numpy-gpt checkpoint: format is 'other-format', expected 'numpy-gpt-checkpoint'$"),
     (lambda h: h.pop("format"), r"not a numpy-gpt checkpoint: format is None"),
-    (lambda h: h.pop("version"), r"unsupported checkpoint version None; this code reads version 1$"),
+    (lambda h: h.pop("version"), r"unsupported checkpoint version None; this code reads versions 1, 2$"),
     (lambda h: h.pop("config"), r"the checkpoint header has no 'config'$"),
     (lambda h: h.pop("step"), r"the checkpoint header has no 'step'$"),
     (lambda h: h.update(step=True), r"step must be a non-negative integer, got True$"),

@@ -33,7 +33,10 @@ COMPONENT_PAGES = [
     "rope.md", "alibi.md", "swiglu.md", "dropout.md", "mlp.md", "block.md", "model.md", "cross_entropy.md",
     "adam.md", "clipping.md", "lr_schedule.md", "sinusoidal.md", "sgd.md",
 ]
-GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md", "sampling.md"]
+GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md", "checkpoints.md",
+               "verifying-your-own-code.md", "sampling.md"]
+# Pages whose python blocks build on each other: each block runs after the blocks before it, in one namespace.
+CHAINED_PAGES = {"verifying-your-own-code.md"}
 NOT_A_PAGE = {"_FORMAT.md"}                                    # for authors, not part of the docs
 
 # Every registered case of oracle/cases.py and the page that derives it. A new case fails
@@ -229,7 +232,11 @@ def test_python_block_runs(page, index, source, monkeypatch):
     filename = f"docs/{page} (python block {index})"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)   # readable tracebacks
     code = compile(source, filename, "exec")
-    exec(code, {"__name__": f"docs_{page[:-3].replace('-', '_')}_{index}"})
+    namespace = {"__name__": f"docs_{page[:-3].replace('-', '_')}_{index}"}
+    if page in CHAINED_PAGES:                                   # the blocks before this one, first
+        for i, before in enumerate(python_blocks((DOCS / page).read_text(encoding="utf-8"))[:index]):
+            exec(compile(before, f"docs/{page} (python block {i})", "exec"), namespace)
+    exec(code, namespace)
 
 
 # ---------------------------------------------------------------- pages exist, format, where

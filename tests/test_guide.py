@@ -95,7 +95,7 @@ def registered():
 
 def fd_check(ref, inputs, case) -> Report:
     """The second oracle (step 5), skipped with a clear reason if oracle/fd.py is missing."""
-    fd = pytest.importorskip("oracle.fd", reason="oracle/fd.py (the finite-difference oracle) is not there yet")
+    fd = pytest.importorskip("oracle.adapters", reason="oracle/adapters.py (the finite-difference oracle on layers) is not there yet")
     return fd.finite_difference_check(ref, inputs, case=case, seed=0, dropout=False)
 
 
@@ -192,7 +192,7 @@ def _pasted_report_lines() -> list[tuple[str, str, str]]:
 def test_guide_output_is_what_the_harness_prints(registered):
     """Step 6 pastes the harness's output for an RMSNorm without its mean term: the same tensors
     must pass and fail today, with the same errors to the printed digits."""
-    from oracle.fd import finite_difference_check
+    from oracle import finite_difference_check
     from reference.layers import RMSNorm
 
     class BrokenRMSNorm(RMSNorm):                                      # as in the guide

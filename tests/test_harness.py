@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from oracle import REGISTRY, compare, rel_error
-from oracle.fd import finite_difference_check
+from oracle.adapters import finite_difference_check
 from oracle.registry import Dims
 from reference.attention import CausalSelfAttention
 from reference.layers import GELU, LayerNorm, Linear
@@ -173,3 +173,69 @@ def test_twin_claims_are_torch_builtins():
     kinds = {type(m) for m in twin.modules()}
     assert {nn.LayerNorm, nn.Linear, nn.GELU} <= kinds
     assert torch.nn.functional.scaled_dot_product_attention is not None
+
+
+# ---------------------------------------------------------------- the new checks can fail too (tests/test_gradcheck.py)
+
+class OneWeightEntryWrong(Linear):
+    """A weight gradient wrong in one entry only: 12 sampled coordinates of 24 usually miss it."""
+
+    def backward(self, dy, x):
+        dx = super().backward(dy, x)
+        self.weight.grad[-1, -1] += 1e-3
+        return dx
+
+
+def test_full_jacobian_reports_one_wrong_entry():
+    from oracle.adapters import jacobian_check
+    ref, _, inputs = build("linear", cls=OneWeightEntryWrong, dims=Dims(B=1, T=2, H=1, hd=4))
+    report = jacobian_check(ref, inputs)
+    assert failing(report) == {"weight.grad (jacobian)"}
+    assert report["weight.grad (jacobian)"].where[1] == report["weight.grad (jacobian)"].ours_array.shape[1] - 1
+
+
+def test_directional_derivative_reports_a_dropped_term():
+    from oracle.adapters import directional_check
+    ref, _, inputs = build("layernorm", cls=LayerNormWithoutMeanTerm)
+    assert failing(directional_check(ref, inputs)) == {"all gradients (directional)", "input grad (directional)"}
+
+
+class BackwardSpoilsItsCache(GELU):
+    def backward(self, dy, x):
+        dx = super().backward(dy, x)
+        x *= 1.5                                                 # the cache is modified: a second backward differs
+        return dx
+
+
+class SecondBackwardAssigns(Linear):
+    def backward(self, dy, x):
+        if getattr(self, "ran", False):
+            self.weight.grad[...] = 0.0                          # '=' on the second call
+        self.ran = True
+        return super().backward(dy, x)
+
+
+def test_backward_twice_reports_a_spoiled_cache_and_a_lost_accumulation():
+    from oracle.adapters import consistency
+    ref, _, inputs = build("gelu", cls=BackwardSpoilsItsCache)
+    assert "input grad backward twice, bit-identical" in failing(consistency(ref, inputs))
+    ref, _, inputs = build("linear", cls=SecondBackwardAssigns)
+    assert failing(consistency(ref, inputs)) == {"weight.grad accumulates (2x, from one forward)"}
+
+
+class FlatWriteOnCopy(GELU):
+    """Writes through x.reshape(-1), which is a copy, not a view, when x is not C-contiguous."""
+
+    def forward(self, x):
+        y = np.empty_like(x)
+        y.reshape(-1)[...] = np.ravel(x) * 2.0 if y.flags.c_contiguous else 0.0
+        return y, x
+
+    def backward(self, dy, x):
+        return dy * 2.0
+
+
+def test_noncontiguous_inputs_report_a_layout_bug():
+    from oracle.adapters import consistency
+    ref, _, inputs = build("gelu", cls=FlatWriteOnCopy)
+    assert failing(consistency(ref, inputs)) == {"output (inputs transposed, dout strided)"}   # strided: C-like, kept

@@ -103,7 +103,7 @@ def test_optimizer_state_dict_round_trip_and_errors():
         Adam(ps, lr=-1.0)
     with pytest.raises(ValueError, match="empty parameter list"):
         Adam([])
-    with pytest.raises(TypeError, match="must be Parameters"):
+    with pytest.raises(TypeError, match="can only optimize Parameters"):
         Adam([np.zeros(2)])
 
 
@@ -144,3 +144,39 @@ def test_cosine_lr_matches_lambdalr():
         lam.step()
     assert cosine_lr(0, **hp) == pytest.approx(1e-3 / 11) and cosine_lr(10, **hp) == pytest.approx(1e-3)
     assert cosine_lr(35, **hp) == pytest.approx(5.5e-4) and cosine_lr(60, **hp) == 1e-4 == cosine_lr(1000, **hp)
+
+
+# ------------------------------------------------------------------- param groups, as torch.optim checks them
+
+
+def test_the_same_parameter_in_two_groups_is_refused_as_torch_does():
+    """The public report: AdamW([{"params": [p]}, {"params": [p]}]) updated p twice per step. torch refuses."""
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group") as theirs:
+        torch.optim.AdamW([{"params": [p]}, {"params": [p]}], lr=1e-3)
+    q = Parameter(np.ones(1))
+    for kind in (Adam, AdamW):
+        with pytest.raises(ValueError) as ours:
+            kind([{"params": [q]}, {"params": [Parameter(np.ones(2))]}, {"params": [q]}], lr=1e-3)
+        assert str(ours.value) == str(theirs.value)
+
+
+def test_duplicates_within_one_group_warn_and_step_as_torch_does():
+    """torch accepts a Parameter listed twice in one group with a UserWarning, and updates it twice per step
+    (p = 0.99798, step 2 from p = 1, grad = 1, lr 1e-3): we do the same, with the same warning."""
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    with pytest.warns(UserWarning, match="duplicate parameters") as theirs:
+        topt = torch.optim.AdamW([p, p], lr=1e-3)
+    p.grad = torch.ones(1, dtype=torch.float64)
+    topt.step()
+    q = Parameter(np.ones(1))
+    with pytest.warns(UserWarning) as ours:
+        opt = AdamW([q, q], lr=1e-3)
+    assert str(ours[0].message) == str(theirs[0].message)
+    q.grad[...] = 1.0
+    opt.step()
+    assert q.data[0] == pytest.approx(p.item(), rel=1e-15) and opt.state[id(q)]["step"] == topt.state[p]["step"] == 2
+    single = Parameter(np.ones(1))
+    single.grad[...] = 1.0
+    AdamW([single], lr=1e-3).step()
+    assert single.data[0] == pytest.approx(0.99899, abs=1e-5)          # the right single update

@@ -114,7 +114,8 @@ def test_a_log_with_only_evaluations_or_only_steps(tmp_path, figures):
     assert png_size(out) == (960, 600)
     (ax,) = figures[0].axes
     assert ax.get_title() == "loss curves"                           # the default title
-    assert legend_texts(ax) == ["e: train loss (eval)", "e: val loss (final 2.5000)", "t: train loss (per step)"]
+    assert legend_texts(ax) == ["e: train loss (eval)", "e: val loss (final 2.5000)", "t: train loss (per step)",
+                                "t: diverged at step 2"]                  # a null (non-finite) loss marks divergence
     assert list(ax.get_lines()[2].get_xdata()) == [0, 1]             # the null loss is not drawn
 
 
@@ -222,3 +223,44 @@ def test_difference_panel_leaves_out_what_the_runs_do_not_share(tmp_path, figure
     ax_d = figures[0].axes[1]
     assert legend_texts(ax_d) == ["per-step train loss: max 5.0e-01, identical at 0 of 5 steps"]
     assert len(ax_d.get_lines()) == 1
+
+
+# ------------------------------------------------------------------------------------ readable at a glance
+
+
+def test_per_step_line_is_visible_and_train_and_val_differ_in_colour(tmp_path, figures):
+    runs = [("a", plot.read_log(write_log(tmp_path / "a.jsonl", A_TRAIN, A_EVAL))),
+            ("b", plot.read_log(write_log(tmp_path / "b.jsonl", B_TRAIN, B_EVAL)))]
+    plot.plot_curves(runs, tmp_path / "c.png")
+    (ax,) = figures[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    colours = set()
+    for run in ("a", "b"):
+        per_step = lines[f"{run}: train loss (per step)"]
+        assert per_step.get_alpha() >= 0.6 and per_step.get_linewidth() >= 1.0       # not a faint hairline
+        train = lines[f"{run}: train loss (eval)"].get_color()
+        (val,) = [line.get_color() for label, line in lines.items() if label.startswith(f"{run}: val loss")]
+        assert per_step.get_color() == train != val
+        colours |= {train, val}
+    assert len(colours) == 4                                                           # no two curves share one
+
+
+def test_a_diverged_run_is_marked_at_its_step(tmp_path, figures):
+    log = write_log(tmp_path / "d.jsonl", {0: 3.0, 1: 2.5, 2: 2.4}, {0: (3.0, 3.1)},
+                    extra=[json.dumps({"event": "diverged", "step": 3, "message": "non-finite loss"})])
+    plot.plot_curves([("d", plot.read_log(log))], tmp_path / "c.png")
+    (ax,) = figures[0].axes
+    assert "d: diverged at step 3" in legend_texts(ax)
+    (marker,) = [line for line in ax.get_lines() if line.get_label() == "d: diverged at step 3"]
+    assert list(marker.get_xdata()) == [3] and marker.get_color() == "red"
+    vertical = [line for line in ax.get_lines() if list(line.get_xdata()) == [3, 3]]
+    assert vertical                                                                    # the axvline at step 3
+    assert plot.diverged_at(plot.read_log(write_log(tmp_path / "ok.jsonl", A_TRAIN, A_EVAL))) is None
+
+
+def test_out_without_a_suffix_reports_the_file_it_writes(tmp_path, capsys, figures, monkeypatch):
+    a = write_log(tmp_path / "log.jsonl", A_TRAIN, A_EVAL)
+    monkeypatch.chdir(tmp_path)
+    assert plot.run(parse(a, "-o", "noext")) == 0
+    assert capsys.readouterr().out == "wrote noext.png\n"
+    assert png_size(tmp_path / "noext.png") == (960, 600) and not (tmp_path / "noext").exists()

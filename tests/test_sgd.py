@@ -233,12 +233,12 @@ def sgd_ckpt(tmp_path_factory):
 def _edit(path, edit):
     import json
 
-    from reference.checkpoint import METADATA_KEY
+    from reference.checkpoint import METADATA_KEY, seal
     from reference.safetensors_io import load_file, save_file
     tensors, meta = load_file(path)
     header = json.loads(meta[METADATA_KEY])
     edit(header, tensors)
-    save_file(tensors, path, metadata={METADATA_KEY: json.dumps(header)})
+    save_file(tensors, path, metadata=seal(tensors, json.dumps(header)))   # checksums recomputed: only the edit
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -57,3 +57,57 @@ def test_python_dash_m_reference_verify():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| embedding" in out.stdout
+
+
+EXTERNAL = '''
+from torch import nn
+
+from oracle import register
+from reference.layers import Linear
+
+register("ext_linear", lambda d, dt, rng: Linear(d.C, 3, rng=rng, dtype=dt), lambda d: nn.Linear(d.C, 3))
+'''
+
+
+def test_verify_runs_cases_registered_in_a_users_module(tmp_path, capsys):
+    """--cases FILE imports the user's module and runs the cases it registers, at the --dims given."""
+    path = tmp_path / "my_cases.py"
+    path.write_text(EXTERNAL, encoding="utf-8")
+    try:
+        assert main(["--cases", str(path), "--dims", "B=1,T=3,H=3,hd=2", "--dtype", "float64", "-v"]) == 0
+        out = capsys.readouterr().out
+        assert "| ext_linear " in out and "1 rows, 1 passed" in out
+        from oracle.verify import parse_dims, run_case
+        report, _ = run_case("ext_linear", "float64", 0, parse_dims("B=1,T=3,H=3,hd=2"))
+        assert report["output"].ours_array.shape == (1, 3, 3)   # (B, T, 3) at the sizes given
+    finally:
+        registry.unregister("ext_linear")
+
+
+def test_verify_cases_and_dims_errors(tmp_path, capsys):
+    assert main(["--cases", str(tmp_path / "missing.py")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["--cases", "no_such_module_anywhere"]) == 2
+    assert "could not import it (ModuleNotFoundError" in capsys.readouterr().err
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n", encoding="utf-8")
+    assert main(["--cases", str(empty)]) == 2
+    assert "registered no case" in capsys.readouterr().err
+    import pytest
+    for bad, message in [("Q=2", "KEY=INTEGER with KEY one of B, T, H, Hkv, hd, V, L"), ("B=two", "B='two': expected an integer"),
+                         ("T=0", "T=0: expected an integer >= 1"), ("H=3,Hkv=2", "Hkv=2 must divide H=3"),
+                         ("T=9,L=8", "T=9 must not exceed")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--dims", bad])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_verify_help_shows_every_default(capsys):
+    import pytest
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--dtype", "--case", "--cases", "--dims", "--seed", "--verbose"):
+        assert flag in out
+    assert "(default: both)" in out and "(default: 0)" in out and out.count("default") >= 6

@@ -1,0 +1,45 @@
+"""The checks the most trusted gradient checkers make, on every registered case (issue 14):
+
+- the full Jacobian by float64 central differences at a tiny size (torch.autograd.gradcheck);
+- a directional derivative over every input and parameter together, and each alone (JAX check_grads);
+- backward run twice from one forward: bit-identical, or exactly twice an accumulated gradient;
+- non-contiguous inputs and upstream gradients (transposed and strided views; torch's OpInfo tests).
+
+tests/test_harness.py plants a bug for each and asserts that it is reported."""
+
+import pytest
+
+from oracle import REGISTRY
+from oracle.adapters import consistency, directional_check, jacobian_check
+from oracle.registry import small_dims
+
+CASES = sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_full_jacobian(name):
+    case = REGISTRY[name]
+    ref, _, inputs = case.build("float64", dims=small_dims(case))
+    report = jacobian_check(ref, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+    assert len(report.checks) == len(list(ref.named_parameters())) + (inputs[0].dtype.kind == "f")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_directional_derivative(name):
+    case = REGISTRY[name]
+    ref, _, inputs = case.build("float64")
+    report = directional_check(ref, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+    assert report.checks[0].name == "all gradients (directional)"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", CASES)
+def test_backward_twice_and_noncontiguous(name, dtype):
+    case = REGISTRY[name]
+    ref, _, inputs = case.build(dtype)
+    report = consistency(ref, inputs, case=name, dropout=case.dropout)
+    assert report.passed, str(report)
+    kinds = {c.kind for c in report.checks}
+    assert kinds == {"repeat", "noncontiguous"}, kinds
