@@ -5,8 +5,11 @@ Usage (from the repository root)::
     python data/prepare.py                       # download tiny-shakespeare, char tokenizer
     python data/prepare.py --tokenizer byte      # same corpus, byte tokenizer
     python data/prepare.py --from my.txt --out data/mine
+    python data/prepare.py --from my.txt --tokenizer path/to/gpt2 --out data/mine_gpt2
+                                                 # a Hugging Face model directory's BPE (hf extra)
 
-Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT)
+Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT;
+uint32 for a BPE vocabulary of more than 65,536 ids)
 and ``meta.json`` (tokenizer, vocab size, dtype, token counts, source,
 SHA-256) into the output directory.  Each file is written atomically, and
 ``meta.json`` is written last, so a present ``meta.json`` means a complete
@@ -35,7 +38,7 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
     sys.path.insert(0, str(_REPO_ROOT))
 
 from reference.atomic import atomic_write  # noqa: E402
-from reference.data import ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
+from reference.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -59,6 +62,8 @@ class PrepareError(Exception):
 
 
 def default_out_dir(kind: str) -> Path:
+    if kind not in ("char", "byte"):                      # a model directory: name the data after it
+        kind = Path(kind).name
     return DATA_DIR / f"shakespeare_{kind}"
 
 
@@ -132,15 +137,23 @@ def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
         tok = ByteTokenizer()
         ids = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
         return ids, tok
-    if kind != "char":
-        raise PrepareError(f"unknown tokenizer {kind!r}; expected 'char' or 'byte'")
+    if kind != "char" and not Path(kind).is_dir():
+        raise PrepareError(f"unknown tokenizer {kind!r}; expected 'char', 'byte' or a Hugging Face model "
+                           "directory (with tokenizer.json, or vocab.json and merges.txt)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PrepareError(
             f"the input is not valid UTF-8 (byte {exc.start}: {exc.reason}); "
-            "the char tokenizer needs UTF-8 text -- use --tokenizer byte for arbitrary bytes"
+            f"the {'char' if kind == 'char' else 'BPE'} tokenizer needs UTF-8 text -- use --tokenizer byte "
+            "for arbitrary bytes"
         ) from None
+    if kind != "char":
+        try:
+            tok = BPETokenizer.from_dir(kind)
+        except (ImportError, ValueError, OSError) as exc:
+            raise PrepareError(str(exc)) from None
+        return tok.encode(text), tok
     tok = CharTokenizer.from_text(text)
     if tok.vocab_size > np.iinfo(DTYPE).max + 1:
         raise PrepareError(
@@ -173,10 +186,11 @@ def prepare(
             f"(a context of {MIN_CONTEXT} plus {MIN_SPLIT_TOKENS - MIN_CONTEXT} more); "
             f"provide at least {min_total_tokens(val_fraction)} tokens"
         )
+    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
     meta = {
         "tokenizer": tok.to_dict(),
         "vocab_size": tok.vocab_size,
-        "dtype": DTYPE,
+        "dtype": dtype,
         "train_tokens": int(len(train)),
         "val_tokens": int(len(val)),
         "val_fraction": val_fraction,
@@ -187,8 +201,8 @@ def prepare(
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "train.bin", train.astype(DTYPE).tobytes())
-        atomic_write_bytes(out / "val.bin", val.astype(DTYPE).tobytes())
+        atomic_write_bytes(out / "train.bin", train.astype(dtype).tobytes())
+        atomic_write_bytes(out / "val.bin", val.astype(dtype).tobytes())
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         atomic_write_bytes(out / "meta.json", text.encode("utf-8"))
     except OSError as exc:
@@ -217,8 +231,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", metavar="DIR", default=None,
         help="output directory (default: data/shakespeare_char or data/shakespeare_byte)",
     )
-    p.add_argument("--tokenizer", choices=("char", "byte"), default="char",
-                   help="char: one id per character; byte: one id per UTF-8 byte")
+    p.add_argument("--tokenizer", default="char", metavar="{char,byte,DIR}",
+                   help="char: one id per character (default); byte: one id per UTF-8 byte; DIR: the BPE "
+                        "of a Hugging Face model directory (tokenizer.json, or vocab.json + merges.txt; "
+                        "needs the hf extra), for fine-tuning that model")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
                    help="download timeout in seconds, > 0")
     args = p.parse_args(argv)
@@ -246,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:                     # files are written atomically: nothing half-written is left
         print(f"prepare.py: interrupted; {out_dir} holds no partial file", file=sys.stderr)
         return 130
-    print(f"tokenizer: {args.tokenizer}, vocab size: {meta['vocab_size']:,}")
+    print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
     print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin, meta.json")
     return 0

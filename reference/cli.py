@@ -17,6 +17,7 @@ COMMANDS = {
     "sample": ("reference.sample", "generate text from a checkpoint"),
     "bench": ("reference.bench", "time training steps against the PyTorch twin (needs torch)"),
     "plot": ("reference.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
+    "export": ("reference.export", "write a checkpoint as a Hugging Face model directory (needs the hf extra)"),
 }
 
 

@@ -1,12 +1,15 @@
 """Tokenizers, train/val splits and batch sampling for the NumPy GPT.
 
-Two tokenizers are provided:
+Three tokenizers are provided:
 
 * :class:`CharTokenizer` -- one id per distinct character of a corpus (the
   vocabulary is the sorted set of its characters, as in nanoGPT's
   ``shakespeare_char``);
 * :class:`ByteTokenizer` -- one id per UTF-8 byte (256 symbols), which can
-  encode any text.
+  encode any text;
+* :class:`BPETokenizer` -- a Hugging Face model directory's tokenizer (GPT-2's
+  byte-level BPE), run by the ``tokenizers`` library (the ``hf`` extra), which
+  is imported only when a BPE tokenizer is built.
 
 Both serialise to a small JSON-friendly dict (``to_dict``) that
 ``data/prepare.py`` stores in ``meta.json``; :func:`tokenizer_from_dict`
@@ -14,7 +17,7 @@ rebuilds the right tokenizer from it.  :func:`load_meta` and
 :func:`load_split` read what that script wrote, and :func:`get_batch` samples
 random ``(inputs, targets)`` windows from a token array.
 
-Only numpy and the standard library are used here.
+Only numpy and the standard library are imported at module level.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy.typing as npt
 __all__ = [
     "CharTokenizer",
     "ByteTokenizer",
+    "BPETokenizer",
     "Tokenizer",
     "tokenizer_from_dict",
     "get_batch",
@@ -153,11 +157,95 @@ class ByteTokenizer:
         return "ByteTokenizer()"
 
 
-Tokenizer = Union[CharTokenizer, ByteTokenizer]
+BPE_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+_BPE_HINT = "pip install -e '.[hf]'"
 
-_TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer]] = {
+
+def _tokenizers_library():
+    try:
+        import tokenizers
+    except ImportError:
+        raise ImportError("a BPE tokenizer needs the `tokenizers` library, which is not installed; "
+                          f"install the hf extra: {_BPE_HINT}") from None
+    return tokenizers
+
+
+class BPETokenizer:
+    """A Hugging Face tokenizer (GPT-2's byte-level BPE) run by the ``tokenizers`` library.
+
+    Built from a model directory (:meth:`from_dir`): its ``tokenizer.json``, or GPT-2's original pair
+    ``vocab.json`` + ``merges.txt`` (then set up as GPT-2's tokenizer is: a byte-level BPE with no
+    prefix space, decoded by the byte-level decoder). Byte-level BPE maps every UTF-8 text to ids and
+    back exactly. ``to_dict`` embeds the whole tokenizer (as ``tokenizer.json`` text), so a checkpoint
+    or ``meta.json`` that names it needs no other file. The ids are GPT-2's: id ``i`` is the vocabulary
+    entry ``i`` of the files, as the model was trained with.
+    """
+
+    def __init__(self, tokenizer_json: str) -> None:
+        if not isinstance(tokenizer_json, str):
+            raise TypeError(f"tokenizer_json must be a str, got {type(tokenizer_json).__name__}")
+        lib = _tokenizers_library()
+        try:
+            self._tok = lib.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:                              # the library's own parse error
+            raise ValueError(f"not a valid tokenizer.json: {e}") from None
+        self._json = tokenizer_json
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> BPETokenizer:
+        """The tokenizer of a Hugging Face model directory; ValueError naming the files it looked for."""
+        path = Path(path)
+        if (path / "tokenizer.json").is_file():
+            try:
+                return cls((path / "tokenizer.json").read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{path / 'tokenizer.json'}: {e}") from None
+        vocab, merges = path / "vocab.json", path / "merges.txt"
+        if not (vocab.is_file() and merges.is_file()):
+            raise ValueError(f"{path}: no tokenizer files: expected tokenizer.json, or vocab.json and merges.txt")
+        lib = _tokenizers_library()
+        try:
+            tok = lib.Tokenizer(lib.models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as e:
+            raise ValueError(f"{path}: vocab.json and merges.txt are not a BPE vocabulary: {e}") from None
+        tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)   # GPT-2's setup
+        tok.decoder = lib.decoders.ByteLevel()
+        return cls(tok.to_str())
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> IdArray:
+        """The token ids of ``text`` (no special tokens added)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return np.array(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def decode(self, ids: Iterable[int] | npt.ArrayLike) -> str:
+        """Ids back to text; a cut multi-byte character becomes U+FFFD, as with the byte tokenizer."""
+        return self._tok.decode(_check_ids(ids, self.vocab_size).tolist(), skip_special_tokens=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "bpe", "tokenizer_json": self._json}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BPETokenizer:
+        _check_kind(d, "bpe")
+        if not isinstance(d.get("tokenizer_json"), str):
+            raise ValueError("a tokenizer dict of kind 'bpe' needs its 'tokenizer_json' (the tokenizer.json text)")
+        return cls(d["tokenizer_json"])
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+Tokenizer = Union[CharTokenizer, ByteTokenizer, BPETokenizer]
+
+_TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer] | type[BPETokenizer]] = {
     "char": CharTokenizer,
     "byte": ByteTokenizer,
+    "bpe": BPETokenizer,
 }
 
 

@@ -35,7 +35,9 @@ class Parameter:
 
     def __init__(self, data: np.ndarray):
         self.data = data
-        self.grad = np.zeros_like(data)
+        # np.zeros, not zeros_like: calloc'ed pages, resident only once a backward writes them, so a
+        # model that only samples never holds its gradients' memory (zeros_like writes every page).
+        self.grad = np.zeros(data.shape, data.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -46,7 +46,7 @@ import numpy as np
 from .model import GPT, KVCache
 
 __all__ = ["generate", "iter_generate", "next_token_probs", "sample_next", "apply_penalties", "check_sampling_args",
-           "check_penalty_args", "check_logits", "TextStream", "add_arguments", "run"]
+           "check_penalty_args", "check_logits", "TextStream", "load_hf_dir", "add_arguments", "run"]
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
@@ -309,8 +309,26 @@ class TextStream:
 # ------------------------------------------------------------------------------------------- CLI
 
 
+def load_hf_dir(path):
+    """(model, tokenizer) of a Hugging Face model directory: float32 weights (reference/hf.py) and its
+    BPE tokenizer files (reference/data.BPETokenizer). HFError/ValueError name what is missing."""
+    from .data import BPETokenizer
+    from .hf import check_dir, from_pretrained
+    check_dir(path)                                    # the model's problems are named before the tokenizer's
+    tok = BPETokenizer.from_dir(path)
+    model = from_pretrained(path, dtype="float32")
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} ids, more than the model's vocab_size "
+                         f"{model.config.vocab_size}")
+    return model, tok
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file")
+    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file (default out/ckpt.safetensors)")
+    parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
+                        help="sample from a Hugging Face GPT-2 or Llama model directory (config.json, "
+                             "model.safetensors and its tokenizer files) instead of --ckpt; needs the hf extra "
+                             "(default: none, use --ckpt)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="\n", help="text to continue (default a newline, as nanoGPT)")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (default: none, use --prompt)")
@@ -365,21 +383,26 @@ def run(args: argparse.Namespace) -> int:
             except UnicodeDecodeError as e:
                 raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte "
                                  f"{e.start})") from None
-        ckpt = load_checkpoint(args.ckpt)
-        if ckpt.tokenizer is None:
-            raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")
-        tok = tokenizer_from_dict(ckpt.tokenizer)
+        ckpt = None
+        if getattr(args, "init_from", None):
+            model, tok = load_hf_dir(args.init_from)
+        else:
+            ckpt = load_checkpoint(args.ckpt)
+            if ckpt.tokenizer is None:
+                raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded")
+            tok = tokenizer_from_dict(ckpt.tokenizer)
         if not prompt:
             raise ValueError("the prompt is empty: give at least one character with --prompt")
         try:
             ids = tok.encode(prompt)
         except ValueError as e:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
-        model = build_model(ckpt)
-    except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
+        if ckpt is not None:
+            model = build_model(ckpt)
+    except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    note = ckpt.integrity_note
+    note = ckpt.integrity_note if ckpt is not None else None
     if note:
         print(note, file=sys.stderr)
     rng = np.random.default_rng(args.seed)

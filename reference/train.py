@@ -47,6 +47,11 @@ Failures of the environment or of user input end the command with one line on st
 exit: bad values (2), a run that cannot fit in memory (2, checked before allocating, see
 `estimate_memory`), a disk that fills up or a directory that cannot be written (1), divergence (1), and
 Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
+
+Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
+from a Hugging Face GPT-2 or Llama directory (reference/hf.py); `--block_size` may shorten its context
+(default: the model's), and dropout and dtype stay the run's. The data must be prepared with the
+model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
 """
 
 from __future__ import annotations
@@ -296,7 +301,9 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
-                 vocab_size: int | None = None, resume=None, progress: bool = False):
+                 vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None):
+        """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
+        settings must already be in `config`: `init_config`)."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -324,7 +331,19 @@ class Trainer:
                                  f"(expected 0 <= id < {vocab_size})")
         self.model_config = config.model_config(vocab_size)
         self.memory = check_memory(config, vocab_size)       # before the model and its arrays exist
-        self.model = GPT(self.model_config, seed=config.seed)
+        if init_from is not None:
+            from .hf import from_pretrained, read_hf_config
+            hf_vocab = read_hf_config(init_from).get("vocab_size")
+            if hf_vocab != vocab_size:
+                raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
+                                 f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
+                                 f"python data/prepare.py --tokenizer {init_from}")
+            self.model = from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
+                                         block_size=config.block_size)
+            if self.model.config != self.model_config:
+                raise ValueError(f"the model settings differ from {init_from}'s; use init_config()")
+        else:
+            self.model = GPT(self.model_config, seed=config.seed)
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
@@ -528,6 +547,15 @@ def train(config: TrainConfig, **kwargs) -> dict:
 # ------------------------------------------------------------------------------------------- CLI
 
 
+def init_config(config: TrainConfig, path, *, block_size: int | None = None) -> TrainConfig:
+    """`config` with the model settings of the Hugging Face model directory `path` (reference/hf.py);
+    the context is `block_size` if given (at most the model's), else the model's. HFError (a ValueError)
+    for a missing, incomplete or unsupported directory."""
+    from .hf import check_dir
+    model, _ = check_dir(path, dtype=config.dtype, dropout=config.dropout, block_size=block_size)
+    return config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
+
+
 def _int_or_none(text: str) -> int | None:
     return None if text.lower() in ("none", "null") else int(text)
 
@@ -549,6 +577,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar or per-step lines; the settings and the final line are still "
                              "printed (default: off)")
+    parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
+                        help="fine-tune a Hugging Face GPT-2 or Llama model directory (config.json + "
+                             "model.safetensors): its settings and weights replace the model flags; "
+                             "--block_size may shorten its context. Needs the hf extra and data prepared "
+                             "with its tokenizer (data/prepare.py --tokenizer DIR) (default: none)")
     group = parser.add_argument_group("training config (defaults: the shakespeare_char recipe; a preset, "
                                       "config file or resumed checkpoint may change them)")
     for name, f in FIELDS.items():
@@ -695,25 +728,31 @@ def run(args: argparse.Namespace) -> int:
             resume = ckpt
             if ckpt.integrity_note:
                 print(ckpt.integrity_note, file=sys.stderr)
+            if getattr(args, "init_from", None):
+                raise ValueError("--init-from starts a new run from a model directory; --resume continues "
+                                 f"{path}: give one of them")
         else:
             ckpt_path = Path(config.out_dir) / CKPT_NAME
             if ckpt_path.exists() and not args.overwrite:
                 print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
                       "it or --overwrite to start a new run there", file=sys.stderr)
                 return 2
+        init_from = None if resume else getattr(args, "init_from", None)
+        if init_from:
+            config = init_config(config, init_from, block_size=getattr(args, "block_size", None))
         config.model_config(1)                                 # model settings checked before reading any data
         print(describe_settings(config, source), file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
-        trainer = Trainer(config, resume=resume, progress=progress)
+        trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from)
         if resume is not None and resume.step >= config.max_iters:
             print(f"nothing to train: the checkpoint {resume.path} is at step {resume.step} and max_iters is "
                   f"{config.max_iters}; pass --max_iters N with N > {resume.step} to train further", file=sys.stderr)
             return 0
         for line in schedule_warnings(config):
             print(line, file=sys.stderr)
-    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except MemoryError:

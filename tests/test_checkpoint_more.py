@@ -412,8 +412,10 @@ def _param_groups_duplicate(h):
      r"invalid model config in the checkpoint: a GPTConfig is built from a dict \(JSON object\) of its fields, "
      r"got list$"),
     (lambda h: h.update(tokenizer="abc"), r"tokenizer must be an object, got 'abc'$"),
+    (lambda h: h.update(tokenizer={"kind": "wordpiece"}),
+     r"invalid tokenizer: unknown tokenizer kind 'wordpiece'; expected one of 'bpe', 'byte', 'char'$"),
     (lambda h: h.update(tokenizer={"kind": "bpe"}),
-     r"invalid tokenizer: unknown tokenizer kind 'bpe'; expected one of 'byte', 'char'$"),
+     r"invalid tokenizer: a tokenizer dict of kind 'bpe' needs its 'tokenizer_json'"),
     (lambda h: h.update(tokenizer={"kind": "char"}), r"invalid tokenizer: 'chars'$"),
     (lambda h: h.update(tokenizer={"kind": "char", "chars": "aa"}),
      r"invalid tokenizer: the characters of a CharTokenizer must be distinct$"),

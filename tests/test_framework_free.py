@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted((ROOT / "reference").glob("*.py"))
 FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx"}
 # Optional conveniences that a command may import lazily, inside a function, with a clear message if absent.
-LAZY_OPTIONAL = {"tqdm", "matplotlib"}
+LAZY_OPTIONAL = {"tqdm", "matplotlib", "tokenizers"}
 # Well-kept file-format libraries, core dependencies (pyproject.toml), allowed at module level.
 FILE_FORMATS = {"safetensors"}
 

@@ -94,3 +94,10 @@ def test_cached_positions_continue_from_the_cache_length():
     parts = [model.forward(idx[:, :4], kv_cache=cache)[0]] + [model.forward(idx[:, t:t + 1], kv_cache=cache)[0]
                                                               for t in range(4, 10)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-13)
+
+
+def test_hugging_face_export_refuses_sinusoidal_positions():
+    """Neither GPT-2 nor Llama in transformers has fixed sinusoidal positions: export says so."""
+    from reference.hf import HFError, hf_config
+    with pytest.raises(HFError, match="cannot export pos='sinusoidal'.*no supported architecture has sinusoidal"):
+        hf_config(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, pos="sinusoidal"))

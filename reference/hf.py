@@ -1,0 +1,460 @@
+"""Hugging Face model directories in and out: GPT-2 and Llama weights as our GPT, and back.
+
+In: `from_pretrained(DIR)` reads a directory written by transformers' `save_pretrained` (config.json
+plus model.safetensors, or a sharded model.safetensors.index.json) holding F32, F16 or BF16 tensors of
+
+* GPT-2: `GPT2LMHeadModel` (keys `transformer.h.0.attn.c_attn.weight`, ...) or the hub's bare
+  `GPT2Model` (the same keys without `transformer.`), semantics of transformers' models/gpt2;
+* Llama: `LlamaForCausalLM` (keys `model.layers.0.self_attn.q_proj.weight`, ...), semantics of
+  transformers' models/llama.
+
+Out: `save_pretrained(model, DIR)` writes config.json and model.safetensors that transformers'
+`from_pretrained` loads as GPT2LMHeadModel (a GPT-2-like config) or LlamaForCausalLM (a Llama-like
+config), with the same logits. Anything either side cannot express is refused with `HFError` naming
+the option. The key maps, the float64 recipe for the oracle and the limits: docs/huggingface.md.
+
+Memory: the tensors are read one at a time, straight into the model's arrays; loading never holds
+more than the model plus its largest tensor (GPT-2's wte).
+
+Libraries: tensors are read and written with the safetensors library (the format's reference
+implementation), imported when a directory is read or written; it is in the `hf` extra. NumPy has no
+bfloat16, so the library cannot hand a BF16 tensor to NumPy: for those (and only those) the tensor's
+byte range, from the file's header, is read as uint16 and widened to float32 by hand (`_bf16_to_f32`:
+a bfloat16 is the top half of a float32's bits, so the widening is exact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .config import GPTConfig
+from .model import GPT
+
+__all__ = ["HFError", "read_hf_config", "config_from_hf", "check_dir", "hf_config", "from_pretrained", "load_weights",
+           "save_pretrained", "WEIGHTS_NAME", "INDEX_NAME", "CONFIG_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+HF_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "F64": np.float64}   # None: widened by hand
+EXTRA_HINT = "pip install -e '.[hf]'"
+# Buffers some checkpoints store that are not parameters: GPT-2's causal mask (`attn.bias`,
+# `attn.masked_bias`, in files older than transformers 4.31) and old Llama files' RoPE table.
+IGNORED = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$|\.rotary_emb\.inv_freq$")
+GPT2_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}   # transformers' ACT2FN
+
+
+class HFError(ValueError):
+    """A Hugging Face model directory that is missing, incomplete, corrupt or not expressible here."""
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+        from safetensors import safe_open
+    except ImportError:
+        raise ImportError(f"reading and writing Hugging Face model directories needs the safetensors library, "
+                          f"which is not installed; install the hf extra: {EXTRA_HINT}") from None
+    return safe_open, safetensors.numpy.save_file
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+def read_hf_config(path) -> dict:
+    """config.json of the model directory `path` as a dict; HFError if missing or not a JSON object."""
+    path = Path(path)
+    if not path.exists():
+        raise HFError(f"{path}: no such directory (expected a Hugging Face model directory)")
+    if not path.is_dir():
+        raise HFError(f"{path}: not a directory (expected a Hugging Face model directory with {CONFIG_NAME})")
+    file = path / CONFIG_NAME
+    try:
+        d = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HFError(f"{path}: incomplete model directory: {CONFIG_NAME} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HFError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise HFError(f"{file}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _architecture(d: dict, where: str) -> str:
+    """'gpt2' or 'llama' from model_type and architectures; HFError for anything else."""
+    model_type = d.get("model_type")
+    archs = d.get("architectures") or []
+    allowed = {"gpt2": ("GPT2LMHeadModel", "GPT2Model"), "llama": ("LlamaForCausalLM",)}
+    if model_type not in allowed:
+        raise HFError(f"{where}: unsupported architecture model_type={model_type!r} "
+                      f"(architectures {archs}); supported: gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM)")
+    other = [a for a in archs if a not in allowed[model_type]]
+    if other:
+        raise HFError(f"{where}: unsupported architecture {other[0]}; supported for model_type {model_type!r}: "
+                      f"{', '.join(allowed[model_type])}")
+    return model_type
+
+
+def _refuse(where: str, option: str, value, why: str) -> None:
+    raise HFError(f"{where}: unsupported option {option}={value!r}: {why}")
+
+
+def _field(d: dict, name: str, where: str):
+    if d.get(name) is None:
+        raise HFError(f"{where}: missing field {name!r}")
+    return d[name]
+
+
+def config_from_hf(d: dict, *, dtype: str = "float32", dropout: float = 0.0, block_size: int | None = None,
+                   where: str = CONFIG_NAME) -> GPTConfig:
+    """Our GPTConfig for a transformers GPT2Config / LlamaConfig dict (config.json).
+
+    `block_size`: a shorter context than the model's (learned positions keep their first rows, as
+    nanoGPT's crop_block_size). `dropout` is ours to choose (default 0: inference and fine-tuning as
+    nanoGPT's from_pretrained). HFError names any option the architecture here cannot express."""
+    arch = _architecture(d, where)
+    if arch == "gpt2":
+        n_embd, n_head = _field(d, "n_embd", where), _field(d, "n_head", where)
+        for option, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+                           ("add_cross_attention", False), ("scale_attn_weights", True)):
+            if d.get(option, ok) != ok:
+                _refuse(where, option, d[option], f"only {option}={ok} is supported (GPT-2's standard attention)")
+        act = d.get("activation_function", "gelu_new")
+        if act not in GPT2_ACTIVATIONS:
+            _refuse(where, "activation_function", act, f"supported: {sorted(GPT2_ACTIVATIONS)}")
+        n_inner = d.get("n_inner")
+        fields = dict(vocab_size=_field(d, "vocab_size", where), block_size=_field(d, "n_positions", where),
+                      n_layer=_field(d, "n_layer", where), n_head=n_head, n_embd=n_embd, bias=True,
+                      tie_weights=d.get("tie_word_embeddings", True), norm="layernorm",
+                      norm_eps=d.get("layer_norm_epsilon", 1e-5), mlp="gelu",
+                      mlp_hidden=n_inner,
+                      gelu_approximate=GPT2_ACTIVATIONS[act], pos="learned")
+    else:
+        n_embd, n_head = _field(d, "hidden_size", where), _field(d, "num_attention_heads", where)
+        head_dim = d.get("head_dim")
+        if head_dim is not None and isinstance(n_embd, int) and isinstance(n_head, int) and n_head \
+                and head_dim != n_embd // n_head:
+            _refuse(where, "head_dim", head_dim, f"only hidden_size / num_attention_heads = {n_embd // n_head}")
+        if d.get("hidden_act", "silu") != "silu":
+            _refuse(where, "hidden_act", d["hidden_act"], "only silu (SwiGLU) is supported")
+        scaling = d.get("rope_scaling")
+        if scaling and (not isinstance(scaling, dict) or scaling.get("rope_type", scaling.get("type")) != "default"):
+            _refuse(where, "rope_scaling", scaling, "only plain RoPE (rope_type 'default') is supported")
+        rope = d.get("rope_parameters") or {}
+        if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
+            _refuse(where, "rope_parameters", rope, "only plain RoPE (rope_type 'default') is supported")
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        attention_bias, mlp_bias = d.get("attention_bias", False), d.get("mlp_bias", False)
+        if attention_bias != mlp_bias:
+            _refuse(where, "mlp_bias", mlp_bias, f"one bias setting covers every Linear here, and "
+                                                 f"attention_bias={attention_bias!r} differs")
+        if d.get("pretraining_tp", 1) not in (None, 1):
+            _refuse(where, "pretraining_tp", d["pretraining_tp"], "only 1 is supported")
+        n_kv = d.get("num_key_value_heads")
+        fields = dict(vocab_size=_field(d, "vocab_size", where), block_size=_field(d, "max_position_embeddings", where),
+                      n_layer=_field(d, "num_hidden_layers", where), n_head=n_head, n_embd=n_embd,
+                      n_kv_head=None if n_kv in (None, n_head) else n_kv, bias=bool(attention_bias),
+                      tie_weights=d.get("tie_word_embeddings", False), norm="rmsnorm",
+                      norm_eps=d.get("rms_norm_eps", 1e-6), mlp="swiglu",
+                      mlp_hidden=_field(d, "intermediate_size", where), pos="rope", rope_base=theta)
+    if block_size is not None:
+        if not isinstance(block_size, int) or not 1 <= block_size <= fields["block_size"]:
+            raise HFError(f"block_size must be an integer in 1..{fields['block_size']} (the model's context), "
+                          f"got {block_size!r}")
+        fields["block_size"] = block_size
+    try:
+        config = GPTConfig(**fields, dropout=dropout, dtype=dtype)
+        default = config.replace(mlp_hidden=None)
+    except (TypeError, ValueError) as e:
+        raise HFError(f"{where}: {e}") from None
+    return default if default.hidden == config.hidden else config   # the default width is left implicit
+
+
+def hf_config(config: GPTConfig) -> dict:
+    """The config.json that transformers reads as the same model: GPT2LMHeadModel or LlamaForCausalLM.
+
+    GPT-2-like: learned positions, LayerNorm, GELU MLP, biases, one key/value head per head.
+    Llama-like: RoPE, RMSNorm, SwiGLU (biases all on or all off, grouped-query heads allowed).
+    Anything else raises HFError with the reason."""
+    c = config
+    if c.pos == "learned":
+        wrong = [(name, getattr(c, name), want) for name, want in
+                 (("norm", "layernorm"), ("mlp", "gelu"), ("bias", True)) if getattr(c, name) != want]
+        if c.kv_heads != c.n_head:
+            wrong.append(("n_kv_head", c.n_kv_head, c.n_head))
+        if wrong:
+            name, value, want = wrong[0]
+            raise HFError(f"cannot export {name}={value!r} with pos='learned': transformers' GPT2LMHeadModel "
+                          f"needs {name}={want!r} (a GPT-2-like config: learned positions, layernorm, gelu MLP, "
+                          f"biases, no grouped-query heads)")
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+                "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+                "n_inner": c.hidden, "activation_function": "gelu_new" if c.gelu_approximate == "tanh" else "gelu",
+                "layer_norm_epsilon": c.norm_eps, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+                "attn_pdrop": c.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False, "tie_word_embeddings": c.tie_weights,
+                "bos_token_id": None, "eos_token_id": None, "dtype": c.dtype}
+    if c.pos == "rope":
+        wrong = [(name, getattr(c, name), want) for name, want in
+                 (("norm", "rmsnorm"), ("mlp", "swiglu")) if getattr(c, name) != want]
+        if wrong:
+            name, value, want = wrong[0]
+            raise HFError(f"cannot export {name}={value!r} with pos='rope': transformers' LlamaForCausalLM "
+                          f"needs {name}={want!r} (a Llama-like config: RoPE, rmsnorm, swiglu)")
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
+                "hidden_size": c.n_embd, "intermediate_size": c.hidden, "num_hidden_layers": c.n_layer,
+                "num_attention_heads": c.n_head, "num_key_value_heads": c.kv_heads, "head_dim": c.head_dim,
+                "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
+                "tie_word_embeddings": c.tie_weights, "attention_bias": c.bias, "mlp_bias": c.bias,
+                "attention_dropout": 0.0, "rope_theta": c.rope_base,
+                "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base},
+                "bos_token_id": None, "eos_token_id": None, "dtype": c.dtype}
+    raise HFError(f"cannot export pos={c.pos!r}: transformers' GPT-2 has learned positions (pos='learned') and "
+                  f"Llama has RoPE (pos='rope'); no supported architecture has {c.pos} positions")
+
+
+# ------------------------------------------------------------------------------------------ key maps
+
+
+def key_map(config: GPTConfig, arch: str) -> dict[str, tuple[str, str, slice | None]]:
+    """HF key -> (our parameter name, how, rows): how is "copy" or "T" (GPT-2's Conv1D stores (in, out));
+    rows, for Llama's q/k/v, is the slice of our fused c_attn they fill. GPT-2 keys with `transformer.`."""
+    m: dict[str, tuple[str, str, slice | None]] = {}
+    L, C = config.n_layer, config.n_embd
+    if arch == "gpt2":
+        m["transformer.wte.weight"] = ("transformer.wte.weight", "copy", None)
+        m["transformer.wpe.weight"] = ("transformer.wpe.weight", "copy", None)
+        for i in range(L):
+            h = f"transformer.h.{i}"
+            for norm in ("ln_1", "ln_2"):
+                for p in ("weight", "bias"):
+                    m[f"{h}.{norm}.{p}"] = (f"{h}.{norm}.{p}", "copy", None)
+            for lin in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                m[f"{h}.{lin}.weight"] = (f"{h}.{lin}.weight", "T", None)
+                m[f"{h}.{lin}.bias"] = (f"{h}.{lin}.bias", "copy", None)
+        for p in ("weight", "bias"):
+            m[f"transformer.ln_f.{p}"] = (f"transformer.ln_f.{p}", "copy", None)
+    else:
+        hd = config.head_dim
+        q, kv = config.n_head * hd, config.kv_heads * hd
+        rows = {"q_proj": slice(0, q), "k_proj": slice(q, q + kv), "v_proj": slice(q + kv, q + 2 * kv)}
+        m["model.embed_tokens.weight"] = ("transformer.wte.weight", "copy", None)
+        params = ("weight", "bias") if config.bias else ("weight",)
+        for i in range(L):
+            h, o = f"model.layers.{i}", f"transformer.h.{i}"
+            m[f"{h}.input_layernorm.weight"] = (f"{o}.ln_1.weight", "copy", None)
+            m[f"{h}.post_attention_layernorm.weight"] = (f"{o}.ln_2.weight", "copy", None)
+            for p in params:
+                for name, r in rows.items():
+                    m[f"{h}.self_attn.{name}.{p}"] = (f"{o}.attn.c_attn.{p}", "copy", r)
+                for theirs, ours in (("self_attn.o_proj", "attn.c_proj"), ("mlp.gate_proj", "mlp.c_fc"),
+                                     ("mlp.up_proj", "mlp.c_gate"), ("mlp.down_proj", "mlp.c_proj")):
+                    m[f"{h}.{theirs}.{p}"] = (f"{o}.{ours}.{p}", "copy", None)
+        m["model.norm.weight"] = ("transformer.ln_f.weight", "copy", None)
+    if not config.tie_weights:
+        m["lm_head.weight"] = ("lm_head.weight", "copy", None)
+    return m
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def _header(file: Path) -> dict:
+    """The safetensors JSON header (8-byte little-endian length, then JSON): for BF16 byte ranges only;
+    safe_open has validated the file (offsets inside it, no overlaps) before this is read."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32: the bits become a float32's upper half (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    if (path / WEIGHTS_NAME).is_file():
+        return [path / WEIGHTS_NAME]
+    index = path / INDEX_NAME
+    if not index.is_file():
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise HFError(f"{path}: only pickled PyTorch weights (*.bin) found; this project reads safetensors "
+                          f"only (re-save with save_pretrained(..., safe_serialization=True))")
+        raise HFError(f"{path}: incomplete model directory: neither {WEIGHTS_NAME} nor {INDEX_NAME} is present")
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise HFError(f"{index}: not a safetensors index (a JSON object with a 'weight_map'): {e}") from None
+    out = []
+    for name in files:
+        if not isinstance(name, str) or Path(name).name != name:
+            raise HFError(f"{index}: shard name {name!r} is not a file name in the directory")
+        if not (path / name).is_file():
+            raise HFError(f"{path}: incomplete model directory: shard {name} named in {INDEX_NAME} is missing")
+        out.append(path / name)
+    return out
+
+
+def _tensor_index(files: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...], str]]:
+    """Every tensor in the files: name -> (file, safetensors dtype code, shape, name in the file); read
+    from the headers only."""
+    safe_open, _ = _safetensors()
+    index: dict[str, tuple[Path, str, tuple[int, ...], str]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="numpy") as f:
+                for key in f.keys():
+                    s = f.get_slice(key)
+                    if key in index:
+                        raise HFError(f"{file}: tensor {key} is also in {index[key][0].name}")
+                    index[key] = (file, s.get_dtype(), tuple(s.get_shape()), key)
+        except HFError:
+            raise
+        except Exception as e:                               # the library's SafetensorError: a corrupt file
+            raise HFError(f"{file}: not a valid safetensors file ({e})") from None
+    return index
+
+
+def _normalise_keys(index: dict, arch: str) -> dict:
+    """Hub-style GPT2Model files have no `transformer.` prefix: add it (lm_head keys are top level)."""
+    if arch != "gpt2" or any(k.startswith("transformer.") for k in index):
+        return index
+    return {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in index.items()}
+
+
+def load_weights(model: GPT, path, *, arch: str | None = None) -> None:
+    """Copy the directory's tensors into `model` (built for its config), one tensor at a time.
+
+    Every expected key must be present with its shape, nothing unexpected may be (but the buffers in
+    IGNORED), and every value must be finite; HFError names the file and tensor otherwise."""
+    path = Path(path)
+    arch = arch or _architecture(read_hf_config(path), str(path / CONFIG_NAME))
+    config = model.config
+    mapping = key_map(config, arch)
+    index = _normalise_keys(_tensor_index(_weight_files(path)), arch)
+    if arch == "gpt2" and config.tie_weights:
+        index.pop("lm_head.weight", None)                    # a tied copy, when a file keeps one
+    unexpected = sorted(k for k in index if k not in mapping and not IGNORED.search(k))
+    if unexpected:
+        raise HFError(f"{path}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all) for this "
+                      f"{arch} config; is config.json the one the weights were saved with?")
+    missing = [k for k in mapping if k not in index]
+    if missing:
+        raise HFError(f"{path}: incomplete weights: tensor {missing[0]} is missing ({len(missing)} in all)")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for key, (ours, how, rows) in mapping.items():
+        file, code, shape, stored = index[key]
+        target = params[ours].data if rows is None else params[ours].data[rows]
+        want = target.shape[::-1] if how == "T" else target.shape
+        crop = ours == "transformer.wpe.weight" and shape[0] >= want[0] and shape[1:] == want[1:]
+        if shape != want and not crop:                        # crop: a shorter context keeps the first rows
+            raise HFError(f"{file}: tensor {key} has shape {list(shape)}, expected {list(want)}")
+        if code not in HF_DTYPES:
+            raise HFError(f"{file}: tensor {key} has dtype {code}; supported: {sorted(HF_DTYPES)}")
+        arr = _read(file, stored, code)[: want[0]]
+        if not np.isfinite(arr).all():
+            raise HFError(f"{file}: tensor {key} holds non-finite values (NaN or infinity)")
+        target[...] = arr.T if how == "T" else arr           # cast to the model's dtype on assignment
+
+
+def _read(file: Path, key: str, code: str) -> np.ndarray:
+    safe_open, _ = _safetensors()
+    if code != "BF16":
+        with safe_open(str(file), framework="numpy") as f:
+            return f.get_tensor(key)
+    header, start = _header(file)
+    begin, end = header[key]["data_offsets"]
+    bits = np.fromfile(file, dtype="<u2", count=(end - begin) // 2, offset=start + begin)
+    return _bf16_to_f32(bits).reshape(header[key]["shape"])
+
+
+@contextlib.contextmanager
+def _without_random_init():
+    """Build a GPT whose weights the file will overwrite without drawing them: `normal_init` returns
+    calloc'ed zeros (resident only once written). Drawing GPT-2 small's 124M normals in float64 would
+    briefly take more memory than the float32 model itself, and time."""
+    from . import layers
+    draw = layers.normal_init
+    layers.normal_init = lambda rng, shape, std, dtype: np.zeros(shape, dtype)
+    try:
+        yield
+    finally:
+        layers.normal_init = draw
+
+
+def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
+    """(our config, "gpt2" | "llama") of a model directory whose config we support and whose weight
+    files are all present; nothing is read but config.json (and the shard index). HFError otherwise."""
+    path = Path(path)
+    d = read_hf_config(path)
+    config = config_from_hf(d, where=str(path / CONFIG_NAME), **config_options)
+    _weight_files(path)
+    return config, _architecture(d, str(path))
+
+
+def from_pretrained(path, *, dtype: str = "float32", dropout: float = 0.0, block_size: int | None = None) -> GPT:
+    """Our GPT with the weights of the Hugging Face model directory `path` (GPT-2 or Llama).
+
+    dtype: "float32" (default) or "float64"; F16 and BF16 weights are widened exactly. HFError (a
+    ValueError) for a missing, incomplete or unsupported directory; ImportError without safetensors."""
+    path = Path(path)
+    config, arch = check_dir(path, dtype=dtype, dropout=dropout, block_size=block_size)
+    with _without_random_init():
+        model = GPT(config)
+    load_weights(model, path, arch=arch)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def hf_state(model: GPT) -> dict[str, np.ndarray]:
+    """Our parameters under transformers' names and layouts (the inverse of `key_map`); a tied
+    lm_head is left out, as save_pretrained does."""
+    arch = "gpt2" if hf_config(model.config)["model_type"] == "gpt2" else "llama"
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out = {}
+    for key, (ours, how, rows) in key_map(model.config, arch).items():
+        a = params[ours].data if rows is None else params[ours].data[rows]
+        out[key] = np.ascontiguousarray(a.T if how == "T" else a)
+    return out
+
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: GPT, path, *, tokenizer=None) -> Path:
+    """Write `model` as a Hugging Face model directory (config.json + model.safetensors, plus
+    tokenizer.json for a BPE tokenizer) that transformers' `from_pretrained` loads.
+
+    Each file is written atomically. HFError (before anything is written) for a config transformers'
+    GPT-2 or Llama cannot express; OSError for a directory that cannot be written."""
+    config_json = hf_config(model.config)
+    _, save_file = _safetensors()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = hf_state(model)
+    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    del tensors
+    text = json.dumps(config_json, indent=2, allow_nan=False) + "\n"
+    _atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    tok = tokenizer.to_dict() if tokenizer is not None and not isinstance(tokenizer, dict) else tokenizer
+    if tok is not None and tok.get("kind") == "bpe":
+        _atomic_write(path / "tokenizer.json", lambda tmp: tmp.write_text(tok["tokenizer_json"], encoding="utf-8"))
+    return path
