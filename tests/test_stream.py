@@ -74,6 +74,26 @@ def test_char_and_other_tokenizers_stream_too():
         TextStream(ByteTokenizer()).push([256])
 
 
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    pytest.importorskip("tokenizers", reason="the BPE tokenizer needs the `hf` extra (tokenizers)")
+    from test_bpe import make_bpe_files
+
+    from reference.data import BPETokenizer
+    return BPETokenizer.from_dir(make_bpe_files(tmp_path_factory.mktemp("bpe")))
+
+
+@given(text=st.text(max_size=30))
+def test_bpe_streams_the_decoded_whole(bpe, text):
+    """A byte-level BPE (GPT-2's kind) splits an unseen multi-byte character over several tokens: the stream
+    holds its replacement character back until the character is complete, and ends with the whole text."""
+    ids = bpe.encode(text)
+    stream = TextStream(bpe)
+    pieces = [stream.push([i]) for i in ids] + [stream.finish()]
+    assert "".join(pieces) == bpe.decode(ids) == text
+    assert "\ufffd" in text or not any("\ufffd" in p for p in pieces)     # no half character ever shown
+
+
 # ------------------------------------------------------------------------------------------- the CLI
 
 
