@@ -3,11 +3,11 @@
     python benchmarks/gemm_rates.py                  # float32, 2048^3 and the large config's products
     python benchmarks/gemm_rates.py --dtype float64 --products 40
 
-`python -m reference bench` divides the step's median GFLOP/s by the *best* single 2048^3 product it
+`python -m oracle bench` divides the step's median GFLOP/s by the *best* single 2048^3 product it
 sees (about 80 ms each, sixty of them around a row): a short burst at the machine's quietest and
 fastest. This script also measures what the cores sustain: each of the pool's threads runs
 `--products` products back to back on its own rows (OpenBLAS single-threaded, as the training step
-runs them, see reference/functional.py::products_on_pool), and the rate is the total FLOPs over the
+runs them, see reference/fast/pool.py::products_on_pool), and the rate is the total FLOPs over the
 time until the last thread finishes. docs/performance.md ("The numbers") quotes both.
 
 Shapes: the 2048^3 product of the benchmark's peak, and the forward products of the large config's
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reference.functional import THREADS, for_products, products_on_pool  # noqa: E402
+from reference.fast.pool import THREADS, for_products, products_on_pool  # noqa: E402
 
 SHAPES = {                                                     # name: (rows M, inner K, columns N)
     "2048^3": (2048, 2048, 2048),

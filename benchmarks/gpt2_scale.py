@@ -83,7 +83,7 @@ def _prompt(a, vocab: int):
 
 
 def child_ours_sample(a) -> dict:
-    from reference.functional import products_on_pool
+    from reference.fast.pool import products_on_pool
     from reference.hf import from_pretrained
     from reference.sample import generate
     model = from_pretrained(a.dir, dtype="float32")
@@ -151,7 +151,7 @@ def _batch(a, vocab: int, block: int):
 
 
 def child_ours_step(a) -> dict:
-    from reference.functional import THREADS, products_on_pool
+    from reference.fast.pool import THREADS, products_on_pool
     from reference.hf import from_pretrained
     from reference.optim import AdamW
     model = from_pretrained(a.dir, dtype="float32")

@@ -10,16 +10,35 @@ The project's own layers against their twins (a thin user of `check`):
     from oracle import REGISTRY, compare
     report = compare(ref_layer, twin_module, inputs)
 
-Importing `oracle` registers every case in `oracle.cases`.
+Taking any of the names below from `oracle` imports torch and registers every case in
+`oracle.cases`. The package itself imports nothing heavy, so that its command line
+(`python -m oracle`, `numpy-gpt`, oracle/cli.py) can run `train` without importing torch.
 """
 
-from . import cases as _cases  # noqa: F401  (fills the registry)
-from .adapters import compare, finite_difference_check
-from .fd import directional_check, jacobian_check, sampled_check
-from .harness import (CheckError, MaskTape, NumpyRandomReplay, Param, Report, TensorCheck, check, consistency_check,
-                      params_of, rel_error)
-from .registry import REGISTRY, Case, Dims, register, unregister
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "REGISTRY": "registry", "Case": "registry", "Dims": "registry", "register": "registry", "unregister": "registry",
+    "compare": "adapters", "finite_difference_check": "adapters",
+    "directional_check": "fd", "jacobian_check": "fd", "sampled_check": "fd",
+    "CheckError": "harness", "MaskTape": "harness", "NumpyRandomReplay": "harness", "Param": "harness",
+    "Report": "harness", "TensorCheck": "harness", "check": "harness", "consistency_check": "harness",
+    "params_of": "harness", "rel_error": "harness",
+}
 
 __all__ = ["REGISTRY", "Case", "CheckError", "Dims", "MaskTape", "NumpyRandomReplay", "Param", "Report", "TensorCheck",
            "check", "compare", "consistency_check", "directional_check", "finite_difference_check", "jacobian_check",
            "params_of", "register", "rel_error", "sampled_check", "unregister"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'oracle' has no attribute {name!r}")
+    importlib.import_module(".cases", __name__)                # fills the registry
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,8 +1,8 @@
-"""The PyTorch side of `python -m reference bench`: the twin GPT trained with torch.optim.AdamW.
+"""The PyTorch side of `python -m oracle bench`: the twin GPT trained with torch.optim.AdamW.
 
 Eager mode, torch's defaults (no torch.compile, no foreach/fused optimizer flags: on the CPU torch
-runs its per-parameter loop), the thread count set to NumPy's. Imported by reference/bench.py
-only inside `run`, so reference/ never imports torch at module level.
+runs its per-parameter loop), the thread count set to NumPy's. Imported by oracle/bench.py only in
+the children that time the twin, so the NumPy side's children never import torch.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class TwinTrainer:
 
 
 def memory_child(spec: dict) -> dict:
-    """Child process body for reference.bench.measure_memory (PyTorch side): torch's own init, since
-    the weights' values do not change the memory, and no NumPy model is built."""
-    from reference.bench import BETAS, LR, WEIGHT_DECAY, BenchConfig, batch_of, peak_rss_mb, rss_mb
+    """Child process body for the PyTorch side's peak memory: torch's own init, since the weights'
+    values do not change the memory, and no NumPy model is built."""
+    from .bench import BETAS, LR, WEIGHT_DECAY, BenchConfig, batch_of, peak_rss_mb, rss_mb
 
     set_threads(spec["threads"])
     cfg = BenchConfig(**spec["cfg"])

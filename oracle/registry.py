@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from reference.kernels import use_kernels
 from reference.module import Module
 
 
@@ -66,11 +67,13 @@ class Case:
     dims: Dims = Dims()                                          # the default sizes for this case
     small: Dims | None = None                                    # sizes for the full Jacobian (default: tiny(dims))
 
-    def build(self, dtype, seed: int = 0, dims: Dims | None = None):
-        """(reference layer with perturbed weights, twin, inputs) for one run."""
+    def build(self, dtype, seed: int = 0, dims: Dims | None = None, kernels: str = "fast"):
+        """(reference layer with perturbed weights, twin, inputs) for one run, the reference on the
+        `kernels` path ("fast" or "textbook", reference/kernels.py): the same weights either way."""
         d = dims or self.dims
         rng = np.random.default_rng(seed)
         ref = self.ref(d, np.dtype(dtype), rng)
+        use_kernels(ref, kernels)
         perturb(ref, rng)
         return ref, self.twin(d), self.inputs(d, np.dtype(dtype), rng)
 

@@ -1,5 +1,5 @@
-"""`python -m reference verify`: run the oracle over every registered case in both dtypes and print
-the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure.
+"""`python -m oracle verify`: run the oracle over every registered case in both dtypes, on both paths
+of the reference (textbook and fast, reference/kernels.py), and print the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure.
 
 `--cases MODULE` runs the cases registered by your own module (an importable name or a .py file
 that calls `oracle.register`), `--dims B=2,T=5` sets the sizes (docs/verifying-your-own-code.md)."""
@@ -14,44 +14,47 @@ import sys
 import time
 from pathlib import Path
 
+from . import cases as _cases  # noqa: F401  (fills the registry)
 from .adapters import finite_difference_check
 from .adapters import compare, consistency, directional_check, jacobian_check
 from .harness import Report
 from .registry import REGISTRY, Dims, small_dims, tiny
 
-HEADER = ("component", "dtype", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
+HEADER = ("component", "dtype", "path", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
 
 
-def run_case(name: str, dtype: str, seed: int = 0, dims: dict | None = None) -> tuple[Report, Report | None]:
-    """(twin report, finite-difference report or None) for one case and dtype; `dims` overrides sizes."""
+def run_case(name: str, dtype: str, seed: int = 0, dims: dict | None = None,
+             kernels: str = "fast") -> tuple[Report, Report | None]:
+    """(twin report, finite-difference report or None) for one case and dtype, the reference on the
+    `kernels` path; `dims` overrides sizes."""
     case = REGISTRY[name]
     d = case.dims.replace(**dims) if dims else None
-    ref, twin, inputs = case.build(dtype, seed, d)
+    ref, twin, inputs = case.build(dtype, seed, d, kernels=kernels)
     report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
     fd = None
     if dtype == "float64" and case.fd:
-        ref, _, inputs = case.build(dtype, seed, d)
+        ref, _, inputs = case.build(dtype, seed, d, kernels=kernels)
         fd = finite_difference_check(ref, inputs, case=name, seed=seed, dropout=case.dropout)
     return report, fd
 
 
-def gradchecks(name: str, dtype: str, seed: int = 0, dims: dict | None = None) -> list[Report]:
+def gradchecks(name: str, dtype: str, seed: int = 0, dims: dict | None = None, kernels: str = "fast") -> list[Report]:
     """The gradient checkers' checks for one case and dtype (tests/test_gradcheck.py runs them in CI):
     backward twice and non-contiguous inputs (both dtypes); in float64 also the full Jacobian at a
     tiny size and a directional derivative."""
     case = REGISTRY[name]
     d = case.dims.replace(**dims) if dims else case.dims
-    ref, _, inputs = case.build(dtype, seed, d)
+    ref, _, inputs = case.build(dtype, seed, d, kernels=kernels)
     reports = [consistency(ref, inputs, case=name, seed=seed, dropout=case.dropout)]
     if dtype == "float64" and case.fd:
-        ref, _, inputs = case.build(dtype, seed, d)
+        ref, _, inputs = case.build(dtype, seed, d, kernels=kernels)
         reports.append(directional_check(ref, inputs, case=name, seed=seed, dropout=case.dropout))
-        ref, _, inputs = case.build(dtype, seed, tiny(d) if dims else small_dims(case))
+        ref, _, inputs = case.build(dtype, seed, tiny(d) if dims else small_dims(case), kernels=kernels)
         reports.append(jacobian_check(ref, inputs, case=name, seed=seed, dropout=case.dropout))
     return reports
 
 
-def row(report: Report, fd: Report | None, extra: list[Report] = ()) -> tuple[str, ...]:
+def row(report: Report, fd: Report | None, extra: list[Report] = (), kernels: str = "fast") -> tuple[str, ...]:
     """One table row. `extra` (gradchecks' reports) count in the finite-difference column (the Jacobian
     and directional checks), the margin (checks with a tolerance) and the result."""
     def err(kind: str) -> str:
@@ -65,7 +68,7 @@ def row(report: Report, fd: Report | None, extra: list[Report] = ()) -> tuple[st
     margin = max((c.err / c.tol for c in checks), default=float("inf"))
     tol = min((c.tol for c in report.checks), default=0.0)
     passed = report.passed and (fd is None or fd.passed) and all(r.passed for r in extra)
-    return (report.case, report.dtype, err("forward"), err("input"),
+    return (report.case, report.dtype, kernels, err("forward"), err("input"),
             f"{p.err:.1e} {p.name.removesuffix('.grad')}" if p else "-",
             f"{fd_worst.err:.1e}" if fd_worst else "-",
             f"{tol:.1e}" if report.dtype == "float64" else f">={tol:.1e}",
@@ -90,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dims", metavar="K=V,...", type=parse_dims, default=None,
                         help=f"sizes for every case, e.g. B=2,T=5,H=2,Hkv=1,hd=4,V=11,L=8 (keys: {', '.join(DIM_KEYS)}; "
                              "default: each case's own sizes)")
+    parser.add_argument("--kernels", choices=("fast", "textbook", "both"), default="both",
+                        help="which path of the reference to prove (default: %(default)s; reference/kernels.py)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random weights, inputs and upstream gradient (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true",
@@ -160,14 +165,16 @@ def run(args: argparse.Namespace) -> int:
     dims = getattr(args, "dims", None)
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     rows, failures, start = [], [], time.perf_counter()
+    paths = ("fast", "textbook") if getattr(args, "kernels", "both") == "both" else (args.kernels,)
     for name in names:
         for dtype in dtypes:
-            report, fd = run_case(name, dtype, args.seed, dims)
-            extra = gradchecks(name, dtype, args.seed, dims)
-            rows.append(row(report, fd, extra))
-            for r in (report, fd, *extra):
-                if r is not None and (args.verbose or not r.passed):
-                    failures.append(str(r))
+            for kernels in paths:
+                report, fd = run_case(name, dtype, args.seed, dims, kernels)
+                extra = gradchecks(name, dtype, args.seed, dims, kernels)
+                rows.append(row(report, fd, extra, kernels))
+                for r in (report, fd, *extra):
+                    if r is not None and (args.verbose or not r.passed):
+                        failures.append(f"[{kernels} path] {r}")
     print(format_table(rows))
     print(f"\n{len(rows)} rows, {sum(r[-1] == 'pass' for r in rows)} passed, "
           f"{sum(r[-1] != 'pass' for r in rows)} failed, in {time.perf_counter() - start:.1f} s. "

@@ -1,10 +1,11 @@
 """Causal self-attention with multi-, grouped- and multi-query heads, RoPE or ALiBi, and a KV cache.
 
-Heads are kept as a 5-d array (B, n_kv_head, group, T, hd), where group = n_head / n_kv_head is
-the number of query heads sharing one key/value head (query head h = kv * group + j, as torch's
-`repeat_interleave` and SDPA's `enable_gqa` order them). Plain multi-head attention is group 1.
-Keys and values carry a size-1 group axis and broadcast in the batched matmuls, so there is no
-Python loop over batch or heads, and no copy of the shared keys. Derived in docs/attention.md.
+The textbook path. Heads are kept as a 5-d array (B, n_kv_head, group, T, hd), where group =
+n_head / n_kv_head is the number of query heads sharing one key/value head (query head
+h = kv * group + j, as torch's `repeat_interleave` and SDPA's `enable_gqa` order them). Plain
+multi-head attention is group 1. Keys and values carry a size-1 group axis and broadcast in the
+batched matmuls, so there is no Python loop over batch or heads, and no copy of the shared keys.
+Derived in docs/attention.md; the fast path's version is reference/fast/attention.py.
 """
 
 from __future__ import annotations
@@ -13,25 +14,9 @@ import math
 
 import numpy as np
 
-from .functional import empty, for_products, softmax, softmax_backward
+from .functional import softmax, softmax_backward
 from .layers import Dropout, Linear, MaskSource
 from .module import Module
-
-
-# Causal attention computes only the scores a query can see. The queries are taken in tiles of
-# QUERY_TILE rows: rows a:e see keys :e (plus the cached ones), so each tile's products, softmax and
-# backward stop at column e, and the tiles above the diagonal are never computed. At T = 256 that
-# is 2 tiles and 3/4 of the full products and softmax (docs/performance.md, item 10). Tiles of 64
-# rows would skip more (5/8), and do on one thread, but with both cores busy their twice as many
-# NumPy calls cost float32 the gain. The numbers do not depend on the tiling beyond rounding: a
-# masked probability is exactly 0, and so is its gradient. The entries of `p` (and of the backward's
-# `ds`) above the tiles are never written: they are not part of the result.
-QUERY_TILE = 128
-
-
-def query_tiles(t: int) -> list[tuple[int, int]]:
-    """[(a, e), ...]: consecutive tiles of QUERY_TILE query rows covering range(t)."""
-    return [(a, min(a + QUERY_TILE, t)) for a in range(0, t, QUERY_TILE)]
 
 
 def alibi_slopes(n_head: int) -> list[float]:
@@ -143,99 +128,62 @@ class CausalSelfAttention(Module):
             bias = bias - self.slopes * dist                   # (n_kv_head, group, T, S)
         return bias
 
+    def split_heads(self, qkv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, T, (H + 2 Hkv) hd) -> q (B, Hkv, g, T, hd), k and v (B, Hkv, 1, T, hd).
+        Query head h = kv * g + j sits at [:, kv, j]: torch's repeat_interleave order."""
+        B, T, _ = qkv.shape
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        heads = qkv.reshape(B, T, H + 2 * Hkv, hd)
+        q = heads[:, :, :H].reshape(B, T, Hkv, H // Hkv, hd).transpose(0, 2, 3, 1, 4)
+        k = heads[:, :, H:H + Hkv].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)
+        v = heads[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)
+        return q, k, v
+
+    @staticmethod
+    def merge_heads(*heads: np.ndarray) -> np.ndarray:
+        """The inverse of split_heads (and of the head split of y): arrays (B, n, g, T, hd) side by side
+        as (B, T, sum of n g hd)."""
+        B, T = heads[0].shape[0], heads[0].shape[3]
+        return np.concatenate([h.transpose(0, 3, 1, 2, 4).reshape(B, T, -1) for h in heads], axis=-1)
+
     def forward(self, x: np.ndarray, masks: MaskSource | None = None, kv_cache: LayerKV | None = None):
         B, T, C = x.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        g = H // Hkv
+        g = H // Hkv                                           # query heads per key/value head
         qkv, c_lin = self.c_attn.forward(x)                    # (B, T, (H + 2 Hkv) hd)
-        # q, k, v are strided views of qkv, not copies: each (T, hd) matrix has a row stride of
-        # (H + 2 Hkv) hd, which BLAS takes as its leading dimension, so the products read them in place.
-        heads = qkv.reshape(B, T, H + 2 * Hkv, hd)
-        q = heads[:, :, :H].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)             # (B, Hkv, g, T, hd)
-        k = heads[:, :, H:H + Hkv].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)      # (B, Hkv, 1, T, hd)
-        v = heads[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)       # (B, Hkv, 1, T, hd)
+        q, k, v = self.split_heads(qkv)                        # (B, Hkv, g, T, hd), (B, Hkv, 1, T, hd) x 2
         start = kv_cache.length if kv_cache is not None else 0
         if self.rotary is not None:
             q, k = self.rotary.apply(q, start), self.rotary.apply(k, start)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)                       # (B, Hkv, 1, S, hd), S = start + T
-        # The 1/sqrt(hd) scale goes on q (T hd numbers per head) instead of the scores (T S per head),
-        # in place: qkv is this call's own array (c_attn caches its input, not its output).
-        q *= 1.0 / math.sqrt(hd)
         S = k.shape[-2]
-        bias = self._bias(T, S, start, x.dtype)                # (T, S), or (Hkv, g, T, S) with ALiBi
+        scores = q @ k.swapaxes(-1, -2) / math.sqrt(hd)        # (B, Hkv, g, T, S): k broadcasts over g
+        scores = scores + self._bias(T, S, start, x.dtype)     # causal mask (-inf above the diagonal) [+ ALiBi]
+        p = softmax(scores)                                    # (B, Hkv, g, T, S); masked entries are 0
         drop = self.attn_dropout.draw((B, H, T, S), x.dtype, masks)
-        drop = None if drop is None else drop.reshape(B, Hkv, g, T, S)
-        p = empty((B, Hkv, g, T, S), x.dtype)
-        pd = p if drop is None else empty(p.shape, x.dtype)
-        # p @ v writes straight into a (B, T, H, hd) array: the heads come out side by side, (B, T, C),
-        # without the copy a transpose-then-reshape would make.
-        y = empty((B, T, Hkv, g, hd), x.dtype)
-        yh = y.transpose(0, 2, 3, 1, 4)                        # (B, Hkv, g, T, hd) view of y
-
-        tiles = query_tiles(T)
-
-        def attend(lo: int, hi: int) -> None:                  # batch rows lo:hi, every head at once
-            for a, e in tiles:                                 # query rows a:e see keys :start + e only
-                n = start + e
-                s = np.matmul(q[lo:hi, ..., a:e, :], k[lo:hi, ..., :n, :].swapaxes(-1, -2),
-                              out=p[lo:hi, ..., a:e, :n])     # (b, Hkv, g, e - a, n)
-                s += bias[..., a:e, :n]
-                softmax(s, out=s)                              # in place; masked entries are exactly 0
-                if drop is not None:
-                    np.multiply(s, drop[lo:hi, ..., a:e, :n], out=pd[lo:hi, ..., a:e, :n])
-                np.matmul(pd[lo:hi, ..., a:e, :n], v[lo:hi, ..., :n, :], out=yh[lo:hi, ..., a:e, :])
-        # With single-threaded BLAS, blocks of the batch run on the pool, each one's scores staying
-        # in its core's cache from the first product to the last (functional.for_products).
-        for_products(attend, B, item_size=H * T * S)
-        out, c_out = self.c_proj.forward(y.reshape(B, T, C))
+        if drop is not None:
+            drop = drop.reshape(B, Hkv, g, T, S)
+        pd = p if drop is None else p * drop                   # attention dropout
+        y = pd @ v                                             # (B, Hkv, g, T, hd)
+        out, c_out = self.c_proj.forward(self.merge_heads(y))  # (B, T, C): heads side by side
         out, c_rd = self.resid_dropout.forward(out, masks)
         return out, (c_lin, q, k, v, p, pd, drop, c_out, c_rd, start)
 
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
-        c_lin, q, k, v, p, pd, drop, c_out, c_rd, start = cache   # q is scaled by 1/sqrt(hd)
+        c_lin, q, k, v, p, pd, drop, c_out, c_rd, start = cache
         B, Hkv, g, T, hd = q.shape
-        H = Hkv * g
         if k.shape[-2] != T:
             raise RuntimeError("backward through a KV-cached forward is not supported (the cache is for inference)")
         dy = self.c_proj.backward(self.resid_dropout.backward(dout, c_rd), c_out)   # (B, T, C)
-        dy = dy.reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)                   # (B, Hkv, g, T, hd) view
-        # The gradients of q, k and v are written straight into the (B, T, H + 2 Hkv, hd) array that
-        # c_attn's backward takes (as in the forward, through transposed views): no concatenation.
-        dqkv = empty((B, T, H + 2 * Hkv, hd), dy.dtype)
-        dq = dqkv[:, :, :H].reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)         # (B, Hkv, g, T, hd)
-        dk = dqkv[:, :, H:H + Hkv].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)  # (B, Hkv, 1, S, hd)
-        dv = dqkv[:, :, H + Hkv:].reshape(B, T, Hkv, 1, hd).transpose(0, 2, 3, 1, 4)   # (B, Hkv, 1, S, hd)
-        scale = 1.0 / math.sqrt(hd)
-
-        tiles = query_tiles(T)
-
-        def attend_backward(lo: int, hi: int) -> None:         # batch rows lo:hi, as in the forward
-            ds = empty(p[lo:hi].shape, dy.dtype)              # (b, Hkv, g, T, T); only the tiles are written
-            for a, e in tiles:                                 # query rows a:e, keys :e
-                d = np.matmul(dy[lo:hi, ..., a:e, :], v[lo:hi, ..., :e, :].swapaxes(-1, -2),
-                              out=ds[:, ..., a:e, :e])         # dL/dpd
-                if drop is not None:
-                    d *= drop[lo:hi, ..., a:e, :e]             # dL/dp: the dropout backward, in place
-                softmax_backward(d, p[lo:hi, ..., a:e, :e], out=d)   # dL/ds, in place
-                np.matmul(d, k[lo:hi, ..., :e, :], out=dq[lo:hi, ..., a:e, :])
-            dq[lo:hi] *= scale                                 # s = (scale q) k^T
-            for a, e in tiles:                                 # keys a:e are seen by query rows a: only
-                _matmul_sum_heads(pd[lo:hi, ..., a:, a:e].swapaxes(-1, -2), dy[lo:hi, ..., a:, :], dv[lo:hi, ..., a:e, :])
-                _matmul_sum_heads(ds[:, ..., a:, a:e].swapaxes(-1, -2), q[lo:hi, ..., a:, :], dk[lo:hi, ..., a:e, :])
-            if self.rotary is not None:                        # q and k were rotated: rotate their gradients back
-                dq[lo:hi] = self.rotary.backward(dq[lo:hi], start)
-                dk[lo:hi] = self.rotary.backward(dk[lo:hi], start)
-        for_products(attend_backward, B, item_size=H * T * T)
-        return self.c_attn.backward(dqkv.reshape(B, T, -1), c_lin)
-
-
-def _matmul_sum_heads(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = (a @ b) summed over the group axis 2 (the query heads sharing one key/value head).
-
-    With one query head per key/value head (plain multi-head attention) there is nothing to sum,
-    and the product is written into `out` directly."""
-    if a.shape[2] == 1 and b.shape[2] == 1:
-        np.matmul(a, b, out=out)
-    else:
-        np.sum(a @ b, axis=2, keepdims=True, out=out)
+        dy = dy.reshape(B, T, Hkv, g, hd).transpose(0, 2, 3, 1, 4)                   # (B, Hkv, g, T, hd)
+        dpd = dy @ v.swapaxes(-1, -2)                          # (B, Hkv, g, T, T)
+        dv = (pd.swapaxes(-1, -2) @ dy).sum(2, keepdims=True)  # (B, Hkv, 1, T, hd): summed over the group
+        dp = dpd if drop is None else dpd * drop               # the attention dropout's backward
+        ds = softmax_backward(dp, p)                           # (B, Hkv, g, T, T)
+        dq = ds @ k / math.sqrt(hd)                            # (B, Hkv, g, T, hd)
+        dk = (ds.swapaxes(-1, -2) @ q).sum(2, keepdims=True) / math.sqrt(hd)   # (B, Hkv, 1, T, hd)
+        if self.rotary is not None:                            # q and k were rotated: rotate their gradients back
+            dq, dk = self.rotary.backward(dq, start), self.rotary.backward(dk, start)
+        dqkv = self.merge_heads(dq, dk, dv)                    # (B, T, (H + 2 Hkv) hd)
+        return self.c_attn.backward(dqkv, c_lin)

@@ -649,9 +649,10 @@ def generator_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bg)
 
 
-def build_model(ckpt: Checkpoint) -> GPT:
-    """The GPT of the checkpoint's config with its weights."""
-    model = GPT(ckpt.config, seed=0)
+def build_model(ckpt: Checkpoint, kernels: str = "fast") -> GPT:
+    """The GPT of the checkpoint's config with its weights, on the `kernels` path ("fast" or "textbook":
+    the choice is not stored in checkpoints)."""
+    model = GPT(ckpt.config, seed=0, kernels=kernels)
     model.load_state_dict(ckpt.model_state)
     return model
 

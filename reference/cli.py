@@ -1,8 +1,10 @@
-"""The command line: `python -m reference <command>` or the `numpy-gpt` console script.
+"""The command line of the model: `python -m reference train|sample|plot|export`.
 
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their command runs, so `train` never imports torch and `verify`
-can say clearly when torch is missing.
+modules are imported only when their command runs, so `train` never imports matplotlib. The commands
+that need PyTorch (`verify`, `bench`) live in the oracle: `python -m oracle verify|bench`, also
+installed as `numpy-gpt` (oracle/cli.py), which serves these commands too. `reference/` never
+imports the oracle.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    "verify": ("oracle.verify", "prove every layer and the whole model against PyTorch (needs torch)"),
     "train": ("reference.train", "train a model on prepared data (see data/prepare.py)"),
     "sample": ("reference.sample", "generate text from a checkpoint"),
-    "bench": ("reference.bench", "time training steps against the PyTorch twin (needs torch)"),
     "plot": ("reference.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
     "export": ("reference.export", "write a checkpoint as a Hugging Face model directory (needs the hf extra)"),
 }
+# Commands of the oracle (they need torch): named here only to point at them.
+ORACLE_COMMANDS = ("verify", "bench")
 
 
 def _load(module_name: str):
@@ -50,10 +52,14 @@ def utf8_output() -> None:
                 pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m reference") -> int:
     argv = sys.argv[1:] if argv is None else argv
     utf8_output()
-    parser = argparse.ArgumentParser(prog="numpy-gpt", description="A GPT in pure NumPy, proved against PyTorch.")
+    if argv and argv[0] in ORACLE_COMMANDS:
+        print(f"error: '{argv[0]}' is a command of the oracle: run `python -m oracle {argv[0]}` "
+              f"(or `numpy-gpt {argv[0]}`)", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=prog, description="A GPT in pure NumPy, proved against PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -63,23 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     module = _load(COMMANDS[argv[0]][0])
     if module is None:
         return 2
-    cmd = command_parser(argv[0], module)
+    return run_command(argv, module, command_parser(argv[0], module, prog=prog, commands=COMMANDS), prog)
+
+
+def run_command(argv: list[str], module, cmd: argparse.ArgumentParser, prog: str) -> int:
+    """Parse the command's flags and run it: on the fast path with the products on the pool (docs/
+    performance.md, "Threads"); Ctrl-C outside a command's own handling is one line and exit 130."""
     args = cmd.parse_args(argv[1:])
     try:
-        if argv[0] in ("train", "sample"):                     # faster: docs/performance.md, "Threads"
-            from .functional import products_on_pool
+        if getattr(args, "kernels", None) == "fast":           # train, sample
+            from .fast.pool import products_on_pool
             with products_on_pool():
                 return int(module.run(args) or 0)
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:                                  # Ctrl-C outside a command's own handling
-        print(f"interrupted: numpy-gpt {argv[0]} stopped", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"interrupted: {prog} {argv[0]} stopped", file=sys.stderr)
         return 130
 
 
-def command_parser(name: str, module=None) -> argparse.ArgumentParser:
+def command_parser(name: str, module=None, prog: str = "numpy-gpt", commands: dict | None = None
+                   ) -> argparse.ArgumentParser:
     """The parser of one command; every option's help shows its default (ArgumentDefaultsHelpFormatter)."""
-    module = module or importlib.import_module(COMMANDS[name][0])
-    cmd = argparse.ArgumentParser(prog=f"numpy-gpt {name}", description=COMMANDS[name][1],
+    commands = COMMANDS if commands is None else commands
+    module = module or importlib.import_module(commands[name][0])
+    cmd = argparse.ArgumentParser(prog=f"{prog} {name}", description=commands[name][1],
                                   formatter_class=HelpFormatter)
     module.add_arguments(cmd)
     return cmd

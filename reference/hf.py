@@ -25,7 +25,6 @@ a bfloat16 is the top half of a float32's bits, so the widening is exact).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -375,20 +374,6 @@ def _read(file: Path, key: str, code: str) -> np.ndarray:
     return _bf16_to_f32(bits).reshape(header[key]["shape"])
 
 
-@contextlib.contextmanager
-def _without_random_init():
-    """Build a GPT whose weights the file will overwrite without drawing them: `normal_init` returns
-    calloc'ed zeros (resident only once written). Drawing GPT-2 small's 124M normals in float64 would
-    briefly take more memory than the float32 model itself, and time."""
-    from . import layers
-    draw = layers.normal_init
-    layers.normal_init = lambda rng, shape, std, dtype: np.zeros(shape, dtype)
-    try:
-        yield
-    finally:
-        layers.normal_init = draw
-
-
 def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
     """(our config, "gpt2" | "llama") of a model directory whose config we support and whose weight
     files are all present; nothing is read but config.json (and the shard index). HFError otherwise."""
@@ -406,8 +391,7 @@ def from_pretrained(path, *, dtype: str = "float32", dropout: float = 0.0, block
     ValueError) for a missing, incomplete or unsupported directory; ImportError without safetensors."""
     path = Path(path)
     config, arch = check_dir(path, dtype=dtype, dropout=dropout, block_size=block_size)
-    with _without_random_init():
-        model = GPT(config)
+    model = GPT(config, seed=None)                     # nothing drawn: the file overwrites every weight
     load_weights(model, path, arch=arch)
     return model
 

@@ -1,8 +1,10 @@
-"""The small layers: embedding, linear, norms, activations, MLPs and dropout.
+"""The small layers: embedding, linear, norms, activations, MLPs and dropout. The textbook path.
 
 Each layer: `forward(x) -> (y, cache)`, `backward(dy, cache) -> dx`, parameter gradients
-accumulated into `Parameter.grad`. Shapes use B batch, T time, C channels (n_embd).
-Derivations: docs/<layer>.md, named in each docstring.
+accumulated into `Parameter.grad` with `+=`. Shapes use B batch, T time, C channels (n_embd),
+N = B * T rows. Each forward and backward is written as its page derives it: docs/<layer>.md,
+named in each docstring. The fast path (reference/fast/layers.py) subclasses these classes and
+rewrites only forward and backward for speed; docs/performance.md compares the two.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from typing import Callable
 
 import numpy as np
 
-from .functional import column_sums, empty, for_blocks, for_products, gelu, gelu_and_grad, gelu_grad
+from .functional import gelu, gelu_grad
 from .module import Module, Parameter, as_dtype
 
 
-def normal_init(rng: np.random.Generator, shape: tuple[int, ...], std: float, dtype) -> np.ndarray:
-    """N(0, std^2) drawn in float64 then cast, so float32 and float64 models start from the same numbers."""
+def normal_init(rng: np.random.Generator | None, shape: tuple[int, ...], std: float, dtype) -> np.ndarray:
+    """N(0, std^2) drawn in float64 then cast, so float32 and float64 models start from the same numbers.
+    With rng None nothing is drawn: zeros (calloc'ed, resident only once written), for weights that are
+    about to be loaded (reference/hf.py)."""
+    if rng is None:
+        return np.zeros(shape, dtype)
     return (rng.standard_normal(shape) * std).astype(dtype)
 
 
@@ -30,25 +36,24 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, rng: np.random.Generator, dtype="float64", std: float = 0.02):
         self.weight = Parameter(normal_init(rng, (num_embeddings, embedding_dim), std, as_dtype(dtype)))
 
-    def forward(self, idx: np.ndarray):                        # idx (...) int
+    def check_ids(self, idx: np.ndarray) -> None:
+        """Refuse non-integer ids and ids outside 0 <= id < num_embeddings."""
         n = self.weight.data.shape[0]
         if not np.issubdtype(np.asarray(idx).dtype, np.integer):
             raise TypeError(f"embedding indices must be integers, got dtype {np.asarray(idx).dtype}")
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             bad = idx[(idx < 0) | (idx >= n)].flat[0]
             raise IndexError(f"index {bad} is out of range for an embedding of {n} rows (expected 0 <= id < {n})")
-        w = self.weight.data
-        return np.take(w, idx, axis=0, out=empty((*np.shape(idx), w.shape[1]), w.dtype)), idx   # (..., C)
+
+    def forward(self, idx: np.ndarray):                        # idx (...) int
+        self.check_ids(idx)
+        y = self.weight.data[idx]                              # (..., C)
+        return y, idx
 
     def backward(self, dy: np.ndarray, idx: np.ndarray) -> None:
-        # Rows used several times receive the sum of their gradients. np.add.at does that, but
-        # element by element (5x slower); instead sort the ids (stably, so each row's sum runs in
-        # the same order as add.at's) and add each run of equal ids with one reduceat.
-        ids = idx.reshape(-1)
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])   # first of each run
-        self.weight.grad[sorted_ids[starts]] += np.add.reduceat(_flat2d(dy)[order], starts, axis=0)
+        # A row used several times receives the sum of its gradients: np.add.at adds every
+        # (id, row of dy) pair, repeated ids included (plain fancy-index += would keep only one).
+        np.add.at(self.weight.grad, idx.reshape(-1), _flat2d(dy))   # (V, C) += (N, C) by id
         return None                                            # integer input: no gradient
 
 
@@ -61,39 +66,22 @@ class Linear(Module):
         self.weight = Parameter(normal_init(rng, (out_features, in_features), std, dtype))
         self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
 
-    # All products are 2-d: (..., in) is flattened to (N, in) first. NumPy runs a 3-d @ 2-d product
-    # as one small GEMM per leading index, which is several times slower than one (N, in) GEMM.
-    # The transposed weight is a view: BLAS reads it transposed, nothing is copied. Outputs go into
-    # recycled memory (functional.Recycler): a GEMM writing fresh pages runs at half speed. With the
-    # products on the pool (functional.for_products) each thread computes a block of rows (of the
-    # output, the input gradient, the weight gradient), and adds the bias to its rows.
+    # The rows are flattened first: (..., in) -> (N, in). The formulas are the same, and NumPy runs
+    # a 3-d @ 2-d product as one small product per leading index (up to 15x slower than one).
     def forward(self, x: np.ndarray):                          # x (..., in)
-        x2, w = _flat2d(x), self.weight.data
-        y = empty((x2.shape[0], w.shape[0]), x.dtype)          # (N, out)
-
-        def rows(lo: int, hi: int) -> None:                    # rows lo:hi of the output
-            np.matmul(x2[lo:hi], w.T, out=y[lo:hi])
-            if self.bias is not None:
-                y[lo:hi] += self.bias.data
-        for_products(rows, x2.shape[0])
+        x2 = _flat2d(x)                                        # (N, in)
+        y = x2 @ self.weight.data.T                            # (N, out)
+        if self.bias is not None:
+            y += self.bias.data
         return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
-    def backward(self, dy: np.ndarray, x: np.ndarray, dbias: np.ndarray | None = None) -> np.ndarray:
-        """dL/dx; adds dL/dweight and dL/dbias to the grads. `dbias` (optional): dy's column sums, when
-        the caller has already taken them (the MLP does, while dy's blocks are in cache)."""
-        dy2, x2, w = _flat2d(dy), _flat2d(x), self.weight.data  # (N, out), (N, in), (out, in)
-        dx = empty(x2.shape, dy.dtype)
-
-        def weight_rows(lo: int, hi: int) -> None:             # rows lo:hi of the weight (output features)
-            self.weight.grad[lo:hi] += dy2[:, lo:hi].T @ x2
-
-        def input_rows(lo: int, hi: int) -> None:
-            np.matmul(dy2[lo:hi], w, out=dx[lo:hi])
-        for_products(weight_rows, w.shape[0])
-        for_products(input_rows, dy2.shape[0])
+    def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """dL/dx; adds dL/dweight and dL/dbias to the grads."""
+        dy2, x2 = _flat2d(dy), _flat2d(x)                      # (N, out), (N, in)
+        self.weight.grad += dy2.T @ x2                         # (out, in)
         if self.bias is not None:
-            self.bias.grad += column_sums(dy2) if dbias is None else dbias
-        return dx.reshape(x.shape)                             # (..., in)
+            self.bias.grad += dy2.sum(0)                       # (out,)
+        return (dy2 @ self.weight.data).reshape(x.shape)       # (..., in)
 
 
 class LayerNorm(Module):
@@ -105,58 +93,23 @@ class LayerNorm(Module):
         self.weight = Parameter(np.ones(dim, dtype))
         self.bias = Parameter(np.zeros(dim, dtype)) if bias else None
 
-    # Speed: both passes run block by block over the rows (functional.for_blocks: cache-sized blocks,
-    # several threads), with every intermediate written in place into the outputs. The backward's
-    # two row means of g = dy * weight are matrix-vector products with the weight
-    # (mean(dy * w) = dy . w / C), so no (..., C) temporary is made for them.
     def forward(self, x: np.ndarray):                          # x (..., C)
-        C = x.shape[-1]
-        x2 = x.reshape(-1, C)                                  # (N, C)
-        xhat, y = empty(x2.shape, x.dtype), empty(x2.shape, x.dtype)
-        rstd = np.empty((x2.shape[0], 1), x.dtype)             # (N, 1)
-        w, b = self.weight.data, (self.bias.data if self.bias is not None else None)
-
-        def block(lo: int, hi: int) -> None:
-            xh, r = xhat[lo:hi], rstd[lo:hi]
-            mean = np.einsum("ij->i", x2[lo:hi])[:, None] / C    # einsum: faster than mean(-1) on short rows
-            np.subtract(x2[lo:hi], mean, out=xh)                # x - mean
-            np.einsum("ij,ij->i", xh, xh, out=r[:, 0])         # sum of squares, then in place:
-            r /= C                                             # biased variance, as torch
-            r += self.eps
-            np.sqrt(r, out=r)
-            np.divide(1.0, r, out=r)                           # rstd
-            xh *= r                                            # xhat
-            np.multiply(xh, w, out=y[lo:hi])
-            if b is not None:
-                y[lo:hi] += b
-        for_blocks(block, x2.shape[0], C)
-        lead = x.shape[:-1]
-        return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*lead, 1))
+        mean = x.mean(-1, keepdims=True)                       # (..., 1)
+        xc = x - mean
+        rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + self.eps)   # (..., 1), biased variance
+        xhat = xc * rstd                                       # (..., C)
+        y = xhat * self.weight.data
+        if self.bias is not None:
+            y = y + self.bias.data
+        return y, (xhat, rstd)
 
     def backward(self, dy: np.ndarray, cache) -> np.ndarray:
-        xhat, rstd = cache
-        C = xhat.shape[-1]
-        dy2, xh2, r2 = dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1, 1)   # (N, C), (N, 1)
-        dx = empty(dy2.shape, dy.dtype)
-        w = self.weight.data
-
-        def block(lo: int, hi: int):
-            d, xh, out = dy2[lo:hi], xh2[lo:hi], dx[lo:hi]
-            dy_xhat = d * xh
-            partial = (dy_xhat.sum(0), d.sum(0))               # this block's share of dweight, dbias
-            mean_g = (d @ w)[:, None] / C                      # mean(g), g = dL/dxhat = dy * w
-            mean_gx = (dy_xhat @ w)[:, None] / C               # mean(g * xhat)
-            np.multiply(d, w, out=out)                         # g, then in place:
-            out -= mean_g
-            out -= np.multiply(xh, mean_gx, out=dy_xhat)       # reuse the buffer
-            out *= r2[lo:hi]                                   # rstd (g - mean(g) - xhat mean(g xhat))
-            return partial
-        partials = for_blocks(block, dy2.shape[0], C)
-        for dw, db in partials:                                # in block order: deterministic
-            self.weight.grad += dw
-            if self.bias is not None:
-                self.bias.grad += db
-        return dx.reshape(dy.shape)
+        xhat, rstd = cache                                     # (..., C), (..., 1)
+        self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
+        if self.bias is not None:
+            self.bias.grad += _flat2d(dy).sum(0)
+        g = dy * self.weight.data                              # dL/dxhat
+        return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
 
 
 class RMSNorm(Module):
@@ -232,7 +185,7 @@ class Dropout(Module):
 
     def draw(self, shape: tuple, dtype, masks: MaskSource | None) -> np.ndarray | None:
         """The scaled keep-mask for an input of this shape, or None when dropout is off.
-        Attention draws its mask with this and applies it block by block itself."""
+        Attention draws its mask with this and applies it to its probabilities itself."""
         if masks is None or self.p == 0.0:
             return None
         return masks(self.name, shape, self.p, dtype)
@@ -262,31 +215,19 @@ class MLP(Module):
         self.c_proj = Linear(hidden, n_embd, bias=bias, rng=rng, dtype=dtype, std=proj_std)
         self.dropout = Dropout(dropout)
 
-    # Speed: GELU's derivative is computed in the forward, together with GELU (they share the erf
-    # and exp), and cached instead of GELU's input h: the backward is then one multiplication, with
-    # the same memory (two (B, T, 4C) arrays: a for c_proj's weight gradient, and GELU'(h)).
     def forward(self, x: np.ndarray, masks: MaskSource | None = None):
         h, c1 = self.c_fc.forward(x)                           # (B, T, 4C)
-        a, dgelu = gelu_and_grad(h, self.gelu.approximate)     # a = GELU(h), dgelu = GELU'(h)
-        del h                                                  # not needed by the backward
+        a, c2 = self.gelu.forward(h)                           # (B, T, 4C)
         y, c3 = self.c_proj.forward(a)                         # (B, T, C)
         y, c4 = self.dropout.forward(y, masks)
-        return y, (c1, dgelu, c3, c4)
+        return y, (c1, c2, c3, c4)
 
     def backward(self, dy: np.ndarray, cache) -> np.ndarray:
-        c1, dgelu, c3, c4 = cache
+        c1, c2, c3, c4 = cache
         dy = self.dropout.backward(dy, c4)
-        da = self.c_proj.backward(dy, c3)                      # (B, T, 4C), ours: multiplied in place
-        da2, dgelu2 = _flat2d(da), _flat2d(dgelu)
-
-        def gelu_backward(lo: int, hi: int) -> None:           # dh = da * GELU'(h), in place, on the pool
-            np.multiply(da2[lo:hi], dgelu2[lo:hi], out=da2[lo:hi])
-        if self.c_fc.bias is None:
-            for_blocks(gelu_backward, *da2.shape)
-            return self.c_fc.backward(da2, c1)
-        # c_fc's bias gradient is dh's column sums: each block is summed right after it is computed,
-        # while it is in cache, instead of in a second pass over dh inside c_fc.backward.
-        return self.c_fc.backward(da2, c1, dbias=column_sums(da2, before=gelu_backward))
+        da = self.c_proj.backward(dy, c3)                      # (B, T, 4C)
+        dh = self.gelu.backward(da, c2)                        # (B, T, 4C)
+        return self.c_fc.backward(dh, c1)                      # (B, T, C)
 
 
 class SwiGLU(Module):

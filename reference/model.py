@@ -13,6 +13,7 @@ import numpy as np
 
 from .attention import CausalSelfAttention, LayerKV, Rotary
 from .config import GPTConfig
+from .kernels import use_kernels
 from .layers import MLP, Dropout, Embedding, LayerNorm, Linear, MaskSource, RMSNorm, SwiGLU, name_dropouts
 from .loss import CrossEntropyLoss
 from .module import Module, ModuleDict, as_dtype
@@ -44,24 +45,17 @@ class Block(Module):
                            dropout=config.dropout, rng=rng, dtype=dtype, proj_std=proj_std)
 
     def forward(self, x: np.ndarray, masks: MaskSource | None = None, kv_cache: LayerKV | None = None):
-        h, c1 = self.ln_1.forward(x)
+        h, c1 = self.ln_1.forward(x)                           # (B, T, C)
         a, c2 = self.attn.forward(h, masks, kv_cache)
-        # The residual sums are taken in place, in the sublayer's output (a new array of this call's
-        # own) rather than in another new (B, T, C) array; the same in the backward.
-        a += x
-        x = a                                                  # residual 1: x + attn(ln_1(x))
+        x = x + a                                              # residual 1: x + attn(ln_1(x))
         h, c3 = self.ln_2.forward(x)
         m, c4 = self.mlp.forward(h, masks)
-        m += x
-        return m, (c1, c2, c3, c4)                             # residual 2: x + mlp(ln_2(x))
+        return x + m, (c1, c2, c3, c4)                         # residual 2: x + mlp(ln_2(x))
 
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
         c1, c2, c3, c4 = cache
-        dx = self.ln_2.backward(self.mlp.backward(dout, c4), c3)
-        dx += dout                                             # the residual passes dout through
-        dx_in = self.ln_1.backward(self.attn.backward(dx, c2), c1)
-        dx_in += dx
-        return dx_in
+        dx = dout + self.ln_2.backward(self.mlp.backward(dout, c4), c3)    # the residual passes dout through
+        return dx + self.ln_1.backward(self.attn.backward(dx, c2), c1)
 
 
 class KVCache:
@@ -82,10 +76,15 @@ class KVCache:
 class GPT(Module):
     """Token ids (B, T) -> logits (B, T, vocab_size). Derived in docs/model.md."""
 
-    def __init__(self, config: GPTConfig, *, seed: int = 0):
+    def __init__(self, config: GPTConfig, *, seed: int | None = 0, kernels: str = "fast"):
+        """Weights drawn from `seed`; with seed None nothing is drawn and every matrix starts at zero, for
+        weights about to be loaded (reference/hf.py: GPT-2 small's 124M draws would cost time and memory).
+        `kernels`: "fast" (reference/fast/, the default) or "textbook"
+        (the layers as docs/ derives them); the same weights and results either way (docs/performance.md).
+        The choice is not part of the model's state: `use_kernels` changes it, checkpoints do not store it."""
         self.config = config
         dtype = as_dtype(config.dtype)
-        rng = np.random.default_rng(seed)
+        rng = None if seed is None else np.random.default_rng(seed)
         rotary = Rotary(config.head_dim, config.block_size, config.rope_base, dtype) if config.pos == "rope" else None
         parts = {"wte": Embedding(config.vocab_size, config.n_embd, rng=rng, dtype=dtype)}
         if config.pos == "learned":
@@ -99,6 +98,12 @@ class GPT(Module):
             self.lm_head.weight = self.transformer.wte.weight   # one Parameter: gradients from both uses add up
         self.criterion = CrossEntropyLoss()
         name_dropouts(self)                                    # dropout masks are keyed by module path
+        self.use_kernels(kernels)
+
+    def use_kernels(self, kernels: str) -> GPT:
+        """Run every layer on the "fast" or the "textbook" path (reference/kernels.py); returns self."""
+        use_kernels(self, kernels)
+        return self
 
     def check_input(self, idx: np.ndarray, start: int = 0) -> np.ndarray:
         idx = np.asarray(idx)
@@ -128,9 +133,9 @@ class GPT(Module):
         c_wpe = None
         if self.config.pos == "learned":
             pe, c_wpe = tr.wpe.forward(np.arange(start, start + idx.shape[1]))   # (T, C)
-            x += pe                                            # x is the lookup's own new array
-        elif self.config.pos == "sinusoidal":                  # fixed table, no parameters (docs/sinusoidal.md)
-            x += sinusoidal_positions(start, idx.shape[1], self.config.n_embd, x.dtype)   # (T, C)
+            x = x + pe                                         # (B, T, C) + (T, C): broadcast over the batch
+        elif self.config.pos == "sinusoidal":                  # a fixed table, no parameters (docs/sinusoidal.md)
+            x = x + sinusoidal_positions(start, idx.shape[1], self.config.n_embd, x.dtype)   # (T, C)
         x, c_drop = tr.drop.forward(x, masks)
         c_blocks = []
         for i, block in enumerate(tr.h):

@@ -17,7 +17,6 @@ import warnings
 
 import numpy as np
 
-from .functional import for_each
 from .module import Parameter
 
 
@@ -45,49 +44,30 @@ class Adam:
                 p.grad.fill(0)
 
     def step(self) -> None:
-        updates = []
+        """One update of every parameter, group by group (a Parameter listed twice is updated twice)."""
         for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if id(p) not in self.state:
                     self.state[id(p)] = {"step": 0, "exp_avg": np.zeros_like(p.data),
                                          "exp_avg_sq": np.zeros_like(p.data)}
-                updates.append((p, self.state[id(p)], group))
-        # Each parameter's update is elementwise and independent of the others: spread them over
-        # threads (NumPy releases the GIL inside its loops). The numbers do not depend on it.
-        # A Parameter listed twice is updated twice, one update after the other, in one thread.
-        per_param: dict[int, list] = {}
-        for item in updates:
-            per_param.setdefault(id(item[0]), []).append(item)
-        for_each(lambda items: [self._update(item) for item in items], list(per_param.values()))
-
-    def _update(self, item: tuple[Parameter, dict, dict]) -> None:
-        p, st, group = item
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        st["step"] += 1
-        t = st["step"]
-        g = p.grad
-        if wd != 0:
-            if self.decoupled:
-                p.data *= 1.0 - lr * wd
-            else:
-                g = g + wd * p.data
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        # One scratch buffer with out= and in-place updates (the same operations in the same order
-        # as the formulas above): 1 temporary per parameter instead of 6.
-        tmp = np.multiply(g, 1.0 - b1)
-        m *= b1
-        m += tmp                                               # m = b1 m + (1 - b1) g
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v *= b2
-        v += tmp                                               # v = b2 v + (1 - b2) g^2
-        step_size = lr / (1.0 - b1 ** t)
-        denom = np.sqrt(v, out=tmp)
-        denom /= math.sqrt(1.0 - b2 ** t)
-        denom += eps
-        update = np.divide(m, denom, out=tmp)
-        update *= step_size
-        p.data -= update                                       # p -= step_size * m / denom
+                st = self.state[id(p)]
+                st["step"] += 1
+                t = st["step"]
+                g = p.grad
+                if wd != 0:
+                    if self.decoupled:
+                        p.data *= 1.0 - lr * wd                # AdamW: decay the weights, apart from g
+                    else:
+                        g = g + wd * p.data                    # Adam: L2 penalty folded into g
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                m *= b1
+                m += (1.0 - b1) * g                            # m = b1 m + (1 - b1) g
+                v *= b2
+                v += (1.0 - b2) * (g * g)                      # v = b2 v + (1 - b2) g^2
+                step_size = lr / (1.0 - b1**t)
+                denom = np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
+                p.data -= step_size * (m / denom)
 
     def state_dict(self) -> dict:
         """torch's layout: state indexed by position over all groups, plus the group hyperparameters."""

@@ -43,6 +43,7 @@ import sys
 
 import numpy as np
 
+from .kernels import add_kernels_argument
 from .model import GPT, KVCache
 
 __all__ = ["generate", "iter_generate", "next_token_probs", "sample_next", "apply_penalties", "check_sampling_args",
@@ -359,6 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "appears when complete); Ctrl-C stops, keeping what was printed (exit status 130)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, >= 0")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
+    add_kernels_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -399,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
         if ckpt is not None:
             model = build_model(ckpt)
+        model.use_kernels(getattr(args, "kernels", "fast"))
     except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

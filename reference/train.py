@@ -74,6 +74,7 @@ from .checkpoint import (Checkpoint, CheckpointError, check_compatible, generato
                          restore_optimizer, save_checkpoint)
 from .config import CHOICES, GPTConfig
 from .data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
+from .kernels import add_kernels_argument
 from .layers import DropoutMasks
 from .model import GPT
 from .optim import SGD, AdamW, clip_grad_norm_, cosine_lr
@@ -301,9 +302,11 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
-                 vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None):
+                 vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
+                 kernels: str = "fast"):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
-        settings must already be in `config`: `init_config`)."""
+        settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
+        "fast" or "textbook" (reference/kernels.py); it is not saved in checkpoints."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -339,11 +342,11 @@ class Trainer:
                                  f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
                                  f"python data/prepare.py --tokenizer {init_from}")
             self.model = from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
-                                         block_size=config.block_size)
+                                         block_size=config.block_size).use_kernels(kernels)
             if self.model.config != self.model_config:
                 raise ValueError(f"the model settings differ from {init_from}'s; use init_config()")
         else:
-            self.model = GPT(self.model_config, seed=config.seed)
+            self.model = GPT(self.model_config, seed=config.seed, kernels=kernels)
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
@@ -582,6 +585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model.safetensors): its settings and weights replace the model flags; "
                              "--block_size may shorten its context. Needs the hf extra and data prepared "
                              "with its tokenizer (data/prepare.py --tokenizer DIR) (default: none)")
+    add_kernels_argument(parser)
     group = parser.add_argument_group("training config (defaults: the shakespeare_char recipe; a preset, "
                                       "config file or resumed checkpoint may change them)")
     for name, f in FIELDS.items():
@@ -745,7 +749,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
-        trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from)
+        trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from,
+                          kernels=getattr(args, "kernels", "fast"))
         if resume is not None and resume.step >= config.max_iters:
             print(f"nothing to train: the checkpoint {resume.path} is at step {resume.step} and max_iters is "
                   f"{config.max_iters}; pass --max_iters N with N > {resume.step} to train further", file=sys.stderr)

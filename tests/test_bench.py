@@ -1,5 +1,6 @@
 """The benchmark runs and writes its table: once, on a tiny configuration. Timings are never asserted."""
 
+import argparse
 import json
 import os
 
@@ -8,35 +9,52 @@ import pytest
 
 pytest.importorskip("torch")
 
-from reference import bench  # noqa: E402
-from reference.cli import main  # noqa: E402
+from oracle import bench  # noqa: E402
+from oracle.cli import main  # noqa: E402
+from reference.fast import pool  # noqa: E402
 
 
 def test_bench_writes_markdown_and_json(tmp_path, capsys):
     out = tmp_path / "bench"
-    rc = main(["bench", "--config", "tiny", "--dtype", "float32", "float64", "--steps", "1", "--warmup", "0", "--memory-steps", "1",
-               "--runs", "1", "--sample-config", "tiny", "--profile", "--out", str(out)])
+    rc = main(["bench", "--config", "tiny", "--dtype", "float64", "--steps", "1", "--warmup", "0", "--memory-steps", "1",
+               "--runs", "1", "--sample-config", "tiny", "--profile", "--peak-size", "256", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.with_suffix(".json").read_text())
-    assert [(r["config"], r["dtype"]) for r in result["rows"]] == [("tiny", "float32"), ("tiny", "float64")]
+    assert [(r["config"], r["dtype"], r["kernels"]) for r in result["rows"]] == [
+        ("tiny", "float64", "fast"), ("tiny", "float64", "textbook")]   # both paths by default
     for row in result["rows"]:
         assert row["numpy_s"] > 0 and row["torch_s"] > 0 and row["ratio"] > 0 and row["gflop_per_step"] > 0
         assert row["numpy_mem"]["peak_mb"] > 0 and row["torch_mem"]["peak_mb"] > 0
+        assert row["numpy_mem"]["torch_imported"] is False     # the NumPy side's child never imports torch
         assert abs(row["loss_first_step"]["numpy"] - row["loss_first_step"]["torch"]) < 1e-4   # same model
     assert result["sampling"]["speedup"] > 0 and result["sampling"]["same_tokens"] in (True, False)
-    assert set(result["profiles"]) == {"tiny float32", "tiny float64"}
+    assert set(result["profiles"]) == {"tiny float64 fast", "tiny float64 textbook"}
     md = out.with_suffix(".md").read_text()
-    assert "| config | dtype | NumPy s/step | PyTorch s/step | ratio |" in md and "KV cache" in md
+    assert "| config | dtype | kernels | NumPy s/step | PyTorch s/step | ratio |" in md and "KV cache" in md
+    assert "| textbook |" in md and "| fast |" in md
     assert "(6 N + 12 L T C) B T" in md
     assert "wrote" in capsys.readouterr().out
     assert bench.child_env(2, 0).get("OPENBLAS_THREAD_TIMEOUT") == os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     assert bench.child_env(2, 4)["OPENBLAS_THREAD_TIMEOUT"] == "4"
 
 
-def test_bench_without_extras(tmp_path, capsys):
+def test_bench_without_extras(tmp_path, capsys, monkeypatch):
     out = tmp_path / "plain"
+    recorded = tmp_path / "repo" / "benchmarks" / "results" / "bench"
+    monkeypatch.setattr(bench, "RECORDED", recorded)          # an absolute path: the repository's stays untouched
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    defaults = parser.parse_args([])
+    assert defaults.out is None and not defaults.record      # by default the results are printed, not written
+    assert defaults.kernels == ["fast", "textbook"]
+    for action in parser._actions[1:]:                         # every flag says its default
+        assert "default" in action.help, action.option_strings
     assert main(["bench", "--config", "tiny", "--dtype", "float32", "--steps", "1", "--memory-steps", "0",
-                 "--runs", "2", "--no-sample", "--out", str(out)]) == 0
+                 "--runs", "2", "--no-sample", "--kernels", "fast", "--peak-size", "256", "--out", str(out),
+                 "--record"]) == 0
+    printed = capsys.readouterr().out
+    assert "| config | dtype | kernels |" in printed and printed.count("wrote") == 2
+    assert recorded.with_suffix(".md").read_text() == out.with_suffix(".md").read_text()
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["sampling"] is None and result["profiles"] == {} and "numpy_mem" not in result["rows"][0]
     row = result["rows"][0]                                    # two timing processes, their steps pooled
@@ -63,16 +81,16 @@ def test_children_run_in_process(monkeypatch):
     from oracle import bench_twin
     threads = bench.blas_threads()
     spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads,
-            "products": "pool"}
+            "products": "pool", "peak_size": 256}
+    assert bench.profile_child({**spec, "kernels": "textbook"})[-1][0] == "total step"
     for child in (bench.memory_child, bench_twin.memory_child):
         mem = child(spec)
         assert mem["peak_mb"] >= mem["baseline_mb"] > 0
     timing = bench.timing_child(spec)
     assert len(timing["numpy_times"]) == len(timing["torch_times"]) == 1 and min(timing["matmul_peaks"]) > 0
     assert bench.profile_child(spec)[-1][0] == "total step"
-    from reference import functional as F                      # again with attention's blocks on the pool:
-    monkeypatch.setattr(F, "THREADS", 2)                       # their softmax calls are not timed twice
-    monkeypatch.setattr(F, "BLOCK_ELEMENTS", 256)
+    monkeypatch.setattr(pool, "THREADS", 2)                    # again with attention's blocks on the pool:
+    monkeypatch.setattr(pool, "BLOCK_ELEMENTS", 256)           # their softmax calls are not timed twice
     profile = bench.profile_child(spec)
     names = [row[0] for row in profile]                        # softmax ran on the pool: in attention's rows
     assert names[-1] == "total step" and "attention core forward" in names
@@ -85,8 +103,8 @@ def test_children_run_in_process(monkeypatch):
 # ---------------------------------------------------------------- the speed machinery changes no number
 
 def test_blocks_and_threads_give_the_same_numbers(monkeypatch):
-    from reference import functional as F
-    from reference.layers import LayerNorm
+    from reference.fast import functional as F
+    from reference.fast.layers import LayerNorm
     rng = np.random.default_rng(0)
     s = rng.standard_normal((3, 2, 300, 300))                  # several blocks of 2 x 300 x 300 ... rows
     h = rng.standard_normal((2, 300, 700)).astype(np.float32) * 3
@@ -99,11 +117,11 @@ def test_blocks_and_threads_give_the_same_numbers(monkeypatch):
         ln = LayerNorm(384, dtype="float64")
         y, cache = ln.forward(x)
         return p, ds, *F.gelu_and_grad(h), *F.gelu_and_grad(h, "tanh"), y, ln.backward(dy, cache), ln.weight.grad
-    monkeypatch.setattr(F, "THREADS", 2)
+    monkeypatch.setattr(pool, "THREADS", 2)
     threaded = run()
-    monkeypatch.setattr(F, "THREADS", 1)
+    monkeypatch.setattr(pool, "THREADS", 1)
     single = run()                                             # same blocks, one thread: the very same numbers
-    monkeypatch.setattr(F, "BLOCK_ELEMENTS", 1 << 30)
+    monkeypatch.setattr(pool, "BLOCK_ELEMENTS", 1 << 30)
     unblocked = run()                                          # one block: the plain evaluation, up to round-off
     for a, b, c in zip(threaded, single, unblocked):
         assert a.dtype == b.dtype == c.dtype and np.array_equal(a, b)
@@ -119,9 +137,9 @@ def test_products_on_the_pool_give_the_same_numbers(monkeypatch, dtype, variant)
     """Products split over the pool (BLAS single-threaded) against one BLAS call each: the same
     loss, gradients and KV-cache logits, to round-off. (Bit for bit at the benchmark's sizes; on
     products this small OpenBLAS picks other kernels for the halves, which round differently.)"""
-    from reference import attention
-    from reference import functional as F
     from reference.config import GPTConfig
+    from reference.fast import attention
+    from reference.fast import pool as F
     from reference.layers import DropoutMasks
     from reference.model import GPT, KVCache
     monkeypatch.setattr(F, "THREADS", 2)                       # split even on a 1-core machine
@@ -150,7 +168,7 @@ def test_products_on_the_pool_give_the_same_numbers(monkeypatch, dtype, variant)
 
 
 def test_recycler_hands_out_only_free_buffers():
-    from reference.functional import Recycler
+    from reference.fast.pool import Recycler
     r = Recycler(min_bytes=1000, slack=1.25)
     assert r.empty((10,), "float32").base is None              # small: plain np.empty
     a = r.empty((100, 100), "float32")

@@ -1,5 +1,6 @@
-"""The generic battery: every registered case against its PyTorch twin and against finite differences,
-at its default sizes and at sizes and value scales drawn by hypothesis."""
+"""The generic battery: every registered case, on both paths (textbook and fast, reference/kernels.py),
+against its PyTorch twin and against finite differences, at its default sizes and at sizes and value
+scales drawn by hypothesis; and the fast path against the textbook path on every case."""
 
 from unittest.mock import patch
 
@@ -9,28 +10,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oracle import REGISTRY, Dims, compare
-from oracle.adapters import finite_difference_check
-from oracle.adapters import run_reference
-from reference import attention
+from oracle.adapters import finite_difference_check, run_reference
+from reference.fast import attention
+from reference.kernels import KERNELS
 
 CASES = sorted(REGISTRY)
 DTYPES = ["float64", "float32"]
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", CASES)
-def test_against_twin(name, dtype):
+def test_against_twin(name, dtype, kernels):
     case = REGISTRY[name]
-    ref, twin, inputs = case.build(dtype)
+    ref, twin, inputs = case.build(dtype, kernels=kernels)
     report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
     assert {c.kind for c in report.checks} >= {"forward"}
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", [n for n in CASES if REGISTRY[n].fd])
-def test_finite_differences(name):
+def test_finite_differences(name, kernels):
     case = REGISTRY[name]
-    ref, _, inputs = case.build("float64")
+    ref, _, inputs = case.build("float64", kernels=kernels)
     report = finite_difference_check(ref, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
 
@@ -42,12 +45,12 @@ ATTENTION = [n for n in CASES if n.startswith("attention") or n in ("block", "gp
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ATTENTION)
 def test_query_tiles_against_twin(name, dtype, tile, monkeypatch):
-    """Causal attention computes only the tiles of queries x keys a query can see (attention.QUERY_TILE,
-    128 rows, more than the cases' sequences): with tiles of 1-3 rows, T = 5 spans several, the last
-    one short. Against the twin, and in float64 against finite differences."""
+    """The fast attention computes only the tiles of queries x keys a query can see (fast.attention.
+    QUERY_TILE, 128 rows, more than the cases' sequences): with tiles of 1-3 rows, T = 5 spans several,
+    the last one short. Against the twin, and in float64 against finite differences."""
     monkeypatch.setattr(attention, "QUERY_TILE", tile)
     case = REGISTRY[name]
-    ref, twin, inputs = case.build(dtype)
+    ref, twin, inputs = case.build(dtype, kernels="fast")
     report = compare(ref, twin, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
     if dtype == "float64" and case.fd:
@@ -77,16 +80,17 @@ def dims(draw) -> Dims:
        scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]), seed=st.integers(0, 2**16),
        tile=st.sampled_from([1, 3, attention.QUERY_TILE]))
 def test_hypothesis_shapes(d, name, dtype, scale, seed, tile):
-    """Any sizes and input scales (large-magnitude logits included), and attention's query tiles
-    (attention.QUERY_TILE) of any size: still agrees with the twin."""
+    """Any sizes and input scales (large-magnitude logits included), on both paths, and the fast
+    attention's query tiles (fast.attention.QUERY_TILE) of any size: still agrees with the twin."""
     case = REGISTRY[name]
     if name.startswith("attention"):
         scale = min(scale, 30.0)   # beyond, softmax saturates: see test_saturated_attention_gradient_is_exact
-    ref, twin, inputs = case.build(dtype, seed, d)
-    inputs = tuple(x * np.asarray(scale, x.dtype) if x.dtype.kind == "f" else x for x in inputs)
-    with patch.object(attention, "QUERY_TILE", tile):
-        report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
-    assert report.passed, str(report)
+    for kernels in KERNELS:
+        ref, twin, inputs = case.build(dtype, seed, d, kernels=kernels)
+        inputs = tuple(x * np.asarray(scale, x.dtype) if x.dtype.kind == "f" else x for x in inputs)
+        with patch.object(attention, "QUERY_TILE", tile):
+            report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
+        assert report.passed, f"{kernels} path: {report}"
 
 
 @given(seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES), rows=st.integers(1, 4),
@@ -97,11 +101,12 @@ def test_norms_on_constant_rows(seed, dtype, rows, value):
     Values stay within +-10: for a large constant row torch's own float64 weight gradient is off
     (see test_layernorm_large_constant_rows_against_extended_precision), so it cannot be the judge."""
     for name in ("layernorm", "layernorm_nobias", "rmsnorm"):
-        case = REGISTRY[name]
-        ref, twin, (x,) = case.build(dtype, seed)
-        x[:, :rows] = np.asarray(value, x.dtype)               # some rows constant, the rest random
-        report = compare(ref, twin, (x,), case=name, seed=seed)
-        assert report.passed, str(report)
+        for kernels in KERNELS:
+            case = REGISTRY[name]
+            ref, twin, (x,) = case.build(dtype, seed, kernels=kernels)
+            x[:, :rows] = np.asarray(value, x.dtype)           # some rows constant, the rest random
+            report = compare(ref, twin, (x,), case=name, seed=seed)
+            assert report.passed, f"{kernels} path: {report}"
 
 
 @given(seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES), scale=st.sampled_from([1e2, 1e4, 1e6]))
@@ -115,7 +120,8 @@ def test_cross_entropy_large_logits(seed, dtype, scale):
 
 
 @pytest.mark.skipif(np.finfo(np.longdouble).eps >= 1e-16, reason="needs 80-bit long double (x86)")
-def test_layernorm_large_constant_rows_against_extended_precision():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_layernorm_large_constant_rows_against_extended_precision(kernels):
     """Constant rows of 999.75 make rstd = 1/sqrt(eps) ~ 316. torch's CPU LayerNorm backward forms the
     weight gradient as rstd * (sum dy*x - mean * sum dy), which cancels there; ours computes
     (x - mean) * rstd, exactly 0. Against an extended-precision truth ours is at round-off and
@@ -124,7 +130,7 @@ def test_layernorm_large_constant_rows_against_extended_precision():
 
     from oracle.adapters import run_twin
 
-    ref, twin, (x,) = REGISTRY["layernorm"].build("float64", 0)
+    ref, twin, (x,) = REGISTRY["layernorm"].build("float64", 0, kernels=kernels)
     x[:, :1] = 999.75
     _, dout, _, grads = run_reference(ref, (x,), 0)
     _, _, t_grads = run_twin(twin, ref.state_dict(), (x,), dout, torch.float64)
@@ -135,7 +141,8 @@ def test_layernorm_large_constant_rows_against_extended_precision():
     assert ours < 1e-14, (ours, theirs)          # torch 2.13: theirs ~ 8e-11
 
 
-def test_saturated_attention_gradient_is_exact():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_saturated_attention_gradient_is_exact(kernels):
     """Inputs of size 1e3 give scores of ~1e6: every softmax row is exactly one-hot in float64, so the
     gradient reaching q and k is exactly 0. Ours is, and so is torch's plain F.softmax path; torch's
     fused CPU SDPA kernel is not (it forms ds = p (dp - rowsum(dO * O)), a difference of large terms
@@ -143,7 +150,7 @@ def test_saturated_attention_gradient_is_exact():
     import torch
     import torch.nn.functional as F
 
-    ref, _, (x,) = REGISTRY["attention"].build("float64", 0, Dims(B=1, T=4, H=1, Hkv=1, hd=4, V=1, L=4))
+    ref, _, (x,) = REGISTRY["attention"].build("float64", 0, Dims(B=1, T=4, H=1, Hkv=1, hd=4, V=1, L=4), kernels=kernels)
     x = x * 1000.0
     _, dout, _, grads = run_reference(ref, (x,), 0)
     assert not grads["c_attn.weight"][:8].any()                 # the q and k rows: exactly 0

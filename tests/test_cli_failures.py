@@ -247,7 +247,10 @@ def test_ctrl_c_in_any_command_is_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(plot, "run", interrupted)
     rc, _, err = run(capsys, "plot", "x.jsonl")
-    assert rc == 130 and err == "interrupted: numpy-gpt plot stopped\n"
+    assert rc == 130 and err == "interrupted: python -m reference plot stopped\n"
+    from oracle.cli import main as oracle_main                 # the same through numpy-gpt (oracle/cli.py)
+    assert oracle_main(["plot", "x.jsonl"]) == 130
+    assert capsys.readouterr().err == "interrupted: numpy-gpt plot stopped\n"
 
 
 # ------------------------------------------------------------------------------------ flag ranges
@@ -288,7 +291,8 @@ def test_argparse_refusals_are_usage_and_one_error_line(capsys):
         cli.main(["train", "--max_iters", "many"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "numpy-gpt train: error: argument --max_iters/--max-iters: invalid int value: 'many'"
+    assert err.strip().splitlines()[-1] == ("python -m reference train: error: argument --max_iters/--max-iters: "
+                                            "invalid int value: 'many'")
 
 
 def test_prepare_script_answers_bad_input_in_one_line(tmp_path):

@@ -5,7 +5,10 @@
     that imports and a test function that exists (found by parsing the test file with ast);
 (c) every registered oracle case maps to a page (CASE_PAGES below), and docs/verify.md lists the same map;
 (d) every class under reference/ that defines `backward` has a docstring naming its docs/<page>.md;
-(e) every relative link in docs/*.md and README.md resolves, #anchors included (GitHub's slugs).
+(e) every relative link in docs/*.md and README.md resolves, #anchors included (GitHub's slugs);
+(f) every snippet a page presents as the code (the backticked snippets after "In code") appears,
+    whitespace-normalised, in the source of the textbook path's symbol the page names: its
+    '- Code:' symbol's class or function, or a `reference/...py::Name` named in the same passage.
 
 Checks are parametrized per page, per block, per case and per class, so a missing page fails on its
 own and names itself.
@@ -447,3 +450,110 @@ def test_slug_follows_github():
         "float32-within-10x-of-torchs-own-float32-error-or-16-ulps"
     assert slug("The `ln_f` layer") == "the-ln_f-layer"
     assert anchors("# A\n## A\n```\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+# ---------------------------------------------------------------- (f) docs quote code that exists
+
+QUOTE_START = re.compile(r"\b[Ii]n code\b|\b[Tt]he code (?:is|forms|uses)\b")
+SYMBOL = re.compile(r"^reference/[\w/]+\.py::[\w.]+$")
+FILE_PATH = re.compile(r"^[\w./-]+\.(py|md|json|toml|safetensors)$")         # a file named, not code quoted
+LIST_ITEM = re.compile(r"^\s*(\d+\.|[-*])\s")
+
+
+def code_quotes(text: str) -> list[tuple[str, list[str], list[str]]]:
+    """[(passage, quotes, symbols named in it)] for every "In code" passage of a page (also "in code",
+    "the code is/forms/uses"): from there to the end of its paragraph or list item (and through the
+    next paragraph when the passage ends with a colon). Quotes are its backticked snippets; snippets that name a
+    symbol (`reference/x.py::Name`) are the passage's own scope, not quotes."""
+    passages, lines = [], prose(text).splitlines()
+    for i, line in enumerate(lines):
+        m = QUOTE_START.search(line)
+        if not m:
+            continue
+        body = [line[m.start():]]
+        for nxt in lines[i + 1:]:
+            if LIST_ITEM.match(nxt) or QUOTE_START.search(nxt):
+                break
+            if not nxt.strip():
+                if body[-1].rstrip().endswith(":") and len(body) == len([b for b in body if b.strip()]):
+                    body.append("")                           # "... is these calls:" then the calls
+                    continue
+                break
+            body.append(nxt)
+        passage = " ".join(body)
+        snippets = re.findall(r"`([^`]+)`", passage)
+        passages.append((passage, [q for q in snippets if not SYMBOL.match(q) and not FILE_PATH.match(q)],
+                         [q for q in snippets if SYMBOL.match(q)]))
+    return passages
+
+
+def normalise(code: str) -> str:
+    """Whitespace collapsed to single spaces, none just inside brackets (a quote may join wrapped lines)."""
+    code = re.sub(r"\s+", " ", code).strip()
+    return re.sub(r"\s*([)\]}])", r"\1", re.sub(r"([(\[{])\s*", r"\1", code))
+
+
+def symbol_source(target: str) -> str:
+    """The source of `reference/x.py::Name[.method]`'s top-level definition (a method's whole class),
+    without comments, normalised. Only the textbook path counts: reference/fast/ is refused."""
+    import io
+    import tokenize
+
+    path, _, qualname = target.partition("::")
+    assert not path.startswith("reference/fast/"), f"{target}: docs quote the textbook path, not reference/fast/"
+    source = (ROOT / path).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    top = qualname.split(".")[0]
+    nodes = [n for n in tree.body if getattr(n, "name", None) == top]
+    assert nodes, f"{path} has no top-level {top}"
+    segment = ast.get_source_segment(source, nodes[0])
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(segment).readline) if t.type != tokenize.COMMENT]
+    return normalise(tokenize.untokenize(tokens))
+
+
+def missing_quotes(page: str, text: str) -> list[str]:
+    """One line per quote of `text` (a page) not found in its symbol's source."""
+    code = where_in(text).get("Code")
+    problems = []
+    for passage, quotes, symbols in code_quotes(text):
+        scope = symbols or ([code] if code else [])
+        if quotes and not scope:
+            problems.append(f"docs/{page}: no code symbol for the quotes in: {passage[:80]}")
+            continue
+        sources = [symbol_source(s) for s in scope]
+        for quote in quotes:
+            if not any(normalise(quote) in src for src in sources):
+                problems.append(f"docs/{page}: `{quote}` is not in {' or '.join(scope)}")
+    return problems
+
+
+def where_in(text: str) -> dict[str, str]:
+    found = {}
+    for line in section(text, "Where").splitlines():
+        m = re.match(r"^\s*[-*]\s+(Code|Test):\s+`([^`]+)`\s*$", line)
+        if m:
+            found[m.group(1)] = m.group(2)
+    return found
+
+
+@pytest.mark.parametrize("page", existing_pages())
+def test_code_quotes_exist_in_the_textbook_path(page):
+    """A formula edited in the code or on the page fails here until the other follows."""
+    problems = missing_quotes(page, read(page))
+    assert not problems, "\n".join(problems)
+
+
+def test_quote_check_reports_a_wrong_quote():
+    """The check can fail: a quote the code does not hold, or one from the fast path, is reported."""
+    page = ("# Linear\n\nIn code: `y = x2 @ self.weight.data.T`, then `y += self.bias.data`.\n\n"
+            "In code: `return dy @ self.weight.data.T` for the input.\n\n"
+            "## Where\n\n- Code: `reference/layers.py::Linear.backward`\n")
+    assert missing_quotes("fake.md", page) == [
+        "docs/fake.md: `return dy @ self.weight.data.T` is not in reference/layers.py::Linear.backward"]
+    assert [q for _, q, _ in code_quotes(page)] == [["y = x2 @ self.weight.data.T", "y += self.bias.data"],
+                                                    ["return dy @ self.weight.data.T"]]
+    fast = "In code (`reference/fast/layers.py::Linear`): `np.matmul(x2[lo:hi], w.T, out=y[lo:hi])`.\n"
+    with pytest.raises(AssertionError, match="docs quote the textbook path"):
+        missing_quotes("fake.md", fast)
+    comment_only = "In code: `the scores a query can see`.\n\n## Where\n\n- Code: `reference/attention.py::CausalSelfAttention`\n"
+    assert missing_quotes("fake.md", comment_only)            # words in a comment are not code

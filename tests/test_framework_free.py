@@ -1,9 +1,11 @@
-"""The reference is framework-free: no module under reference/ imports torch (or any framework), module
-level imports are numpy, the standard library and the file-format library (safetensors, a core
-dependency: checkpoints are part of training, so it is imported at module level where files are read or
-written), and the model trains in an interpreter where importing torch raises."""
+"""The reference is framework-free: no module under reference/ (reference/fast/ included) imports torch
+(or any framework) or the oracle, module level imports are numpy, the standard library and the
+file-format library (safetensors, a core dependency: checkpoints are part of training, so it is imported
+at module level where files are read or written), and the model trains, on both paths, in an interpreter
+where importing torch raises."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted((ROOT / "reference").glob("*.py"))
+MODULES = sorted((ROOT / "reference").rglob("*.py"))
 FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx"}
 # Optional conveniences that a command may import lazily, inside a function, with a clear message if absent.
 LAZY_OPTIONAL = {"tqdm", "matplotlib", "tokenizers"}
@@ -28,7 +30,7 @@ def imports(tree: ast.AST, top_level_only: bool):
             yield node.module.split(".")[0]
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT / "reference")))
 def test_reference_imports_no_framework(path):
     tree = ast.parse(path.read_text())
     assert not FRAMEWORKS & set(imports(tree, top_level_only=False)), f"{path.name} imports a framework"
@@ -36,7 +38,43 @@ def test_reference_imports_no_framework(path):
     outside = set(imports(tree, top_level_only=True)) - allowed
     assert not outside, f"{path.name} imports {sorted(outside)} at module level; only numpy, the stdlib and {sorted(FILE_FORMATS)} allowed"
     lazy = set(imports(tree, top_level_only=False)) - allowed
-    assert lazy <= LAZY_OPTIONAL | {"oracle"}, f"{path.name} imports {sorted(lazy - LAZY_OPTIONAL)}"
+    assert lazy <= LAZY_OPTIONAL, f"{path.name} imports {sorted(lazy - LAZY_OPTIONAL)}"
+
+
+def oracle_references(source: str) -> list[str]:
+    """Every way a module could reach the oracle: an import of it, a dynamic import (importlib,
+    __import__) naming it, or a "module:function" / "oracle.x" string that a subprocess could import."""
+    tree = ast.parse(source)
+    found = [f"import {name}" for name in imports(tree, top_level_only=False) if name == "oracle"]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value.strip()
+            if re.fullmatch(r"oracle(\.\w+)*(:\w+)?", text) or re.search(r"(from|import)\s+oracle\b", text):
+                found.append(f"string {node.value!r}")          # a module path, or code for `python -c`
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__", "find_spec", "run_module"):
+            found.append(f"dynamic import {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT / "reference")))
+def test_reference_never_reaches_the_oracle(path):
+    """reference/ must not depend on the oracle, not even through a string a subprocess imports."""
+    found = oracle_references(path.read_text())
+    allowed_dynamic = {"dynamic import importlib.import_module(module_name)",            # reference/cli.py's own
+                       "dynamic import importlib.import_module(commands[name][0])"}     # commands, from its table
+    found = [f for f in found if f not in allowed_dynamic]
+    assert not found, f"{path.relative_to(ROOT)} reaches the oracle: {found}"
+
+
+def test_oracle_check_can_fail():
+    """The check above sees each way in (a check that cannot fail is a defect)."""
+    assert oracle_references("import oracle.bench_twin") == ["import oracle"]
+    assert oracle_references("from oracle import twins") == ["import oracle"]
+    assert oracle_references("x = 'oracle.bench_twin:memory_child'")
+    assert oracle_references("code = 'import json; from oracle.bench import f'")
+    assert oracle_references("import importlib\nm = importlib.import_module(name)")
+    assert not oracle_references('"""They load into `oracle.twins.GPT`."""\nx = "the oracle proves it"')
 
 
 def test_model_runs_without_torch():
@@ -47,17 +85,18 @@ import numpy as np
 from reference import GPT, GPTConfig, AdamW
 from reference.layers import DropoutMasks
 from reference.optim import clip_grad_norm_
-m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
-                  n_kv_head=1, pos='rope', norm='rmsnorm', mlp='swiglu'))
-opt = AdamW(m.parameters(), lr=1e-2)
-idx = np.random.default_rng(0).integers(0, 11, (2, 8))
-losses = []
-for _ in range(5):
-    opt.zero_grad()
-    losses.append(m.loss_and_backward(idx, idx, DropoutMasks(np.random.default_rng(1))))
-    clip_grad_norm_(m.parameters(), 1.0)
-    opt.step()
-assert losses[-1] < losses[0], losses
+for kernels in ('fast', 'textbook'):
+    m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
+                      n_kv_head=1, pos='rope', norm='rmsnorm', mlp='swiglu'), kernels=kernels)
+    opt = AdamW(m.parameters(), lr=1e-2)
+    idx = np.random.default_rng(0).integers(0, 11, (2, 8))
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        losses.append(m.loss_and_backward(idx, idx, DropoutMasks(np.random.default_rng(1))))
+        clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+    assert losses[-1] < losses[0], losses
 import tempfile, os
 from reference.checkpoint import save_checkpoint, load_checkpoint
 with tempfile.TemporaryDirectory() as d:                 # checkpoints (the safetensors library) need no torch

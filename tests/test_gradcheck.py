@@ -14,31 +14,35 @@ from oracle.adapters import consistency, directional_check, jacobian_check
 from oracle.registry import small_dims
 
 CASES = sorted(REGISTRY)
+KERNELS = ["textbook", "fast"]                                  # both paths, each checked on its own
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", CASES)
-def test_full_jacobian(name):
+def test_full_jacobian(name, kernels):
     case = REGISTRY[name]
-    ref, _, inputs = case.build("float64", dims=small_dims(case))
+    ref, _, inputs = case.build("float64", dims=small_dims(case), kernels=kernels)
     report = jacobian_check(ref, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
     assert len(report.checks) == len(list(ref.named_parameters())) + (inputs[0].dtype.kind == "f")
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", CASES)
-def test_directional_derivative(name):
+def test_directional_derivative(name, kernels):
     case = REGISTRY[name]
-    ref, _, inputs = case.build("float64")
+    ref, _, inputs = case.build("float64", kernels=kernels)
     report = directional_check(ref, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
     assert report.checks[0].name == "all gradients (directional)"
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", CASES)
-def test_backward_twice_and_noncontiguous(name, dtype):
+def test_backward_twice_and_noncontiguous(name, dtype, kernels):
     case = REGISTRY[name]
-    ref, _, inputs = case.build(dtype)
+    ref, _, inputs = case.build(dtype, kernels=kernels)
     report = consistency(ref, inputs, case=name, dropout=case.dropout)
     assert report.passed, str(report)
     kinds = {c.kind for c in report.checks}

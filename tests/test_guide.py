@@ -134,7 +134,7 @@ def test_guide_layer_passes_every_check(registered, capsys):
     assert [c.name for c in fd_report.checks] == ["input grad (fd)", "weight.grad (fd)"]
     assert accumulates(case.build("float64")[0], inputs[0])
 
-    # `python -m reference verify --case guide_scale`, in this process (where the case is registered)
+    # `python -m oracle verify --case guide_scale`, in this process (where the case is registered)
     verify = pytest.importorskip("oracle.verify")
     assert verify.run(argparse.Namespace(case=["guide_scale"], dtype="both", seed=0, verbose=False)) == 0
     out = capsys.readouterr().out

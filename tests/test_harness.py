@@ -11,6 +11,8 @@ from oracle.adapters import finite_difference_check
 from oracle.registry import Dims
 from reference.attention import CausalSelfAttention
 from reference.layers import GELU, LayerNorm, Linear
+from reference.fast import layers as fast
+from reference.fast.pool import column_sums
 from reference.module import Parameter
 
 
@@ -173,6 +175,56 @@ def test_twin_claims_are_torch_builtins():
     kinds = {type(m) for m in twin.modules()}
     assert {nn.LayerNorm, nn.Linear, nn.GELU} <= kinds
     assert torch.nn.functional.scaled_dot_product_attention is not None
+
+
+# Bugs planted in the fast path (reference/fast/): the same checks must catch them there too.
+
+
+class FastEmbeddingDroppingRepeats(fast.Embedding):
+    def backward(self, dy, idx):
+        self.weight.grad[idx.reshape(-1)] += dy.reshape(-1, dy.shape[-1])   # a repeated id keeps one row only
+        return None
+
+
+class FastLinearOffByOnePPM(fast.Linear):
+    def backward(self, dy, x, dbias=None):
+        before = self.weight.grad.copy()
+        dx = super().backward(dy, x, dbias)
+        self.weight.grad[...] = before + (self.weight.grad - before) * (1 + 1e-6)
+        return dx
+
+
+class FastMLPMissingOneRowOfBias(fast.MLP):
+    """The fused GELU backward with c_fc's bias gradient summed over every row but the last."""
+
+    def backward(self, dy, cache):
+        c1, dgelu, c3, c4 = cache
+        da = self.c_proj.backward(self.dropout.backward(dy, c4), c3)
+        da2 = (da * dgelu).reshape(-1, da.shape[-1])
+        return self.c_fc.backward(da2, c1, dbias=column_sums(da2[:-1]))
+
+
+def test_fast_path_bugs_are_reported_by_the_twin_and_by_finite_differences():
+    ref, twin, inputs = build("embedding", cls=FastEmbeddingDroppingRepeats)
+    assert np.unique(inputs[0]).size < inputs[0].size          # the inputs repeat an id
+    assert failing(compare(ref, twin, inputs)) == {"weight.grad"}
+    assert failing(finite_difference_check(ref, inputs)) == {"weight.grad (fd)"}
+    assert failing(compare(*build("linear", cls=FastLinearOffByOnePPM))) == {"weight.grad"}
+    for dtype in ("float64", "float32"):
+        ref, twin, inputs = build("mlp", dtype, FastMLPMissingOneRowOfBias)
+        assert failing(compare(ref, twin, inputs)) == {"c_fc.bias.grad"}
+
+
+def test_fast_path_bug_is_reported_against_the_textbook_path():
+    """tests/test_paths.py's comparison of the two paths sees a planted fast-path bug too."""
+    from oracle.adapters import run_reference
+    grads = {}
+    for kernels, cls in (("textbook", None), ("fast", FastEmbeddingDroppingRepeats)):
+        ref, _, inputs = REGISTRY["embedding"].build("float64", kernels=kernels)
+        if cls is not None:
+            ref.__class__ = cls
+        grads[kernels] = run_reference(ref, inputs, 0)[3]["weight"]
+    assert rel_error(grads["fast"], grads["textbook"])[0] > 1e-3
 
 
 # ---------------------------------------------------------------- the new checks can fail too (tests/test_gradcheck.py)

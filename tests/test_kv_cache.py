@@ -4,18 +4,21 @@ kind of positions and of key/value heads."""
 import numpy as np
 import pytest
 
-from reference import GPT, GPTConfig, KVCache, attention
+from reference import GPT, GPTConfig, KVCache
+from reference.fast import attention
 
 
-@pytest.mark.parametrize("tile", [attention.QUERY_TILE, 2])
+@pytest.mark.parametrize("kernels,tile", [("textbook", None), ("fast", attention.QUERY_TILE), ("fast", 2)])
 @pytest.mark.parametrize("pos", ["learned", "rope", "alibi", "sinusoidal"])
 @pytest.mark.parametrize("kv", [4, 2, 1])
-def test_cached_decoding_equals_recompute(pos, kv, tile, monkeypatch):
-    """A prompt of 5, a chunk of 3, then one token at a time. With query tiles of 2 rows
-    (attention.QUERY_TILE) the prompt and the chunk span several tiles, the chunk after cached keys."""
-    monkeypatch.setattr(attention, "QUERY_TILE", tile)
+def test_cached_decoding_equals_recompute(pos, kv, kernels, tile, monkeypatch):
+    """A prompt of 5, a chunk of 3, then one token at a time, on both paths. With the fast path's query
+    tiles of 2 rows (fast.attention.QUERY_TILE) the prompt and the chunk span several tiles, the chunk
+    after cached keys."""
+    if tile is not None:
+        monkeypatch.setattr(attention, "QUERY_TILE", tile)
     config = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=4, n_kv_head=kv, n_embd=16, pos=pos)
-    model = GPT(config, seed=1)
+    model = GPT(config, seed=1, kernels=kernels)
     idx = np.random.default_rng(2).integers(0, 17, (2, 12))
     full, _ = model.forward(idx)
     cache = KVCache(config, batch=2)
@@ -25,9 +28,10 @@ def test_cached_decoding_equals_recompute(pos, kv, tile, monkeypatch):
     assert cache.length == 12
 
 
-def test_cache_overflow_and_backward_are_refused():
+@pytest.mark.parametrize("kernels", ["fast", "textbook"])
+def test_cache_overflow_and_backward_are_refused(kernels):
     config = GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8)
-    model = GPT(config)
+    model = GPT(config, kernels=kernels)
     cache = KVCache(config, batch=1)
     logits, c = model.forward(np.zeros((1, 3), dtype=int), kv_cache=cache)
     with pytest.raises(ValueError, match="length 5 is longer than the context"):

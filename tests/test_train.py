@@ -177,12 +177,15 @@ def test_train_cli_refuses_to_clobber_a_run(data_dir, tmp_path, capsys):
     assert rc == 2 and "no checkpoint at" in err
 
 
-def test_resume_through_the_cli_is_bit_identical(data_dir, tmp_path, capsys):
-    common = ("--data_dir", data_dir, "--eval_interval", 4, "--always_save_checkpoint", *TINY)
+@pytest.mark.parametrize("kernels", ["fast", "textbook"])
+def test_resume_through_the_cli_is_bit_identical(data_dir, tmp_path, capsys, kernels):
+    """On either path (reference/kernels.py), a run resumed with the same path is bit-identical."""
+    common = ("--data_dir", data_dir, "--eval_interval", 4, "--always_save_checkpoint", "--kernels", kernels, *TINY)
     assert cli(capsys, "--out_dir", tmp_path / "a", "--max_iters", 8, *common)[0] == 0
     assert cli(capsys, "--out_dir", tmp_path / "b", "--max_iters", 4, *common)[0] == 0
     # the rest of the config comes from the checkpoint; only max_iters is extended
-    rc, _, err = cli(capsys, "--out_dir", tmp_path / "b", "--resume", "--max_iters", 8, "--no-progress")
+    rc, _, err = cli(capsys, "--out_dir", tmp_path / "b", "--resume", "--max_iters", 8, "--no-progress",
+                     "--kernels", kernels)
     assert rc == 0, err
     a, _ = load_file(tmp_path / "a" / "ckpt.safetensors")
     b, meta_b = load_file(tmp_path / "b" / "ckpt.safetensors")

@@ -45,10 +45,10 @@ def config(dtype: str) -> TrainConfig:
                        lr_decay_iters=20, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.1)
 
 
-def reference_run(dtype: str):
-    """The reference trajectory: per-step records, batches, masks, the initial and final state."""
+def reference_run(dtype: str, kernels: str):
+    """The reference trajectory on one path: per-step records, batches, masks, the initial and final state."""
     data = learnable_corpus(600, VOCAB)
-    trainer = Trainer(config(dtype), train_data=data[:500], val_data=data[500:], vocab_size=VOCAB)
+    trainer = Trainer(config(dtype), train_data=data[:500], val_data=data[500:], vocab_size=VOCAB, kernels=kernels)
     trainer.record = True
     init = {k: v.copy() for k, v in trainer.model.state_dict().items()}
     records, batches, masks = [], [], []
@@ -105,9 +105,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def runs(one_torch_thread):
-    return {dtype: reference_run(dtype) for dtype in ("float64", "float32")}
+@pytest.fixture(scope="module", params=["fast", "textbook"])
+def runs(request, one_torch_thread):
+    """Both dtypes on one path (reference/kernels.py): every trajectory test runs on both paths."""
+    return {dtype: reference_run(dtype, request.param) for dtype in ("float64", "float32")}
 
 
 def test_float64_trajectory_matches_torch(runs):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from oracle import registry
 from oracle.verify import main
-from reference.cli import main as cli_main
+from oracle.cli import main as cli_main
 from reference.layers import LayerNorm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +16,8 @@ def test_verify_prints_a_passing_table(capsys):
     assert main(["--case", "linear", "--case", "gpt_loss"]) == 0
     out = capsys.readouterr().out
     assert "| component" in out and "| linear " in out and "| gpt_loss " in out
-    assert out.count("| pass ") == 4 and "0 failed" in out
+    assert out.count("| pass ") == 8 and "0 failed" in out     # 2 cases x 2 dtypes x 2 paths
+    assert "| fast " in out and "| textbook " in out
 
 
 def test_verify_fails_on_a_broken_case(capsys):
@@ -39,24 +40,34 @@ def test_verify_rejects_unknown_case(capsys):
 
 
 def test_cli_dispatch_and_help(capsys):
-    assert cli_main(["verify", "--case", "gelu", "--dtype", "float32", "-v"]) == 0
-    assert "gelu [float32]: PASS" in capsys.readouterr().out
+    assert cli_main(["verify", "--case", "gelu", "--dtype", "float32", "--kernels", "fast", "-v"]) == 0
+    assert "[fast path] gelu [float32]: PASS" in capsys.readouterr().out
     assert cli_main([]) == 2
     assert "verify" in capsys.readouterr().out
 
 
 def test_verify_says_when_torch_is_missing():
-    script = "import sys; sys.modules['torch'] = None; from reference.cli import main; sys.exit(main(['verify']))"
+    script = "import sys; sys.modules['torch'] = None; from oracle.cli import main; sys.exit(main(['verify']))"
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "needs torch, which is not installed" in out.stderr and "pip install" in out.stderr
 
 
-def test_python_dash_m_reference_verify():
-    out = subprocess.run([sys.executable, "-m", "reference", "verify", "--case", "embedding"], cwd=ROOT,
+def test_python_dash_m_oracle_verify():
+    out = subprocess.run([sys.executable, "-m", "oracle", "verify", "--case", "embedding"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| embedding" in out.stdout
+
+
+def test_python_dash_m_reference_names_the_oracle_commands():
+    """verify and bench moved to the oracle: `python -m reference verify|bench` says where, in one line."""
+    for command in ("verify", "bench"):
+        out = subprocess.run([sys.executable, "-m", "reference", command], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr == (f"error: '{command}' is a command of the oracle: run `python -m oracle {command}` "
+                              f"(or `numpy-gpt {command}`)\n")
 
 
 EXTERNAL = '''
@@ -74,7 +85,8 @@ def test_verify_runs_cases_registered_in_a_users_module(tmp_path, capsys):
     path = tmp_path / "my_cases.py"
     path.write_text(EXTERNAL, encoding="utf-8")
     try:
-        assert main(["--cases", str(path), "--dims", "B=1,T=3,H=3,hd=2", "--dtype", "float64", "-v"]) == 0
+        assert main(["--cases", str(path), "--dims", "B=1,T=3,H=3,hd=2", "--dtype", "float64", "--kernels", "fast",
+                     "-v"]) == 0
         out = capsys.readouterr().out
         assert "| ext_linear " in out and "1 rows, 1 passed" in out
         from oracle.verify import parse_dims, run_case

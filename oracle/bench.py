@@ -1,10 +1,11 @@
-"""`python -m reference bench`: time training steps of the NumPy GPT against its PyTorch twin.
+"""`python -m oracle bench`: time training steps of the NumPy GPT, on both paths, against its PyTorch twin.
 
-For each configuration and dtype, fresh child processes (`--runs`, one after another, their steps
+For each configuration, dtype and path (`--kernels`: fast and textbook, reference/kernels.py), fresh child processes (`--runs`, one after another, their steps
 pooled) build the reference and its twin (oracle/bench_twin.py) with the same weights, and run one
 training step of each in turn, with the same batch and the same number of threads
 (torch.set_num_threads = NumPy-GPT's own pool, which also runs the matrix products, with OpenBLAS
-single-threaded: functional.products_on_pool; `--products blas` leaves the products to OpenBLAS's
+single-threaded: fast.pool.products_on_pool, on the fast path only; the textbook path and
+`--products blas` leave the products to OpenBLAS's
 threads, as many). A step is forward, mean cross-entropy, backward and an AdamW step (nanoGPT's
 groups: weight decay on matrices only).
 
@@ -29,8 +30,11 @@ x 3 (forward, input gradient, weight gradient) per parameter and token; 12 L T C
 attention matmuls (q k^T and p v, full T x T as both sides compute them), forward and backward.
 
 Also timed: generating T tokens with the KV cache (one token per forward) against recomputing the
-whole context for every new token. torch is imported only in the children that time the twin
-(reference/ stays NumPy-only).
+whole context for every new token. torch is imported only in the children that time the twin:
+the NumPy side's children (memory, profile, sampling) import neither torch nor the twins.
+
+The results are printed; `--out PREFIX` also writes PREFIX.md and PREFIX.json, and `--record`
+updates the recorded benchmarks/results/bench.md and .json (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import GPTConfig
-from .functional import blas_threads, for_products, products_on_pool, set_blas_threads
-from .model import GPT, KVCache
-from .optim import AdamW
+from reference.config import GPTConfig
+from reference.fast.pool import blas_threads, for_products, products_on_pool, set_blas_threads
+from reference.kernels import KERNELS
+from reference.model import GPT, KVCache
+from reference.optim import AdamW
 
 # nanoGPT's Shakespeare-char settings (vocab 65, learned positions, exact GELU, no dropout, biases,
 # tied head), at two sizes; `tiny` is for the CI smoke test.
@@ -182,13 +187,18 @@ def batch_of(cfg: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return idx[:, :-1].copy(), idx[:, 1:].copy()
 
 
-def make_reference(cfg: BenchConfig, dtype: str, seed: int = 0):
-    """The NumPy GPT and its AdamW, with nanoGPT's groups (decay matrices, not vectors)."""
-    model = GPT(cfg.gpt_config(dtype), seed=seed)
+def make_reference(cfg: BenchConfig, dtype: str, seed: int = 0, kernels: str = "fast"):
+    """The NumPy GPT on the `kernels` path and its AdamW, with nanoGPT's groups (decay matrices, not vectors)."""
+    model = GPT(cfg.gpt_config(dtype), seed=seed, kernels=kernels)
     params = model.parameters()
     groups = [{"params": [p for p in params if p.data.ndim >= 2], "weight_decay": WEIGHT_DECAY},
               {"params": [p for p in params if p.data.ndim < 2], "weight_decay": 0.0}]
     return model, AdamW(groups, lr=LR, betas=BETAS)
+
+
+def on_pool(spec: dict) -> bool:
+    """Whether a child runs the products on the pool: the fast path with `--products pool`."""
+    return spec["products"] == "pool" and spec.get("kernels", "fast") == "fast"
 
 
 def reference_step(model: GPT, opt: AdamW, idx: np.ndarray, targets: np.ndarray) -> float:
@@ -202,13 +212,13 @@ def memory_child(spec: dict) -> dict:
     """Child body: `steps` training steps of the NumPy side alone; peak RSS, and RSS after setup."""
     set_blas_threads(spec["threads"])
     cfg = BenchConfig(**spec["cfg"])
-    model, opt = make_reference(cfg, spec["dtype"])
+    model, opt = make_reference(cfg, spec["dtype"], kernels=spec.get("kernels", "fast"))
     idx, targets = batch_of(cfg)
     baseline = rss_mb()
-    with products_on_pool(spec["products"] == "pool"):
+    with products_on_pool(on_pool(spec)):
         for _ in range(spec["steps"]):
             reference_step(model, opt, idx, targets)
-    return {"peak_mb": peak_rss_mb(), "baseline_mb": baseline}
+    return {"peak_mb": peak_rss_mb(), "baseline_mb": baseline, "torch_imported": "torch" in sys.modules}
 
 
 def timing_child(spec: dict) -> dict:
@@ -218,12 +228,12 @@ def timing_child(spec: dict) -> dict:
     set_blas_threads(spec["threads"])
     bench_twin.set_threads(spec["threads"])
     cfg, dtype = BenchConfig(**spec["cfg"]), spec["dtype"]
-    peaks = [matmul_peak(dtype)]
-    model, opt = make_reference(cfg, dtype)
+    peaks = [matmul_peak(dtype, spec.get("peak_size", 2048))]
+    model, opt = make_reference(cfg, dtype, kernels=spec.get("kernels", "fast"))
     twin = bench_twin.TwinTrainer(model, dtype, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
     idx, targets = batch_of(cfg)
     ref_t, twin_t, ref_loss, twin_loss = [], [], [], []
-    with products_on_pool(spec["products"] == "pool"):
+    with products_on_pool(on_pool(spec)):
         for i in range(spec["warmup"] + spec["steps"]):       # alternate: both sides see the same machine state
             gc.collect()
             t0 = time.perf_counter()
@@ -237,7 +247,7 @@ def timing_child(spec: dict) -> dict:
     n_params = model.num_parameters()
     del model, opt, twin
     gc.collect()
-    peaks.append(matmul_peak(dtype))
+    peaks.append(matmul_peak(dtype, spec.get("peak_size", 2048)))
     return {"numpy_times": ref_t, "torch_times": twin_t, "loss_first_step": {"numpy": ref_loss[0], "torch": twin_loss[0]},
             "n_params": n_params, "matmul_peaks": peaks, "torch_version": bench_twin.torch_version()}
 
@@ -245,16 +255,16 @@ def timing_child(spec: dict) -> dict:
 def profile_child(spec: dict) -> list:
     """Child body: `profile_reference` with the benchmark's threads."""
     set_blas_threads(spec["threads"])
-    with products_on_pool(spec["products"] == "pool"):
-        return profile_reference(BenchConfig(**spec["cfg"]), spec["dtype"])
+    with products_on_pool(on_pool(spec)):
+        return profile_reference(BenchConfig(**spec["cfg"]), spec["dtype"], kernels=spec.get("kernels", "fast"))
 
 
 def sampling_child(spec: dict) -> dict:
     """Child body: `time_sampling` with the benchmark's threads."""
     set_blas_threads(spec["threads"])
     cfg = BenchConfig(**spec["cfg"])
-    with products_on_pool(spec["products"] == "pool"):
-        return time_sampling(cfg, spec["dtype"], cfg.block_size)
+    with products_on_pool(on_pool(spec)):
+        return time_sampling(cfg, spec["dtype"], cfg.block_size, kernels=spec.get("kernels", "fast"))
 
 
 def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
@@ -283,9 +293,9 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
 # Sampling: KV cache against recomputing the context
 
 
-def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1) -> dict:
+def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1, kernels: str = "fast") -> dict:
     """Greedy generation of n_tokens from a 1-token prompt, both ways; seconds per token."""
-    model = GPT(cfg.gpt_config(dtype), seed=0)
+    model = GPT(cfg.gpt_config(dtype), seed=0, kernels=kernels)
     n_tokens = min(n_tokens, cfg.block_size)
     prompt = np.zeros((batch, 1), dtype=np.int64)
 
@@ -311,7 +321,7 @@ def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1) -
         tokens = fn()
         times[name] = (time.perf_counter() - t0) / (n_tokens - 1)
         times[name + "_tokens"] = tokens
-    return {"config": cfg.name, "dtype": dtype, "T": n_tokens, "batch": batch,
+    return {"config": cfg.name, "dtype": dtype, "kernels": kernels, "T": n_tokens, "batch": batch,
             "cached_ms_per_token": 1e3 * times["cached"], "recompute_ms_per_token": 1e3 * times["recompute"],
             "speedup": times["recompute"] / times["cached"],
             "same_tokens": bool(np.array_equal(times["cached_tokens"], times["recompute_tokens"]))}
@@ -321,7 +331,8 @@ def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1) -
 # Profile: exclusive time per layer type, forward and backward
 
 
-def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3) -> list[tuple[str, float, float]]:
+def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3,
+                      kernels: str = "fast") -> list[tuple[str, float, float]]:
     """Exclusive seconds per step spent in each layer type's forward and backward, and the optimizer.
 
     Wraps the forward/backward of every layer class with a timer that subtracts the time of the
@@ -329,7 +340,10 @@ def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3) -> list[tupl
     the products on the pool, attention's softmax runs on the pool's threads, inside the blocks of
     `attend`, and its time is in the attention rows. Returns [(name, seconds, share)], largest first.
     """
-    from . import attention, layers, loss, model as model_mod, optim
+    from reference import attention, layers, loss, model as model_mod, optim
+    from reference.fast import attention as fast_attention
+    from reference.fast import layers as fast_layers
+    from reference.fast import model as fast_model
 
     totals: dict[str, float] = {}
     stack: list[float] = []                                    # child time accumulated per open frame
@@ -354,22 +368,25 @@ def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3) -> list[tupl
         return owner, name, original
 
     patched = []
-    targets = [(layers.Linear, "Linear"), (layers.LayerNorm, "LayerNorm"), (layers.GELU, "GELU"),
-               (layers.Embedding, "Embedding"), (layers.MLP, "MLP (glue)"),
-               (attention.CausalSelfAttention, "attention core"), (loss.CrossEntropyLoss, "cross-entropy"),
-               (model_mod.Block, "Block (residuals)"), (model_mod.GPT, "GPT (glue)")]
+    path = ({"layers": fast_layers, "attention": fast_attention, "model": fast_model} if kernels == "fast" else
+            {"layers": layers, "attention": attention, "model": model_mod})   # the classes whose methods run
+    targets = [(path["layers"].Linear, "Linear"), (path["layers"].LayerNorm, "LayerNorm"),
+               (path["layers"].GELU, "GELU"), (path["layers"].Embedding, "Embedding"),
+               (path["layers"].MLP, "MLP (glue)"), (path["attention"].CausalSelfAttention, "attention core"),
+               (loss.CrossEntropyLoss, "cross-entropy"), (path["model"].Block, "Block (residuals)"),
+               (model_mod.GPT, "GPT (glue)")]
     for cls, label in targets:
         patched.append(wrap(cls, "forward", f"{label} forward"))
         patched.append(wrap(cls, "backward", f"{label} backward"))
     patched.append(wrap(optim.Adam, "step", "AdamW step"))
     patched.append(wrap(optim.Adam, "zero_grad", "zero_grad"))
     # The elementwise kernels, inside the layers above (their time is taken out of the layer's row).
-    kernels = ((layers, "gelu_and_grad", "GELU and GELU' (in MLP forward)"),
-               (attention, "softmax", "softmax (in attention)"),
-               (attention, "softmax_backward", "softmax backward (in attention)"))
-    patched += [wrap(module, name, label) for module, name, label in kernels if hasattr(module, name)]
+    elementwise = ((path["layers"], "gelu_and_grad", "GELU and GELU' (in MLP forward)"),
+                   (path["attention"], "softmax", "softmax (in attention)"),
+                   (path["attention"], "softmax_backward", "softmax backward (in attention)"))
+    patched += [wrap(module, name, label) for module, name, label in elementwise if hasattr(module, name)]
     try:
-        model, opt = make_reference(cfg, dtype)
+        model, opt = make_reference(cfg, dtype, kernels=kernels)
         idx, tgt = batch_of(cfg)
         reference_step(model, opt, idx, tgt)                   # warm up (first-touch of buffers)
         totals.clear()
@@ -394,7 +411,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", type=parse_config, metavar="NAME|SPEC",
                         help="a preset (small, large, tiny) or name:d=256,layers=4,heads=4,T=128,batch=8; "
                              "repeat for several (default: small and large)")
-    parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"])
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"],
+                        help="one or both (default: float32 float64)")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS),
+                        help="the reference's paths to time, a row each (default: fast textbook; "
+                             "reference/kernels.py)")
     parser.add_argument("--steps", type=int, default=7, help="timed steps per side (default 7; median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
     parser.add_argument("--threads", type=int, default=None,
@@ -408,14 +429,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blas-thread-timeout", type=int, default=18, metavar="N",
                         help="OPENBLAS_THREAD_TIMEOUT for the children: idle OpenBLAS threads spin 2^N cycles "
                              "before sleeping (default 18, about 0.1 ms; 0 keeps OpenBLAS's default of 2^28)")
+    parser.add_argument("--peak-size", type=_at_least_one, default=2048, metavar="N",
+                        help="the N x N x N GEMM whose best rate is the matmul peak (default 2048)")
     parser.add_argument("--memory-steps", type=int, default=2,
-                        help="steps each side runs alone in a child process for peak memory (0 skips)")
+                        help="steps each side runs alone in a child process for peak memory (default 2; 0 skips)")
     parser.add_argument("--sample-config", type=parse_config, default=None, metavar="NAME|SPEC",
                         help="config for the KV-cache sampling timing, generating block_size tokens (default: large)")
-    parser.add_argument("--no-sample", action="store_true", help="skip the KV-cache sampling timing")
-    parser.add_argument("--profile", action="store_true", help="also report where the reference's step time goes")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench"),
-                        help="write OUT.md and OUT.json (default benchmarks/results/bench)")
+    parser.add_argument("--no-sample", action="store_true",
+                        help="skip the KV-cache sampling timing (default: time it, on the first --kernels path)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also report where the reference's step time goes (default: off)")
+    parser.add_argument("--out", type=Path, default=None, metavar="PREFIX",
+                        help="also write PREFIX.md and PREFIX.json (default: print only)")
+    parser.add_argument("--record", action="store_true",
+                        help=f"update the recorded results, {RECORDED}.md and .json (default: off)")
+
+
+RECORDED = Path("benchmarks/results/bench")               # relative to the repository root
 
 
 def run(args: argparse.Namespace) -> int:
@@ -429,24 +459,28 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for cfg in configs:
         for dtype in args.dtype:
-            rows.append(bench_row(cfg, dtype, args, threads, env))
-            print(format_row(rows[-1]), flush=True)
+            for kernels in args.kernels:
+                rows.append(bench_row(cfg, dtype, args, threads, env, kernels))
+                print(format_row(rows[-1]), flush=True)
 
     profiles = {}
     if args.profile:
         for cfg in configs:
             for dtype in args.dtype:
-                spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products}
-                prof = profiles[f"{cfg.name} {dtype}"] = in_child("reference.bench:profile_child", spec, env)
-                print(f"\nwhere the reference's step goes: {cfg.name} ({cfg.label()}), {dtype}")
-                for name, sec, share in prof:
-                    print(f"  {name:<34} {1e3 * sec:9.1f} ms  {100 * share:5.1f}%")
+                for kernels in args.kernels:
+                    spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
+                            "kernels": kernels}
+                    prof = profiles[f"{cfg.name} {dtype} {kernels}"] = in_child("oracle.bench:profile_child", spec, env)
+                    print(f"\nwhere the reference's step goes: {cfg.name} ({cfg.label()}), {dtype}, {kernels} path")
+                    for name, sec, share in prof:
+                        print(f"  {name:<34} {1e3 * sec:9.1f} ms  {100 * share:5.1f}%")
 
     sampling = None
     if not args.no_sample:
         scfg = args.sample_config or parse_config("large")
-        spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads, "products": args.products}
-        sampling = in_child("reference.bench:sampling_child", spec, env)
+        spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads, "products": args.products,
+                "kernels": args.kernels[0]}
+        sampling = in_child("oracle.bench:sampling_child", spec, env)
         print(f"sampling {scfg.name}, T {sampling['T']}: KV cache {sampling['cached_ms_per_token']:.2f} ms/token, "
               f"recompute {sampling['recompute_ms_per_token']:.2f} ms/token, speedup {sampling['speedup']:.1f}x",
               flush=True)
@@ -459,32 +493,36 @@ def run(args: argparse.Namespace) -> int:
                    "torch": rows[0]["torch_version"], "machine": platform.machine(),
                    "processor": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
                    "openblas_thread_timeout": args.blas_thread_timeout or "default", "products": args.products,
-                   "runs": args.runs,
+                   "runs": args.runs, "matmul_peak_size": args.peak_size,
                    "matmul_peak_gflops": peaks, "date": time.strftime("%Y-%m-%d %H:%M")}
     result = {"env": environment, "flop_formula": "(6 N + 12 L T C) B T per step, N = parameters without wpe",
               "rows": rows, "sampling": sampling, "profiles": profiles}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(to_markdown(result))
-    print(f"\nNumPy matmul peak " + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
-    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
+    markdown = to_markdown(result)
+    print("\n" + markdown)
+    print("NumPy matmul peak " + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
+    root = Path(__file__).resolve().parent.parent
+    for prefix in ([args.out] if args.out else []) + ([root / RECORDED] if args.record else []):
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        prefix.with_suffix(".md").write_text(markdown)
+        print(f"wrote {prefix.with_suffix('.md')} and {prefix.with_suffix('.json')}")
     return 0
 
 
-def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict) -> dict:
+def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict, kernels: str = "fast") -> dict:
     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
-            "steps": args.steps, "warmup": args.warmup}
-    timing = pooled([in_child("reference.bench:timing_child", spec, env) for _ in range(args.runs)])
+            "steps": args.steps, "warmup": args.warmup, "kernels": kernels, "peak_size": args.peak_size}
+    timing = pooled([in_child("oracle.bench:timing_child", spec, env) for _ in range(args.runs)])
     flops = flops_per_step(cfg, timing["n_params"])
     ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])
-    row = {"config": cfg.name, "label": cfg.label(), "dtype": dtype, "tokens_per_step": cfg.tokens,
+    row = {"config": cfg.name, "label": cfg.label(), "dtype": dtype, "kernels": kernels, "tokens_per_step": cfg.tokens,
            "gflop_per_step": flops / 1e9, "numpy_s": ref_s, "torch_s": twin_s, "ratio": ref_s / twin_s,
            "numpy_tok_s": cfg.tokens / ref_s, "torch_tok_s": cfg.tokens / twin_s,
            "numpy_gflops": flops / ref_s / 1e9, "torch_gflops": flops / twin_s / 1e9,
            "numpy_min_s": min(timing["numpy_times"]), "torch_min_s": min(timing["torch_times"]), **timing}
     if args.memory_steps > 0:
         mem_spec = {**spec, "steps": args.memory_steps}
-        row["numpy_mem"] = in_child("reference.bench:memory_child", mem_spec, env)
+        row["numpy_mem"] = in_child("oracle.bench:memory_child", mem_spec, env)
         row["torch_mem"] = in_child("oracle.bench_twin:memory_child", mem_spec, env)
     return row
 
@@ -506,7 +544,7 @@ def _mb(mem: dict | None, baseline: bool = False) -> str:
 
 def format_row(r: dict) -> str:
     peak = max(r["matmul_peaks"])
-    return (f"{r['config']:<6} {r['dtype']}: numpy {r['numpy_s']:.3f} s/step, torch {r['torch_s']:.3f} s/step, "
+    return (f"{r['config']:<6} {r['dtype']} {r.get('kernels', 'fast')}: numpy {r['numpy_s']:.3f} s/step, torch {r['torch_s']:.3f} s/step, "
             f"ratio {r['ratio']:.2f}x, {r['numpy_gflops']:.0f} GFLOP/s ({100 * r['numpy_gflops'] / peak:.0f}% of "
             f"this row's peak {peak:.0f}), "
             f"peak RSS numpy {_mb(r.get('numpy_mem'))} MB, torch {_mb(r.get('torch_mem'))} MB")
@@ -528,7 +566,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"{env['processor']}, {env['cores']} cores, {env['threads']} threads on both sides; "
         f"Python {env['python']}, NumPy {env['numpy']}, torch {env['torch']}; {env['date']}.",
-        f"NumPy's measured matmul peak (2048^3 GEMM, best of the measurements taken around each row): {peaks}. "
+        f"NumPy's measured matmul peak ({env.get('matmul_peak_size', 2048)}^3 GEMM, best of the measurements taken around each row): {peaks}. "
         f"OPENBLAS_THREAD_TIMEOUT: {env['openblas_thread_timeout']}.",
         "",
         "One step = forward + mean cross-entropy + backward + AdamW. FLOP/step = (6 N + 12 L T C) B T "
@@ -537,19 +575,19 @@ def to_markdown(result: dict) -> str:
         "Peak memory: peak RSS (VmHWM) of a fresh process running that side alone, "
         "including the interpreter and libraries (baseline after setup in brackets).",
         "",
-        "| config | dtype | NumPy s/step | PyTorch s/step | ratio | NumPy tok/s | NumPy GFLOP/s "
+        "| config | dtype | kernels | NumPy s/step | PyTorch s/step | ratio | NumPy tok/s | NumPy GFLOP/s "
         "| % of matmul peak (NumPy / PyTorch) | peak RSS MB NumPy | peak RSS MB PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     for r in result["rows"]:
-        lines.append(f"| {r['label']} | {r['dtype']} | {r['numpy_s']:.3f} | {r['torch_s']:.3f} | {r['ratio']:.2f}x "
+        lines.append(f"| {r['label']} | {r['dtype']} | {r.get('kernels', 'fast')} | {r['numpy_s']:.3f} | {r['torch_s']:.3f} | {r['ratio']:.2f}x "
                      f"| {r['numpy_tok_s']:,.0f} | {r['numpy_gflops']:.0f} "
                      f"| {100 * r['numpy_peak_frac']:.0f}% / {100 * r['torch_peak_frac']:.0f}% "
                      f"| {_mb(r.get('numpy_mem'), True)} | {_mb(r.get('torch_mem'), True)} |")
     s = result.get("sampling")
     if s:
-        lines += ["", f"Sampling ({s['config']}, {s['dtype']}, batch {s['batch']}, {s['T']} tokens from a 1-token "
+        lines += ["", f"Sampling ({s['config']}, {s['dtype']}, {s.get('kernels', 'fast')} path, batch {s['batch']}, {s['T']} tokens from a 1-token "
                       "prompt, greedy):", "",
                   "| method | ms/token | speedup |", "|---|---|---|",
                   f"| recompute the whole context per token | {s['recompute_ms_per_token']:.2f} | 1.0x |",

@@ -1,0 +1,11 @@
+"""The fast path: the textbook layers' forward and backward rewritten for speed, proven equal to them.
+
+- pool.py: the thread pool, cache-sized blocks, products on the pool, BLAS thread control and
+  recycled memory (`empty`).
+- functional.py: erf, GELU with its derivative in one pass, softmax and its backward, blocked.
+- layers.py, attention.py, model.py: subclasses of the textbook classes that override only
+  forward and backward (same parameters, state_dict and cache contract).
+
+Select it with `GPT(config, kernels="fast")` (the default) or `reference.kernels.use_kernels`.
+What each kernel changes, why it is faster and what proves it equal: docs/performance.md.
+"""
