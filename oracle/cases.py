@@ -89,6 +89,8 @@ register("attention_dropout", *attention(dropout=0.2, heads="mha"), dropout=True
 register("cross_entropy", lambda d, dt, rng: CrossEntropyLoss(), lambda d: LossTwin(), logits_and_targets)
 register("block", lambda d, dt, rng: Block(config_of(d, dt), rng=rng), lambda d: twins.Block(config_of(d, "float64")))
 register("gpt", lambda d, dt, rng: GPT(config_of(d, dt)), lambda d: twins.GPT(config_of(d, "float64")), token_ids)
+register("gpt_sinusoidal", lambda d, dt, rng: GPT(config_of(d, dt, pos="sinusoidal")),
+         lambda d: twins.GPT(config_of(d, "float64", pos="sinusoidal")), token_ids)
 register("gpt_dropout", lambda d, dt, rng: GPT(config_of(d, dt, dropout=0.1)),
          lambda d: twins.GPT(config_of(d, "float64", dropout=0.1)), token_ids, dropout=True)
 register("gpt_loss", lambda d, dt, rng: GPTWithLoss(config_of(d, dt)), lambda d: twins.GPTLoss(config_of(d, "float64")), ids_and_targets)

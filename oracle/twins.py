@@ -91,6 +91,18 @@ def rope(x: torch.Tensor, start: int, base: float) -> torch.Tensor:
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
 
+def sinusoidal(T: int, C: int) -> torch.Tensor:
+    """The encodings of "Attention Is All You Need" (sec. 3.5) for positions 0..T-1, (T, C) float64, from
+    the paper's formula in torch: PE(pos, 2i) = sin(pos / 10000^(2i/C)), PE(pos, 2i+1) = cos(same)."""
+    pe = torch.zeros(T, C, dtype=torch.float64)
+    pos = torch.arange(T, dtype=torch.float64)[:, None]
+    even = torch.arange(0, C, 2, dtype=torch.float64)                  # 2i
+    div = torch.pow(torch.tensor(10000.0, dtype=torch.float64), even / C)
+    pe[:, 0::2] = torch.sin(pos / div)
+    pe[:, 1::2] = torch.cos(pos / div[: C // 2])
+    return pe
+
+
 class CausalSelfAttention(nn.Module):
     """F.scaled_dot_product_attention (enable_gqa for grouped heads); with dropout masks, the same
     attention written as an explicitly masked F.softmax so the reference's mask can be replayed."""
@@ -179,6 +191,8 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         if self.config.pos == "learned":
             x = x + self.transformer.wpe(torch.arange(T))
+        elif self.config.pos == "sinusoidal":
+            x = x + sinusoidal(T, self.config.n_embd).to(x.dtype)
         x = self.transformer.drop(x, masks)
         for block in self.transformer.h:
             x = block(x, masks)

@@ -6,6 +6,6 @@ only; `oracle/` proves each of them against PyTorch.
 
 from .config import GPTConfig
 from .model import GPT, KVCache
-from .optim import Adam, AdamW
+from .optim import SGD, Adam, AdamW
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "Adam", "AdamW"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "Adam", "AdamW", "SGD"]

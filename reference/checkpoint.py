@@ -9,6 +9,8 @@ tensors
                                           and restored by tying.
     `optimizer.<param name>.exp_avg`      AdamW's first and second moments, same shape and dtype
     `optimizer.<param name>.exp_avg_sq`   as the parameter.
+    `optimizer.<param name>.momentum_buffer`  SGD's momentum buffer instead (only with momentum != 0,
+                                          and only for parameters that have one, as in torch).
 `__metadata__`
     two keys. "numpy_gpt" holds one JSON string, the header::
 
@@ -17,7 +19,10 @@ tensors
          "step": optimizer steps done, "best_val_loss": float | null,
          "optimizer": {"type": "AdamW",
                        "param_groups": [{"lr", "betas", "eps", "weight_decay", "params": [names]}],
-                       "steps": {param name: Adam's per-parameter step}} | null,
+                       "steps": {param name: Adam's per-parameter step}}
+                      | {"type": "SGD", "param_groups": [{"lr", "momentum", "dampening", "weight_decay",
+                                                          "nesterov", "maximize", "params": [names]}],
+                         "buffers": [names of the parameters with a momentum_buffer]} | null,
          "rng": {"train": np.random.Generator.bit_generator.state (arrays as lists of ints), ...},
          "train_config": {TrainConfig fields} | null, "extra": {...}}
 
@@ -75,6 +80,7 @@ import numpy as np
 from .config import GPTConfig, _is_finite_number, _is_int
 from .data import tokenizer_from_dict
 from .model import GPT
+from .optim import SGD
 from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, save_file
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT", "VERSION", "save_checkpoint", "load_checkpoint",
@@ -105,6 +111,8 @@ STATE_LAYOUTS = {
     "MT19937": {"state": {"key": (624, np.uint32), "pos": 625}},
 }
 GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "params")     # one optimizer param group in the header
+SGD_GROUP_KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "params")
+SGD_BUFFER = "momentum_buffer"
 
 
 @dataclass
@@ -179,7 +187,9 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
     names = _param_names(model)
     tensors: dict[str, np.ndarray] = {name: p.data for name, p in model.named_parameters()}
     opt_header = None
-    if optimizer is not None:
+    if isinstance(optimizer, SGD):
+        opt_header = _sgd_header(optimizer, names, tensors)
+    elif optimizer is not None:
         groups, steps = [], {}
         for g in optimizer.param_groups:
             unknown = [p for p in g["params"] if id(p) not in names]
@@ -305,6 +315,23 @@ def _verify_tensor(path, name: str, arr: np.ndarray, sums: dict | None) -> None:
             _fail(path, f"tensor {name!r} fails its checksum: recorded SHA-256 {recorded}, found {found}. "
                         "The file is corrupt")
     _refuse_non_finite(path, name, arr)
+
+
+def _sgd_header(optimizer: SGD, names: dict[int, str], tensors: dict[str, np.ndarray]) -> dict:
+    """SGD's header section; its momentum buffers go into `tensors` under optimizer.<name>.momentum_buffer."""
+    groups, buffers = [], []
+    for g in optimizer.param_groups:
+        if any(id(p) not in names for p in g["params"]):
+            raise ValueError("the optimizer holds parameter(s) that are not the model's")
+        groups.append({"lr": float(g["lr"]), "momentum": float(g["momentum"]), "dampening": float(g["dampening"]),
+                       "weight_decay": float(g["weight_decay"]), "nesterov": bool(g["nesterov"]),
+                       "maximize": bool(g["maximize"]), "params": [names[id(p)] for p in g["params"]]})
+        for p in g["params"]:
+            st = optimizer.state.get(id(p))
+            if st is not None:
+                buffers.append(names[id(p)])
+                tensors[f"{OPT_PREFIX}{names[id(p)]}.{SGD_BUFFER}"] = st[SGD_BUFFER]
+    return {"type": "SGD", "param_groups": groups, "buffers": buffers}
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -502,6 +529,8 @@ def load_checkpoint(path) -> Checkpoint:
 def _optimizer(path, opt_header, tensors: dict, expected: dict) -> tuple[dict, set[str]]:
     """The header's optimizer section, checked through and through, with its moment tensors:
     ({"type", "param_groups", "state"}, names of the optimizer tensors used)."""
+    if isinstance(opt_header, dict) and opt_header.get("type") == "SGD":
+        return _sgd_optimizer(path, opt_header, tensors, expected)
     if not isinstance(opt_header, dict) or not isinstance(opt_header.get("param_groups"), list) \
             or not isinstance(opt_header.get("steps"), dict):
         _fail(path, "the optimizer header must be an object with 'param_groups' (list) and 'steps' (object)")
@@ -546,6 +575,39 @@ def _optimizer(path, opt_header, tensors: dict, expected: dict) -> tuple[dict, s
             opt_names.add(tname)
         state[name] = entry
     return {"type": opt_header["type"], "param_groups": opt_header["param_groups"], "state": state}, opt_names
+
+
+def _sgd_optimizer(path, opt_header: dict, tensors: dict, expected: dict) -> tuple[dict, set[str]]:
+    """SGD's header section (see the module docstring), checked through, with its momentum buffers."""
+    if not isinstance(opt_header.get("param_groups"), list) or not isinstance(opt_header.get("buffers"), list):
+        _fail(path, "the SGD optimizer header must be an object with 'param_groups' (list) and 'buffers' (list)")
+    for i, g in enumerate(opt_header["param_groups"]):
+        where = f"optimizer param group {i}"
+        if not isinstance(g, dict) or sorted(g) != sorted(SGD_GROUP_KEYS):
+            _fail(path, f"{where} must be an object with exactly the keys {list(SGD_GROUP_KEYS)}, got {_brief(g)}")
+        for key in ("lr", "momentum", "dampening", "weight_decay"):
+            if not _is_finite_number(g[key]):
+                _fail(path, f"{where}: {key!r} must be a finite number, got {_brief(g[key])}")
+        for key in ("nesterov", "maximize"):
+            if not isinstance(g[key], bool):
+                _fail(path, f"{where}: {key!r} must be true or false, got {_brief(g[key])}")
+        if not isinstance(g["params"], list) or not all(isinstance(n, str) for n in g["params"]):
+            _fail(path, f"{where}: 'params' must be a list of parameter names, got {_brief(g['params'])}")
+    grouped = [n for g in opt_header["param_groups"] for n in g["params"]]
+    if sorted(grouped) != sorted(expected):
+        _fail(path, f"the optimizer's param groups name {sorted(grouped)}, expected each of {sorted(expected)} once")
+    state, opt_names = {}, set()
+    for name in opt_header["buffers"]:
+        if not isinstance(name, str) or name not in expected or name in state:
+            _fail(path, f"SGD momentum buffer for {_brief(name)}, which is not a parameter of this model "
+                        f"(or is listed twice)")
+        tname = f"{OPT_PREFIX}{name}.{SGD_BUFFER}"
+        if tname not in tensors:
+            _fail(path, f"missing optimizer tensor {tname!r}")
+        _check_tensor(path, tname, tensors[tname], *expected[name])
+        state[name] = {SGD_BUFFER: tensors[tname]}
+        opt_names.add(tname)
+    return {"type": "SGD", "param_groups": opt_header["param_groups"], "state": state}, opt_names
 
 
 def state_from_json(state) -> dict:
@@ -597,9 +659,13 @@ def build_model(ckpt: Checkpoint, kernels: str = "fast") -> GPT:
 
 def restore_optimizer(optimizer, model: GPT, ckpt: Checkpoint) -> None:
     """Put the checkpoint's moments and per-parameter steps into `optimizer` (built for `model` with the
-    same param groups). Hyperparameters (lr, betas, eps, weight decay) stay the optimizer's own."""
+    same param groups and of the same type: AdamW's moments and steps, or SGD's momentum buffers).
+    Hyperparameters (lr, betas, eps, momentum, weight decay ...) stay the optimizer's own."""
     if ckpt.optimizer is None:
         raise CheckpointError(f"{ckpt.path}: the checkpoint holds no optimizer state")
+    if ckpt.optimizer["type"] != type(optimizer).__name__:
+        raise CheckpointError(f"{ckpt.path}: the checkpoint's optimizer is {ckpt.optimizer['type']}, this one is "
+                              f"{type(optimizer).__name__} (resume with the optimizer the run was started with)")
     names = _param_names(model)
     saved_groups = ckpt.optimizer["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
@@ -614,7 +680,9 @@ def restore_optimizer(optimizer, model: GPT, ckpt: Checkpoint) -> None:
     for g in optimizer.param_groups:
         for p in g["params"]:
             st = ckpt.optimizer["state"].get(names[id(p)])
-            if st is not None:
+            if st is not None and isinstance(optimizer, SGD):
+                state[id(p)] = {SGD_BUFFER: st[SGD_BUFFER].copy()}
+            elif st is not None:
                 state[id(p)] = {"step": st["step"], "exp_avg": st["exp_avg"].copy(),
                                 "exp_avg_sq": st["exp_avg_sq"].copy()}
     optimizer.state = state

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "mlp": ("gelu", "swiglu"),
-    "pos": ("learned", "rope", "alibi"),
+    "pos": ("learned", "rope", "alibi", "sinusoidal"),
     "gelu_approximate": ("none", "tanh"),
     "dtype": ("float32", "float64"),
 }
@@ -49,7 +49,7 @@ class GPTConfig:
     mlp: str = "gelu"
     mlp_hidden: int | None = None   # None: 4C for GELU, 8C/3 rounded up to a multiple of 8 for SwiGLU
     gelu_approximate: str = "none"
-    pos: str = "learned"
+    pos: str = "learned"              # learned (wpe), rope, alibi, or sinusoidal (fixed, no parameters)
     rope_base: float = 10000.0
     dtype: str = "float64"
 

@@ -17,6 +17,7 @@ from .kernels import use_kernels
 from .layers import MLP, Dropout, Embedding, LayerNorm, Linear, MaskSource, RMSNorm, SwiGLU, name_dropouts
 from .loss import CrossEntropyLoss
 from .module import Module, ModuleDict, as_dtype
+from .sinusoidal import sinusoidal_positions
 
 
 def make_norm(config: GPTConfig, dtype) -> Module:
@@ -133,6 +134,8 @@ class GPT(Module):
         if self.config.pos == "learned":
             pe, c_wpe = tr.wpe.forward(np.arange(start, start + idx.shape[1]))   # (T, C)
             x = x + pe                                         # (B, T, C) + (T, C): broadcast over the batch
+        elif self.config.pos == "sinusoidal":                  # a fixed table, no parameters (docs/sinusoidal.md)
+            x = x + sinusoidal_positions(start, idx.shape[1], self.config.n_embd, x.dtype)   # (T, C)
         x, c_drop = tr.drop.forward(x, masks)
         c_blocks = []
         for i, block in enumerate(tr.h):
@@ -151,7 +154,7 @@ class GPT(Module):
         dx = tr.drop.backward(dx, c_drop)
         if c_wpe is not None:
             tr.wpe.backward(dx.sum(0), c_wpe)                  # positions are shared across the batch
-        tr.wte.backward(dx, c_wte)
+        tr.wte.backward(dx, c_wte)                             # (sinusoidal positions: nothing to learn)
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, masks: MaskSource | None = None):
         """Forward and mean cross-entropy: (loss, logits, cache). idx and targets: (B, T) token ids."""

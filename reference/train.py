@@ -8,7 +8,7 @@ The loop is nanoGPT's train.py, step for step, in NumPy:
         x, y = get_batch(train, rng_train)             a seeded numpy Generator
         loss, grads = forward/backward(x, y, masks)    dropout masks from DropoutMasks(rng_dropout)
         clip_grad_norm_(params, grad_clip)             global L2 norm; logged
-        AdamW step                                     weight decay on the matrices (ndim >= 2) only
+        AdamW step (or SGD, --optimizer sgd)           weight decay on the matrices (ndim >= 2) only
     evaluate once more after the last step (as nanoGPT's eval at iter_num == max_iters)
 
 Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, evaluation batches and
@@ -77,7 +77,7 @@ from .data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_
 from .kernels import add_kernels_argument
 from .layers import DropoutMasks
 from .model import GPT
-from .optim import AdamW, clip_grad_norm_, cosine_lr
+from .optim import SGD, AdamW, clip_grad_norm_, cosine_lr
 
 CKPT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
@@ -131,6 +131,10 @@ class TrainConfig:
     beta2: float = 0.99
     eps: float = 1e-8
     grad_clip: float = 1.0          # 0 disables clipping (the norm is still computed and logged)
+    optimizer: str = "adamw"        # adamw (beta1, beta2, eps) or sgd (momentum, dampening, nesterov)
+    momentum: float = 0.9           # SGD only (torch.optim.SGD's momentum; torch's default is 0)
+    dampening: float = 0.0          # SGD only
+    nesterov: bool = False          # SGD only: needs momentum > 0 and dampening 0
     # evaluation, logging, checkpoints
     eval_interval: int = 250
     eval_iters: int = 20
@@ -151,8 +155,15 @@ class TrainConfig:
             _check(name, getattr(self, name), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
         for name in ("beta1", "beta2"):
             _check(name, getattr(self, name), float, lambda v: 0 <= v < 1, "in [0, 1)")
-        for name in ("decay_lr", "always_save_checkpoint"):
+        for name in ("decay_lr", "always_save_checkpoint", "nesterov"):
             _check(name, getattr(self, name), bool, lambda v: True, "a boolean")
+        _check("optimizer", self.optimizer, str, lambda v: v in TRAIN_CHOICES["optimizer"],
+               f"one of {TRAIN_CHOICES['optimizer']}")
+        _check("momentum", self.momentum, float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
+        _check("dampening", self.dampening, float, math.isfinite, "finite")
+        if self.optimizer == "sgd" and self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError(f"nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD), "
+                             f"got momentum={self.momentum!r}, dampening={self.dampening!r}")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
@@ -186,6 +197,13 @@ def _check(name, value, kind, ok, what):
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TRAIN_CHOICES = {"optimizer": ("adamw", "sgd")}
+FIELD_HELP = {
+    "optimizer": "adamw (uses beta1, beta2, eps) or sgd (torch.optim.SGD; uses momentum, dampening, nesterov)",
+    "momentum": "SGD's momentum factor, >= 0 (0: plain SGD)",
+    "dampening": "SGD's dampening of the momentum buffer's gradient term",
+    "nesterov": "SGD with Nesterov momentum (needs momentum > 0 and dampening 0)",
+}
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name in FIELDS)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -203,12 +221,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def configure_optimizers(model: GPT, config: TrainConfig) -> AdamW:
+def configure_optimizers(model: GPT, config: TrainConfig) -> AdamW | SGD:
     """nanoGPT's configure_optimizers: AdamW, decay on parameters with ndim >= 2 (matrices and
-    embeddings), none on biases and norm weights. Two groups, in model order, decay group first."""
+    embeddings), none on biases and norm weights. Two groups, in model order, decay group first.
+    With `optimizer="sgd"`, torch.optim.SGD's semantics on the same groups (docs/sgd.md)."""
     decay = [p for _, p in model.named_parameters() if p.data.ndim >= 2]
     no_decay = [p for _, p in model.named_parameters() if p.data.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return SGD(groups, lr=config.learning_rate, momentum=config.momentum, dampening=config.dampening,
+                   weight_decay=config.weight_decay, nesterov=config.nesterov)
     return AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), eps=config.eps,
                  weight_decay=config.weight_decay)
 
@@ -569,15 +591,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, f in FIELDS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = str(f.type)
-        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f"default {f.default!r}"}
+        text = f"{FIELD_HELP[name]}; default {f.default!r}" if name in FIELD_HELP else f"default {f.default!r}"
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text}
         if kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif kind == "int | None":
             kw["type"] = _int_or_none
         else:
             kw["type"] = {"int": int, "float": float, "str": str}[kind]
-            if name in CHOICES:
-                kw["choices"] = CHOICES[name]
+            if name in CHOICES or name in TRAIN_CHOICES:
+                kw["choices"] = {**CHOICES, **TRAIN_CHOICES}[name]
         group.add_argument(*flags, **kw)
 
 

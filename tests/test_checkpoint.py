@@ -300,7 +300,7 @@ def torch_state(path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("variant", [dict(), dict(tie_weights=False, pos="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu"),
-                                     dict(pos="alibi", bias=False)])
+                                     dict(pos="alibi", bias=False), dict(pos="sinusoidal", n_kv_head=2)])
 def test_checkpoint_loads_into_the_torch_twin_with_the_same_logits(tmp_path, dtype, variant):
     trainer = make_trainer(tiny_config(out_dir=str(tmp_path), dtype=dtype, n_head=4, **variant))
     trainer.run(until=3)

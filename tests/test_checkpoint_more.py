@@ -446,7 +446,7 @@ def test_null_extra_train_config_and_rng_load_as_empty(ckpt_path):
 def test_model_tensor_names_are_the_models_without_building_it():
     """The names, shapes and dtypes load_checkpoint expects come from the config alone; they are exactly
     those of the GPT that config builds, in the same order, for every variant (and the count agrees)."""
-    variants = itertools.product(["layernorm", "rmsnorm"], ["gelu", "swiglu"], ["learned", "rope", "alibi"],
+    variants = itertools.product(["layernorm", "rmsnorm"], ["gelu", "swiglu"], ["learned", "rope", "alibi", "sinusoidal"],
                                  [True, False], [True, False])
     for i, (norm, mlp, pos, bias, tie) in enumerate(variants):
         config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=4, n_embd=16, norm=norm, mlp=mlp, pos=pos,

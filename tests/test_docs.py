@@ -34,10 +34,10 @@ if str(ROOT) not in sys.path:
 COMPONENT_PAGES = [
     "linear.md", "embedding.md", "layernorm.md", "rmsnorm.md", "gelu.md", "softmax.md", "attention.md",
     "rope.md", "alibi.md", "swiglu.md", "dropout.md", "mlp.md", "block.md", "model.md", "cross_entropy.md",
-    "adam.md", "clipping.md", "lr_schedule.md",
+    "adam.md", "clipping.md", "lr_schedule.md", "sinusoidal.md", "sgd.md",
 ]
 GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md", "checkpoints.md",
-               "verifying-your-own-code.md", "huggingface.md"]
+               "verifying-your-own-code.md", "huggingface.md", "sampling.md"]
 # Pages whose python blocks build on each other: each block runs after the blocks before it, in one namespace.
 CHAINED_PAGES = {"verifying-your-own-code.md"}
 NOT_A_PAGE = {"_FORMAT.md"}                                    # for authors, not part of the docs
@@ -66,6 +66,7 @@ CASE_PAGES = {
     "block": "block.md",
     "gpt": "model.md",
     "gpt_dropout": "model.md",
+    "gpt_sinusoidal": "sinusoidal.md",
     "gpt_loss": "model.md",
 }
 

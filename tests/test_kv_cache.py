@@ -9,7 +9,7 @@ from reference.fast import attention
 
 
 @pytest.mark.parametrize("kernels,tile", [("textbook", None), ("fast", attention.QUERY_TILE), ("fast", 2)])
-@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi", "sinusoidal"])
 @pytest.mark.parametrize("kv", [4, 2, 1])
 def test_cached_decoding_equals_recompute(pos, kv, kernels, tile, monkeypatch):
     """A prompt of 5, a chunk of 3, then one token at a time, on both paths. With the fast path's query

@@ -22,7 +22,7 @@ SMALL = dict(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16)
 def configs(draw) -> GPTConfig:
     kv = draw(st.sampled_from([1, 2, 4]))
     return GPTConfig(**SMALL, n_kv_head=kv, norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
-                     mlp=draw(st.sampled_from(["gelu", "swiglu"])), pos=draw(st.sampled_from(["learned", "rope", "alibi"])),
+                     mlp=draw(st.sampled_from(["gelu", "swiglu"])), pos=draw(st.sampled_from(["learned", "rope", "alibi", "sinusoidal"])),
                      bias=draw(st.booleans()), tie_weights=draw(st.booleans()),
                      gelu_approximate=draw(st.sampled_from(["none", "tanh"])),
                      dropout=draw(st.sampled_from([0.0, 0.2])), dtype=draw(st.sampled_from(["float64", "float32"])))
@@ -42,7 +42,7 @@ def test_model_variants_against_twin(config, seed, T):
 
 @pytest.mark.parametrize("config", [GPTConfig(**SMALL), GPTConfig(**SMALL, tie_weights=False, bias=False),
                                     GPTConfig(**SMALL, norm="rmsnorm", mlp="swiglu", pos="rope", n_kv_head=2),
-                                    GPTConfig(**SMALL, pos="alibi", n_kv_head=1)])
+                                    GPTConfig(**SMALL, pos="alibi", n_kv_head=1), GPTConfig(**SMALL, pos="sinusoidal")])
 def test_state_dict_matches_twin(config):
     ours = {k: v.shape for k, v in GPT(config).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in twins.twin_of(config).state_dict().items()}

@@ -26,6 +26,7 @@ def perturbed_model(config: GPTConfig, seed: int = 0) -> GPT:
 
 
 CONFIGS = [dict(pos=pos, n_kv_head=kv) for pos in ("learned", "rope", "alibi") for kv in (4, 2, 1)]
+CONFIGS.append(dict(pos="sinusoidal", n_kv_head=2))
 
 
 @pytest.mark.parametrize("variant", CONFIGS, ids=lambda v: f"{v['pos']}-kv{v['n_kv_head']}")

@@ -22,7 +22,7 @@ def trainer_for(config: TrainConfig, **kw) -> Trainer:
 
 @settings(max_examples=6)
 @given(norm=st.sampled_from(["layernorm", "rmsnorm"]), mlp=st.sampled_from(["gelu", "swiglu"]),
-       pos=st.sampled_from(["learned", "rope", "alibi"]), kv=st.sampled_from([1, 2, 4]), bias=st.booleans(),
+       pos=st.sampled_from(["learned", "rope", "alibi", "sinusoidal"]), kv=st.sampled_from([1, 2, 4]), bias=st.booleans(),
        tie=st.booleans(), dtype=st.sampled_from(["float32", "float64"]))
 def test_variant_trains_resumes_and_samples(tmp_path_factory, norm, mlp, pos, kv, bias, tie, dtype):
     out = tmp_path_factory.mktemp("run")
