@@ -25,7 +25,7 @@ from reference.layers import GELU, Dropout, DropoutMasks, LayerNorm, Linear, RMS
 from reference.loss import CrossEntropyLoss
 from reference.model import KVCache
 from reference.module import Module, Parameter, as_dtype
-from reference.optim import Adam, AdamW, clip_grad_norm_
+from reference.optim import SGD, Adam, AdamW, clip_grad_norm_
 
 # ------------------------------------------------------------------------- module
 
@@ -57,7 +57,7 @@ def test_named_parameters_skips_a_tied_parameter_and_goes_on():
 # ------------------------------------------------------------------------- optimizer
 
 
-OPTIMIZERS = {"Adam": Adam, "AdamW": AdamW}
+OPTIMIZERS = {"Adam": Adam, "AdamW": AdamW, "SGD": SGD}
 
 
 def _params(rng, shapes=((3, 2), (4,))):
@@ -109,6 +109,24 @@ def test_optimizer_hyperparameter_bounds_are_torchs(hp, valid):
             Adam(ps, **hp)
 
 
+def test_sgd_defaults_and_zero_lr_are_torchs():
+    """SGD's default hyperparameters are torch.optim.SGD's, and lr = 0, the bound, is accepted as torch
+    accepts it. Kills reference.optim.xǁSGDǁ__init____mutmut_1 (lr default 1e-3 -> 1.001) and
+    xǁSGDǁ_check_group__mutmut_14 (lr >= 0 -> lr > 0)."""
+    ours = SGD(_params(np.random.default_rng(0))).param_groups[0]
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))]).defaults
+    for key in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"):
+        assert ours[key] == theirs[key], key
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.0, momentum=0.0, weight_decay=0.0)
+    ps = _params(np.random.default_rng(0))
+    before = [p.data.copy() for p in ps]
+    opt = SGD(ps, lr=0.0, momentum=0.0, weight_decay=0.0)
+    for p in ps:
+        p.grad[...] = 1.0
+    opt.step()
+    assert all((p.data == b).all() for p, b in zip(ps, before))
+
+
 def test_optimizer_group_params_may_be_any_iterable():
     """A group's params given as a generator are listed once and updated.
     Kills reference.optim.xǁAdamǁ__init____mutmut_44, _45 (the group's "params" key)."""
@@ -122,10 +140,11 @@ def test_optimizer_group_params_may_be_any_iterable():
     assert set(opt.param_groups[0]) == {"params", "lr", "betas", "eps", "weight_decay"}
 
 
-@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+@pytest.mark.parametrize("kind", ["Adam", "AdamW", "SGD"])
 def test_weight_decay_of_one_matches_torch(kind):
     """weight_decay = 1 is applied like any other value.
-    Kills reference.optim.xǁAdamǁ_update__mutmut_21 (wd != 0 -> wd != 1)."""
+    Kills reference.optim.xǁAdamǁ_update__mutmut_21 (wd != 0 -> wd != 1), and, in the run after SGD,
+    reference.optim.xǁSGDǁstep__mutmut_19 (the same mutant in SGD.step)."""
     rng = np.random.default_rng(2)
     ps = _params(rng)
     tps = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in ps]
