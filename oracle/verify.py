@@ -95,10 +95,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: each case's own sizes)")
     parser.add_argument("--kernels", choices=("fast", "textbook", "both"), default="both",
                         help="which path of the reference to prove (default: %(default)s; reference/kernels.py)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_seed, default=0,
                         help="seed of the random weights, inputs and upstream gradient (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="print every tensor of every case (default: only the failing ones)")
+
+
+def _seed(text: str) -> int:
+    """A seed numpy's default_rng takes: a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 DIM_KEYS = tuple(f.name for f in dataclasses.fields(Dims))

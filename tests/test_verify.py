@@ -123,3 +123,14 @@ def test_verify_help_shows_every_default(capsys):
     for flag in ("--dtype", "--case", "--cases", "--dims", "--seed", "--verbose"):
         assert flag in out
     assert "(default: both)" in out and "(default: 0)" in out and out.count("default") >= 6
+
+
+def test_verify_refuses_a_negative_seed_in_one_line(capsys):
+    # Before: `verify --seed -1` ran and died in numpy's default_rng with a ValueError traceback.
+    import pytest
+    for bad in ("-1", "1.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--case", "linear", "--seed", bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --seed: expected a whole number >= 0, got '{bad}'" in err and "Traceback" not in err
