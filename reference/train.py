@@ -50,8 +50,8 @@ Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
 from a Hugging Face GPT-2 or Llama directory (reference/hf.py); `--block_size` may shorten its context
-(default: the model's), and dropout and dtype stay the run's. The data must be prepared with the
-model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
+(default: the model's), and dropout and dtype stay the run's; any other model flag that contradicts the
+directory is refused. The data must be prepared with the model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
 """
 
 from __future__ import annotations
@@ -550,13 +550,28 @@ def train(config: TrainConfig, **kwargs) -> dict:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def init_config(config: TrainConfig, path, *, block_size: int | None = None) -> TrainConfig:
+def init_config(config: TrainConfig, path, *, block_size: int | None = None,
+                source: dict[str, str] | None = None) -> TrainConfig:
     """`config` with the model settings of the Hugging Face model directory `path` (reference/hf.py);
     the context is `block_size` if given (at most the model's), else the model's. HFError (a ValueError)
-    for a missing, incomplete or unsupported directory."""
+    for a missing, incomplete or unsupported directory. `source` ({field: where}, resolve_settings): a
+    model setting given as a flag or in a config file that the model contradicts is a ValueError naming
+    both values (dtype, dropout and a shorter block_size are ours to choose); the fields taken from the
+    model are marked "init-from" in it."""
     from .hf import check_dir
     model, _ = check_dir(path, dtype=config.dtype, dropout=config.dropout, block_size=block_size)
-    return config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
+    new = config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
+    if source is not None:
+        for k in MODEL_FIELDS:
+            ours, theirs = getattr(config, k), getattr(new, k)
+            if ours == theirs:
+                continue
+            if source.get(k) in ("flag", "config file"):
+                raise ValueError(f"{k}={ours!r} ({source[k]}) contradicts the model in {path} ({k}={theirs!r}): "
+                                 f"--init-from takes the model's settings; drop {k}, or train a new model "
+                                 "without --init-from")
+            source[k] = "init-from"
+    return new
 
 
 def _int_or_none(text: str) -> int | None:
@@ -582,7 +597,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "printed (default: off)")
     parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
                         help="fine-tune a Hugging Face GPT-2 or Llama model directory (config.json + "
-                             "model.safetensors): its settings and weights replace the model flags; "
+                             "model.safetensors): its settings and weights are the model's (a model flag that "
+                             "contradicts them is refused; dropout and dtype are yours); "
                              "--block_size may shorten its context. Needs the hf extra and data prepared "
                              "with its tokenizer (data/prepare.py --tokenizer DIR) (default: none)")
     add_kernels_argument(parser)
@@ -743,7 +759,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         init_from = None if resume else getattr(args, "init_from", None)
         if init_from:
-            config = init_config(config, init_from, block_size=getattr(args, "block_size", None))
+            config = init_config(config, init_from, block_size=getattr(args, "block_size", None), source=source)
         config.model_config(1)                                 # model settings checked before reading any data
         print(describe_settings(config, source), file=sys.stderr)
         out_dir = Path(config.out_dir)
