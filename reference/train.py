@@ -807,5 +807,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: step {summary['step']}"
           + (f", val loss {last['val_loss']:.4f}" if last else "")
           + (f" (best {best:.4f})" if best is not None else "")
-          + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s", file=sys.stderr)
+          + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
+          + f"; {checkpoint_note(trainer)}", file=sys.stderr)
     return 0
+
+
+def checkpoint_note(trainer: Trainer) -> str:
+    """Where the run's checkpoint is, for the `done:` line; or why this run wrote none (a checkpoint is
+    written only when the val loss improves on the best so far, which step 0's evaluation sets)."""
+    saved = [r["step"] for r in trainer.history if r.get("saved")]
+    if saved:
+        return f"checkpoint {trainer.ckpt_path} (step {saved[-1]})"
+    why = (f"the val loss never beat the best so far, {trainer.best_val_loss:.4f}"
+           if trainer.best_val_loss is not None else "no evaluation after step 0")
+    kept = (f"{trainer.ckpt_path} is unchanged" if trainer.ckpt_path is not None and trainer.ckpt_path.exists()
+            else "no checkpoint was written")
+    return f"{kept}: {why} (--always_save_checkpoint saves at every evaluation)"
