@@ -39,7 +39,6 @@ _SUBMODULES = ("adapters", "bench", "bench_twin", "cases", "cli", "fd", "harness
 
 def __getattr__(name: str):
     if name in _SUBMODULES:                                    # `import oracle; oracle.fd.jacobian_check` (PEP 562)
-        importlib.import_module(".cases", __name__)
         return importlib.import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'oracle' has no attribute {name!r}")
