@@ -761,6 +761,7 @@ def run(args: argparse.Namespace) -> int:
         if init_from:
             config = init_config(config, init_from, block_size=getattr(args, "block_size", None), source=source)
         config.model_config(1)                                 # model settings checked before reading any data
+        check_optimizer_flags(config, source)
         print(describe_settings(config, source), file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
@@ -810,6 +811,20 @@ def run(args: argparse.Namespace) -> int:
           + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
           + f"; {checkpoint_note(trainer)}", file=sys.stderr)
     return 0
+
+
+OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}
+
+
+def check_optimizer_flags(config: TrainConfig, source: dict[str, str]) -> None:
+    """A flag of the optimizer this run does not use is a ValueError: `--momentum 0.5` with AdamW would
+    otherwise be ignored without a word. (A config file may hold every key, as a saved train_config does.)"""
+    for optimizer, names in OPTIMIZER_FIELDS.items():
+        given = [f"--{n}" for n in names if source.get(n) == "flag"]
+        if given and config.optimizer != optimizer:
+            what = f"{given[0]} is a setting" if len(given) == 1 else f"{' and '.join(given)} are settings"
+            raise ValueError(f"{what} of --optimizer {optimizer}, but this run uses {config.optimizer}; drop "
+                             f"{'it' if len(given) == 1 else 'them'} or pass --optimizer {optimizer}")
 
 
 def checkpoint_note(trainer: Trainer) -> str:

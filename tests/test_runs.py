@@ -175,3 +175,23 @@ def test_done_line_says_where_the_checkpoint_is_or_why_there_is_none(data_dir, t
                     "--no-always_save_checkpoint", "--no-progress")
     assert rc == 0 and f"; {out / 'ckpt.safetensors'} is unchanged: the val loss never beat" in err, err
     assert load_checkpoint(out / "ckpt.safetensors").step == 2
+
+
+def test_a_flag_of_the_other_optimizer_is_refused(data_dir, tmp_path, capsys):
+    """Before: `--momentum 0.5` with the default AdamW, or `--optimizer sgd --beta1 0.5`, trained without using
+    the flag and without a word."""
+    base = ["--data_dir", data_dir, "--out_dir", tmp_path / "run", "--max_iters", 1, *SMALL_MODEL, "--no-progress"]
+    for extra, want in ((["--momentum", "0.5"], "--momentum is a setting of --optimizer sgd, but this run uses "
+                                                "adamw; drop it or pass --optimizer sgd"),
+                        (["--nesterov", "--dampening", "0.1"], "--dampening and --nesterov are settings of --optimizer "
+                                                               "sgd, but this run uses adamw; drop them or pass "
+                                                               "--optimizer sgd"),
+                        (["--optimizer", "sgd", "--beta1", "0.5"], "--beta1 is a setting of --optimizer adamw, but this "
+                                                                   "run uses sgd; drop it or pass --optimizer adamw")):
+        rc, err = train(capsys, *base, *extra)
+        assert rc == 2 and err.strip().splitlines()[-1] == f"error: {want}", err
+        assert not (tmp_path / "run").exists()
+    config = tmp_path / "saved.json"                   # a config file may hold every key (a saved train_config)
+    config.write_text(json.dumps({"momentum": 0.9, "beta1": 0.9}))
+    rc, err = train(capsys, *base, "--config", config)
+    assert rc == 0, err
