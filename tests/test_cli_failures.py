@@ -275,7 +275,7 @@ def test_ctrl_c_in_any_command_is_one_line(capsys, monkeypatch):
     ("sample", ["--ckpt", "/no/such.safetensors"], "no checkpoint at /no/such.safetensors"),
     ("sample", ["--ckpt", "/"], "is a directory"),
     ("sample", ["--prompt-file", "/"], "error: "),
-    ("plot", ["/no/such.jsonl"], "No such file"),
+    ("plot", ["/no/such.jsonl"], "no log at /no/such.jsonl"),
     ("plot", ["/"], "error: "),
     ("plot", ["a.jsonl", "--labels", "x", "y"], "2 labels for 1 logs"),
 ])
