@@ -111,6 +111,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         text = action.help or ""
         if "default" in text.lower():
             return text
+        if action.required:                                    # a required option has no default to show
+            return f"{text} (required)"
         return super()._get_help_string(action)
 
 

@@ -124,12 +124,14 @@ def options_without_default(parser: argparse.ArgumentParser) -> list[str]:
         entry = re.search(rf"^  {re.escape(', '.join(action.option_strings[:1]))}\b.*?(?=^  -|\Z)", text,
                           re.M | re.S)
         assert entry, action.option_strings
-        if "default" not in entry.group(0).lower():
+        if action.required:                                # before: `export --to DIR ... (default: None)`
+            assert "(required)" in entry.group(0) and "default" not in entry.group(0).lower(), entry.group(0)
+        elif "default" not in entry.group(0).lower():
             missing.append(action.option_strings[0])
     return missing
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "plot"])
+@pytest.mark.parametrize("command", ["train", "sample", "plot", "export"])
 def test_every_option_shows_its_default_in_help(command, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     parser = cli.command_parser(command)
