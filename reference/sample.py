@@ -389,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
             except UnicodeDecodeError as e:
                 raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte "
                                  f"{e.start})") from None
+            except OSError as e:                      # missing, a directory, unreadable: name the flag
+                raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror or e}") from None
         ckpt = None
         if getattr(args, "init_from", None):
             model, tok = load_hf_dir(args.init_from)
