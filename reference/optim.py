@@ -20,28 +20,77 @@ import numpy as np
 from .module import Parameter
 
 
-class Adam:
-    """torch.optim.Adam: param_groups are lists of Parameters or dicts {"params": [...], **overrides}."""
+class Optimizer:
+    """What torch.optim.Optimizer holds for every optimizer: param_groups (a list of Parameters, or dicts
+    {"params": [...], **overrides} over `defaults`), per-parameter `state`, zero_grad, and state_dict in
+    torch's layout. Subclasses name their per-parameter arrays in STATE_ARRAYS and check their
+    hyperparameters in `_check_group`."""
 
-    decoupled = False
+    STATE_ARRAYS: tuple[str, ...] = ()
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid hyperparameters: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+    def __init__(self, params, defaults: dict):
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
-        self.state: dict[int, dict] = {}                       # id(Parameter) -> {step, exp_avg, exp_avg_sq}
+        self.state: dict[int, dict] = {}                       # id(Parameter) -> that parameter's state
         check_param_groups(self.param_groups)
+        for group in self.param_groups:
+            self._check_group(group)
+
+    def _check_group(self, group: dict) -> None:
+        """Refuse a group's hyperparameters outside their range (ValueError naming them)."""
 
     def zero_grad(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad.fill(0)
+
+    def state_dict(self) -> dict:
+        """torch's layout: state indexed by position over all groups, plus the group hyperparameters."""
+        order = [p for g in self.param_groups for p in g["params"]]
+        state = {i: dict(self.state[id(p)]) for i, p in enumerate(order) if id(p) in self.state}
+        groups, i = [], 0
+        for g in self.param_groups:
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(g["params"])))})
+            i += len(g["params"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Take the hyperparameters and state of `sd` (torch's layout); the groups must hold as many
+        parameters as ours, and every state array must match its parameter's shape and dtype."""
+        order = [p for g in self.param_groups for p in g["params"]]
+        if len(sd["param_groups"]) != len(self.param_groups):
+            raise ValueError(f"optimizer state has {len(sd['param_groups'])} groups, expected {len(self.param_groups)}")
+        for g, saved in zip(self.param_groups, sd["param_groups"]):
+            if len(saved["params"]) != len(g["params"]):
+                raise ValueError(f"optimizer group has {len(saved['params'])} params, expected {len(g['params'])}")
+        for g, saved in zip(self.param_groups, sd["param_groups"]):
+            hyper = {k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"}
+            self._check_group({**g, **hyper})
+            g.update(hyper)
+        self.state = {}
+        for i, st in sd["state"].items():
+            p = order[int(i)]
+            for key in self.STATE_ARRAYS:
+                if st[key].shape != p.data.shape or st[key].dtype != p.data.dtype:
+                    raise ValueError(f"optimizer state {key} for param {i} has shape {st[key].shape} "
+                                     f"{st[key].dtype}, expected {p.data.shape} {p.data.dtype}")
+            self.state[id(p)] = {k: (v.copy() if k in self.STATE_ARRAYS else int(v)) for k, v in st.items()}
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam: param_groups are lists of Parameters or dicts {"params": [...], **overrides}."""
+
+    decoupled = False
+    STATE_ARRAYS = ("exp_avg", "exp_avg_sq")                   # and the scalar `step`
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"invalid hyperparameters: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
     def step(self) -> None:
         """One update of every parameter, group by group (a Parameter listed twice is updated twice)."""
@@ -69,34 +118,6 @@ class Adam:
                 denom = np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
                 p.data -= step_size * (m / denom)
 
-    def state_dict(self) -> dict:
-        """torch's layout: state indexed by position over all groups, plus the group hyperparameters."""
-        order = [p for g in self.param_groups for p in g["params"]]
-        state = {i: self.state[id(p)] for i, p in enumerate(order) if id(p) in self.state}
-        groups, i = [], 0
-        for g in self.param_groups:
-            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(g["params"])))})
-            i += len(g["params"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, sd: dict) -> None:
-        order = [p for g in self.param_groups for p in g["params"]]
-        if len(sd["param_groups"]) != len(self.param_groups):
-            raise ValueError(f"optimizer state has {len(sd['param_groups'])} groups, expected {len(self.param_groups)}")
-        for g, saved in zip(self.param_groups, sd["param_groups"]):
-            if len(saved["params"]) != len(g["params"]):
-                raise ValueError(f"optimizer group has {len(saved['params'])} params, expected {len(g['params'])}")
-            g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
-        self.state = {}
-        for i, st in sd["state"].items():
-            p = order[int(i)]
-            for key in ("exp_avg", "exp_avg_sq"):
-                if st[key].shape != p.data.shape or st[key].dtype != p.data.dtype:
-                    raise ValueError(f"optimizer state {key} for param {i} has shape {st[key].shape} "
-                                     f"{st[key].dtype}, expected {p.data.shape} {p.data.dtype}")
-            self.state[id(p)] = {"step": int(st["step"]), "exp_avg": st["exp_avg"].copy(),
-                                 "exp_avg_sq": st["exp_avg_sq"].copy()}
-
 
 def check_param_groups(param_groups: list[dict]) -> None:
     """torch.optim.Optimizer.add_param_group's checks, with its messages: every param a Parameter
@@ -113,7 +134,7 @@ def check_param_groups(param_groups: list[dict]) -> None:
         if len(ids) != len(set(ids)):
             warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
                           "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=4)   # the caller of the optimizer's __init__
         if not seen.isdisjoint(ids):
             raise ValueError("some parameters appear in more than one parameter group")
         seen.update(ids)
@@ -135,7 +156,7 @@ def _check_hyper(name: str, value, ok, expected: str) -> None:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-class SGD:
+class SGD(Optimizer):
     """torch.optim.SGD: stochastic gradient descent with momentum, dampening, Nesterov momentum, weight
     decay (an L2 term folded into the gradient) and maximize. For each parameter p with gradient g:
 
@@ -153,28 +174,14 @@ class SGD:
     and must be finite. Derived in docs/sgd.md.
     """
 
+    STATE_ARRAYS = ("momentum_buffer",)
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False):
-        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
-                    "nesterov": nesterov, "maximize": maximize}
-        params = list(params)
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        groups = params if isinstance(params[0], dict) else [{"params": params}]
-        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
-        seen: set[int] = set()
-        for group in self.param_groups:
-            self._check_group(group)
-            for p in group["params"]:
-                if not isinstance(p, Parameter):
-                    raise TypeError(f"optimizer params must be Parameters, got {type(p).__name__}")
-                if id(p) in seen:                              # torch refuses it too: p would be updated twice
-                    raise ValueError("some parameters appear more than once in the optimizer's param groups")
-                seen.add(id(p))
-        self.state: dict[int, dict] = {}                       # id(Parameter) -> {"momentum_buffer": array}
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize})
 
-    @staticmethod
-    def _check_group(group: dict) -> None:
+    def _check_group(self, group: dict) -> None:
         _check_hyper("lr", group["lr"], lambda v: v >= 0, "a finite number >= 0")
         _check_hyper("momentum", group["momentum"], lambda v: v >= 0, "a finite number >= 0")
         _check_hyper("dampening", group["dampening"], lambda v: True, "a finite number")
@@ -185,11 +192,6 @@ class SGD:
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(f"Nesterov momentum requires a momentum > 0 and zero dampening, "
                              f"got momentum={group['momentum']!r}, dampening={group['dampening']!r}")
-
-    def zero_grad(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad.fill(0)
 
     def step(self) -> None:
         for group in self.param_groups:
@@ -207,37 +209,6 @@ class SGD:
                     b = st["momentum_buffer"]
                     g = g + mu * b if group["nesterov"] else b
                 p.data -= lr * g
-
-    def state_dict(self) -> dict:
-        """torch's layout: state indexed by position over all groups, plus the group hyperparameters."""
-        order = [p for g in self.param_groups for p in g["params"]]
-        state = {i: {"momentum_buffer": self.state[id(p)]["momentum_buffer"]}
-                 for i, p in enumerate(order) if id(p) in self.state}
-        groups, i = [], 0
-        for g in self.param_groups:
-            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(g["params"])))})
-            i += len(g["params"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, sd: dict) -> None:
-        order = [p for g in self.param_groups for p in g["params"]]
-        if len(sd["param_groups"]) != len(self.param_groups):
-            raise ValueError(f"optimizer state has {len(sd['param_groups'])} groups, expected {len(self.param_groups)}")
-        for g, saved in zip(self.param_groups, sd["param_groups"]):
-            if len(saved["params"]) != len(g["params"]):
-                raise ValueError(f"optimizer group has {len(saved['params'])} params, expected {len(g['params'])}")
-        for g, saved in zip(self.param_groups, sd["param_groups"]):
-            hyper = {k: v for k, v in saved.items() if k != "params"}
-            self._check_group({**g, **hyper})
-            g.update(hyper)
-        self.state = {}
-        for i, st in sd["state"].items():
-            p = order[int(i)]
-            buf = st["momentum_buffer"]
-            if buf.shape != p.data.shape or buf.dtype != p.data.dtype:
-                raise ValueError(f"optimizer state momentum_buffer for param {i} has shape {buf.shape} "
-                                 f"{buf.dtype}, expected {p.data.shape} {p.data.dtype}")
-            self.state[id(p)] = {"momentum_buffer": buf.copy()}
 
 
 def clip_grad_norm_(params, max_norm: float) -> float:

@@ -157,10 +157,12 @@ def test_sgd_state_dict_round_trip_and_errors():
         fresh.load_state_dict({"state": {0: {"momentum_buffer": np.zeros(3)}}, "param_groups": sd["param_groups"]})
     with pytest.raises(ValueError, match="empty parameter list"):
         SGD([])
-    with pytest.raises(TypeError, match="must be Parameters"):
+    with pytest.raises(TypeError, match="can only optimize Parameters"):
         SGD([np.zeros(2)])
-    with pytest.raises(ValueError, match="appear more than once"):
-        SGD([{"params": [ps[0]]}, {"params": [ps[0]]}])
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        SGD([{"params": [ps[0]]}, {"params": [ps[0]]}])              # torch.optim's check and message
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        SGD([ps[0], ps[0]])
 
 
 # ------------------------------------------------------------------------------------ training and checkpoints
