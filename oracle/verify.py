@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from . import cases as _cases  # noqa: F401  (fills the registry)
@@ -151,13 +152,20 @@ def load_cases(spec: str) -> list[str]:
     return [n for n in REGISTRY if n not in before]
 
 
+def _where(e: BaseException) -> str:
+    """", at FILE:LINE" of the innermost frame of `e`'s traceback outside the oracle (the user's line)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
+              and Path(f.filename).parent != Path(__file__).parent]
+    return f", at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 def run(args: argparse.Namespace) -> int:
     external = []
     for spec in getattr(args, "cases", None) or []:
         try:
             found = load_cases(spec)
-        except (ImportError, OSError, ValueError, SyntaxError) as e:
-            print(f"error: --cases {spec}: could not import it ({type(e).__name__}: {e})", file=sys.stderr)
+        except Exception as e:                                 # the user's module: any error, one line
+            print(f"error: --cases {spec}: could not import it ({type(e).__name__}: {e}{_where(e)})", file=sys.stderr)
             return 2
         if not found:
             print(f"error: --cases {spec}: the module registered no case (call oracle.register(...) in it)",

@@ -134,3 +134,17 @@ def test_verify_refuses_a_negative_seed_in_one_line(capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert f"argument --seed: expected a whole number >= 0, got '{bad}'" in err and "Traceback" not in err
+
+
+def test_a_cases_module_that_raises_is_one_line_naming_its_line(tmp_path, capsys):
+    """Before: a NameError or TypeError in the user's --cases module was a traceback through importlib;
+    only ImportError, OSError, ValueError and SyntaxError were one line."""
+    for body, want in (("foo\n", "NameError: name 'foo' is not defined"),
+                       ("from oracle import register\nregister('x', None, None, nonsense=1)\n",
+                        "TypeError: Case.__init__() got an unexpected keyword argument 'nonsense'")):
+        path = tmp_path / "broken_cases.py"
+        path.write_text(body, encoding="utf-8")
+        assert main(["--cases", str(path)]) == 2
+        err = capsys.readouterr().err
+        line = body.count("\n")
+        assert err == f"error: --cases {path}: could not import it ({want}, at {path}:{line})\n", err
