@@ -184,8 +184,13 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         for dtype in dtypes:
             for kernels in paths:
-                report, fd = run_case(name, dtype, args.seed, dims, kernels)
-                extra = gradchecks(name, dtype, args.seed, dims, kernels)
+                try:
+                    report, fd = run_case(name, dtype, args.seed, dims, kernels)
+                    extra = gradchecks(name, dtype, args.seed, dims, kernels)
+                except Exception as e:                         # a case that crashes is a failed row, not a traceback
+                    rows.append((name, dtype, kernels, *["-"] * (len(HEADER) - 4), "ERROR"))
+                    failures.append(f"[{kernels} path] {name} [{dtype}]: raised {type(e).__name__}: {e}{_where(e)}")
+                    continue
                 rows.append(row(report, fd, extra, kernels))
                 for r in (report, fd, *extra):
                     if r is not None and (args.verbose or not r.passed):
