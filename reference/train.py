@@ -699,7 +699,8 @@ def find_checkpoint(resume, out_dir: str) -> Path:
 
 
 def schedule_warnings(config: TrainConfig) -> list[str]:
-    """What a user would not expect of the learning-rate schedule: one that is longer than the run."""
+    """What a user would not expect of the learning-rate schedule: one that is longer than the run, or one
+    that decays upward (min_lr above learning_rate)."""
     out = []
     if config.decay_lr and config.lr_decay_iters > config.max_iters:
         out.append(f"warning: the learning-rate schedule decays over lr_decay_iters={config.lr_decay_iters} steps "
@@ -709,6 +710,10 @@ def schedule_warnings(config: TrainConfig) -> list[str]:
     if config.decay_lr and config.warmup_iters > config.max_iters:
         out.append(f"warning: warmup_iters={config.warmup_iters} is longer than the run (max_iters="
                    f"{config.max_iters}): the learning rate never reaches {config.learning_rate:.3g}")
+    if config.decay_lr and config.min_lr > config.learning_rate:
+        out.append(f"warning: min_lr={config.min_lr:.3g} is above learning_rate={config.learning_rate:.3g}: the "
+                   f"cosine schedule rises after warmup instead of decaying; nanoGPT sets min_lr to about "
+                   f"learning_rate / 10")
     return out
 
 

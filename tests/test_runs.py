@@ -104,6 +104,15 @@ def test_a_schedule_longer_than_the_run_is_warned_about(data_dir, tmp_path, caps
     assert rc == 0 and "warning" not in err
 
 
+def test_a_schedule_that_rises_is_warned_about(data_dir, tmp_path, capsys):
+    """min_lr above learning_rate makes the 'decay' climb: said at start, not refused (it may be meant)."""
+    rc, err = train(capsys, "--data_dir", data_dir, "--out_dir", tmp_path / "o", "--max_iters", 2, *SMALL_MODEL,
+                    "--lr_decay_iters", 2, "--warmup_iters", 1, "--learning_rate", 1e-3, "--min_lr", 1e-2,
+                    "--no-progress")
+    assert rc == 0, err
+    assert "warning: min_lr=0.01 is above learning_rate=0.001: the cosine schedule rises" in err
+
+
 def test_settings_are_printed_at_start_and_the_defaults_say_so(capsys, tmp_path):
     from reference.train import TrainConfig, describe_settings
     assert describe_settings(TrainConfig(), {}) == "settings: the defaults (the shakespeare_char recipe)"
