@@ -33,7 +33,13 @@ __all__ = ["REGISTRY", "Case", "CheckError", "Dims", "MaskTape", "NumpyRandomRep
            "params_of", "register", "rel_error", "sampled_check", "unregister"]
 
 
+_SUBMODULES = ("adapters", "bench", "bench_twin", "cases", "cli", "fd", "harness", "hf", "registry", "tolerance", "twins",
+               "verify")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:                                    # `import oracle; oracle.fd.jacobian_check` (PEP 562)
+        return importlib.import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'oracle' has no attribute {name!r}")
     importlib.import_module(".cases", __name__)                # fills the registry
@@ -41,4 +47,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reference.atomic import atomic_write
 from reference.config import GPTConfig
 from reference.fast.pool import blas_threads, for_products, products_on_pool, set_blas_threads
 from reference.kernels import KERNELS
@@ -97,26 +98,51 @@ class BenchConfig:
                 f"T {self.block_size}, batch {self.batch}")
 
 
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+def _whole(text: str, least: int) -> int:
+    if not text.strip().isdigit() or int(text) < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
     return int(text)
 
 
+def _at_least_one(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _at_least_zero(text: str) -> int:
+    return _whole(text, 0)
+
+
+SPEC_KEYS = {"d": "n_embd", "layers": "n_layer", "heads": "n_head", "T": "block_size", "batch": "batch",
+             "vocab": "vocab_size"}
+
+
 def parse_config(text: str) -> BenchConfig:
-    """A preset name, or `name:d=256,layers=4,heads=4,T=128,batch=8[,vocab=65]`."""
+    """A preset name, or `name:d=256,layers=4,heads=4,T=128,batch=8[,vocab=65]`. argparse.ArgumentTypeError
+    names the key that is unknown, missing, not a whole number >= 1, or a model GPTConfig refuses."""
     if text in PRESETS:
         return BenchConfig(text, **PRESETS[text])
     name, _, spec = text.partition(":")
-    keys = {"d": "n_embd", "layers": "n_layer", "heads": "n_head", "T": "block_size", "batch": "batch",
-            "vocab": "vocab_size"}
+    usage = f"use a preset ({', '.join(PRESETS)}) or name:d=256,layers=4,heads=4,T=128,batch=8[,vocab=65]"
+    fields = {}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in SPEC_KEYS:
+            raise argparse.ArgumentTypeError(f"bad config {text!r}: {item!r} is not KEY=N with KEY one of "
+                                             f"{', '.join(SPEC_KEYS)}; {usage}")
+        value = value.strip()
+        if not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"bad config {text!r}: {key.strip()}={value!r}, expected a whole "
+                                             f"number >= 1; {usage}")
+        fields[SPEC_KEYS[key.strip()]] = int(value)
+    missing = [k for k, f in SPEC_KEYS.items() if f not in fields and k != "vocab"]
+    if missing:
+        raise argparse.ArgumentTypeError(f"bad config {text!r}: missing {', '.join(missing)}; {usage}")
+    cfg = BenchConfig(name or "custom", **fields)
     try:
-        fields = {keys[k.strip()]: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
-        return BenchConfig(name or "custom", **fields)
-    except (KeyError, ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(
-            f"bad config {text!r} ({e}): use a preset ({', '.join(PRESETS)}) or "
-            "name:d=256,layers=4,heads=4,T=128,batch=8") from None
+        cfg.gpt_config("float32")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad config {text!r}: {e}") from None
+    return cfg
 
 
 def flops_per_step(cfg: BenchConfig, n_params: int) -> float:
@@ -416,9 +442,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS),
                         help="the reference's paths to time, a row each (default: fast textbook; "
                              "reference/kernels.py)")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per side (default 7; median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--steps", type=_at_least_one, default=7, help="timed steps per side (default 7; median reported)")
+    parser.add_argument("--warmup", type=_at_least_zero, default=2, help="untimed steps per side first (default 2)")
+    parser.add_argument("--threads", type=_at_least_one, default=None,
                         help="threads for both sides (default: numpy's BLAS thread count)")
     parser.add_argument("--runs", type=_at_least_one, default=3,
                         help="fresh timing processes per row, one after another; their timed steps are pooled "
@@ -426,12 +452,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--products", choices=("pool", "blas"), default="pool",
                         help="who runs NumPy's matrix products in parallel: NumPy-GPT's thread pool with BLAS "
                              "single-threaded (default, faster), or BLAS's own threads")
-    parser.add_argument("--blas-thread-timeout", type=int, default=18, metavar="N",
+    parser.add_argument("--blas-thread-timeout", type=_at_least_zero, default=18, metavar="N",
                         help="OPENBLAS_THREAD_TIMEOUT for the children: idle OpenBLAS threads spin 2^N cycles "
                              "before sleeping (default 18, about 0.1 ms; 0 keeps OpenBLAS's default of 2^28)")
     parser.add_argument("--peak-size", type=_at_least_one, default=2048, metavar="N",
                         help="the N x N x N GEMM whose best rate is the matmul peak (default 2048)")
-    parser.add_argument("--memory-steps", type=int, default=2,
+    parser.add_argument("--memory-steps", type=_at_least_zero, default=2,
                         help="steps each side runs alone in a child process for peak memory (default 2; 0 skips)")
     parser.add_argument("--sample-config", type=parse_config, default=None, metavar="NAME|SPEC",
                         help="config for the KV-cache sampling timing, generating block_size tokens (default: large)")
@@ -453,6 +479,13 @@ def run(args: argparse.Namespace) -> int:
         print("error: the benchmark needs torch for the twin.\n"
               "Install it with: pip install torch==2.13.0 && pip install -e '.[test]'", file=sys.stderr)
         return 2
+    if args.out is not None:                                   # refused before minutes of timing, not after
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"error: --out {args.out}: cannot create its directory {args.out.parent}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 2
     configs = args.config or [parse_config("small"), parse_config("large")]
     threads = args.threads or blas_threads()
     env = child_env(threads, args.blas_thread_timeout)
@@ -502,9 +535,14 @@ def run(args: argparse.Namespace) -> int:
     print("NumPy matmul peak " + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
     root = Path(__file__).resolve().parent.parent
     for prefix in ([args.out] if args.out else []) + ([root / RECORDED] if args.record else []):
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        prefix.with_suffix(".md").write_text(markdown)
+        try:
+            prefix.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(prefix.with_suffix(".json"), (json.dumps(result, indent=2) + "\n").encode())
+            atomic_write(prefix.with_suffix(".md"), markdown.encode())
+        except OSError as e:
+            print(f"error: cannot write the results to {prefix}.md/.json: {e.strerror or e} "
+                  f"({e.filename or prefix}); the table is printed above", file=sys.stderr)
+            return 1
         print(f"wrote {prefix.with_suffix('.md')} and {prefix.with_suffix('.json')}")
     return 0
 

@@ -392,12 +392,12 @@ class Subject:
     def run_forward(self, inputs=None) -> np.ndarray:
         inputs = self.inputs if inputs is None else inputs
         if self.masks is None:
-            return np.asarray(self.forward(*inputs))
+            return _one_output(self.forward(*inputs))
         self.masks.start()
         with self.masks.context():
             out = self.forward(*inputs, **self.masks.forward_kwargs())
         self.masks.finish()
-        return np.asarray(out)
+        return _one_output(out)
 
     def zero(self) -> None:
         if self.zero_grad is not None:
@@ -441,9 +441,22 @@ def grad_name(name: str, kind: str) -> str:
     return f"{name} grad" if kind == "input" else f"{name}.grad"
 
 
+def _one_output(out) -> np.ndarray:
+    """The forward's one output array; a tuple (this project's `forward -> (y, cache)` protocol, or several
+    outputs) is a CheckError that says what to do, not numpy's "inhomogeneous shape" error."""
+    if isinstance(out, tuple):
+        raise CheckError(f"forward returned a tuple of {len(out)}; check() takes a forward that returns one array "
+                         "(for a layer with forward(x) -> (y, cache), use oracle.compare, or wrap it: "
+                         "lambda x: layer.forward(x)[0])")
+    return np.asarray(out)
+
+
 def make_subject(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
                  zero_grad=None) -> Subject:
     """Validate and bundle the arguments `check` and `oracle.fd` share (see `check`)."""
+    if isinstance(inputs, np.ndarray):                         # one array given bare, not as (x,): not its rows
+        raise CheckError(f"inputs is one array of shape {inputs.shape}; give a tuple of the forward's inputs, "
+                         "e.g. (x,)")
     inputs = tuple(inputs)
     arrays = tuple(np.asarray(x) for x in inputs)
     if input_names is None:

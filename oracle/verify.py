@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from . import cases as _cases  # noqa: F401  (fills the registry)
@@ -95,10 +96,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: each case's own sizes)")
     parser.add_argument("--kernels", choices=("fast", "textbook", "both"), default="both",
                         help="which path of the reference to prove (default: %(default)s; reference/kernels.py)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_seed, default=0,
                         help="seed of the random weights, inputs and upstream gradient (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="print every tensor of every case (default: only the failing ones)")
+
+
+def _seed(text: str) -> int:
+    """A seed numpy's default_rng takes: a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 DIM_KEYS = tuple(f.name for f in dataclasses.fields(Dims))
@@ -144,13 +152,20 @@ def load_cases(spec: str) -> list[str]:
     return [n for n in REGISTRY if n not in before]
 
 
+def _where(e: BaseException) -> str:
+    """", at FILE:LINE" of the innermost frame of `e`'s traceback outside the oracle (the user's line)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
+              and Path(f.filename).parent != Path(__file__).parent]
+    return f", at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 def run(args: argparse.Namespace) -> int:
     external = []
     for spec in getattr(args, "cases", None) or []:
         try:
             found = load_cases(spec)
-        except (ImportError, OSError, ValueError, SyntaxError) as e:
-            print(f"error: --cases {spec}: could not import it ({type(e).__name__}: {e})", file=sys.stderr)
+        except Exception as e:                                 # the user's module: any error, one line
+            print(f"error: --cases {spec}: could not import it ({type(e).__name__}: {e}{_where(e)})", file=sys.stderr)
             return 2
         if not found:
             print(f"error: --cases {spec}: the module registered no case (call oracle.register(...) in it)",
@@ -169,8 +184,13 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         for dtype in dtypes:
             for kernels in paths:
-                report, fd = run_case(name, dtype, args.seed, dims, kernels)
-                extra = gradchecks(name, dtype, args.seed, dims, kernels)
+                try:
+                    report, fd = run_case(name, dtype, args.seed, dims, kernels)
+                    extra = gradchecks(name, dtype, args.seed, dims, kernels)
+                except Exception as e:                         # a case that crashes is a failed row, not a traceback
+                    rows.append((name, dtype, kernels, *["-"] * (len(HEADER) - 4), "ERROR"))
+                    failures.append(f"[{kernels} path] {name} [{dtype}]: raised {type(e).__name__}: {e}{_where(e)}")
+                    continue
                 rows.append(row(report, fd, extra, kernels))
                 for r in (report, fd, *extra):
                     if r is not None and (args.verbose or not r.passed):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m reference") -> in
 
 def run_command(argv: list[str], module, cmd: argparse.ArgumentParser, prog: str) -> int:
     """Parse the command's flags and run it: on the fast path with the products on the pool (docs/
-    performance.md, "Threads"); Ctrl-C outside a command's own handling is one line and exit 130."""
+    performance.md, "Threads"); Ctrl-C outside a command's own handling is one line and exit 130; a closed
+    stdout (`sample | head`) ends it quietly with exit 141."""
     args = cmd.parse_args(argv[1:])
     try:
         if getattr(args, "kernels", None) == "fast":           # train, sample
@@ -85,6 +87,10 @@ def run_command(argv: list[str], module, cmd: argparse.ArgumentParser, prog: str
     except KeyboardInterrupt:
         print(f"interrupted: {prog} {argv[0]} stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:                                    # `sample | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)             # Python's recipe (docs: signal, "Note on SIGPIPE"):
+        os.dup2(devnull, sys.stdout.fileno())                  # no second error when stdout is flushed at exit
+        return 141                                             # 128 + SIGPIPE, as a shell reports it
 
 
 def command_parser(name: str, module=None, prog: str = "numpy-gpt", commands: dict | None = None
@@ -105,6 +111,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         text = action.help or ""
         if "default" in text.lower():
             return text
+        if action.required:                                    # a required option has no default to show
+            return f"{text} (required)"
         return super()._get_help_string(action)
 
 

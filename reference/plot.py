@@ -21,16 +21,26 @@ def read_log(path) -> dict[str, list[dict]]:
     """{"train": [...], "eval": [...], "diverged": [...]} records of a log; blank lines skipped, bad lines
     refused by number."""
     out: dict[str, list[dict]] = {"train": [], "eval": [], "diverged": []}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line: {e}") from None
-            if isinstance(rec, dict) and rec.get("event") in out:
-                out[rec["event"]].append(rec)
+    path = Path(path)
+    if path.is_dir():                                          # a run directory, as `train --resume DIR`
+        if not (path / "log.jsonl").is_file():
+            raise ValueError(f"{path} is a directory without a log.jsonl; expected a log.jsonl written by `train`")
+        path = path / "log.jsonl"
+    if not path.exists():
+        raise ValueError(f"no log at {path}; expected a log.jsonl written by `train`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not a JSON line: {e}") from None
+                if isinstance(rec, dict) and rec.get("event") in out:
+                    out[rec["event"]].append(rec)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (is it a log.jsonl from `train`?)") from None
     if not out["train"] and not out["eval"]:
         raise ValueError(f"{path}: no training or evaluation records (is it a log.jsonl from `train`?)")
     return out
@@ -130,7 +140,7 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("logs", nargs="+", help="log.jsonl file(s) written by `train`")
+    parser.add_argument("logs", nargs="+", help="log.jsonl file(s) written by `train`, or their run directories")
     parser.add_argument("-o", "--out", default="loss_curve.png",
                         help="PNG to write; .png is added to a name without a suffix")
     parser.add_argument("--labels", nargs="+", help="one legend label per log (default: the run directory names)")
@@ -139,7 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    labels = args.labels or [str(Path(p).parent.name or Path(p).name) for p in args.logs]
+    labels = args.labels or [Path(p).resolve().name if Path(p).is_dir() else str(Path(p).parent.name or Path(p).name)
+                             for p in args.logs]
     if len(labels) != len(args.logs):
         print(f"error: {len(labels)} labels for {len(args.logs)} logs", file=sys.stderr)
         return 2

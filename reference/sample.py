@@ -324,9 +324,13 @@ def load_hf_dir(path):
     return model, tok
 
 
+DEFAULT_CKPT = "out/ckpt.safetensors"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", default="out/ckpt.safetensors", help="checkpoint file (default out/ckpt.safetensors)")
-    parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
+    model = parser.add_mutually_exclusive_group()              # one model: giving both used to ignore --ckpt
+    model.add_argument("--ckpt", default=DEFAULT_CKPT, help=f"checkpoint file (default {DEFAULT_CKPT})")
+    model.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
                         help="sample from a Hugging Face GPT-2 or Llama model directory (config.json, "
                              "model.safetensors and its tokenizer files) instead of --ckpt; needs the hf extra "
                              "(default: none, use --ckpt)")
@@ -385,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
             except UnicodeDecodeError as e:
                 raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte "
                                  f"{e.start})") from None
+            except OSError as e:                      # missing, a directory, unreadable: name the flag
+                raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror or e}") from None
         ckpt = None
         if getattr(args, "init_from", None):
             model, tok = load_hf_dir(args.init_from)

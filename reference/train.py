@@ -50,8 +50,8 @@ Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
 from a Hugging Face GPT-2 or Llama directory (reference/hf.py); `--block_size` may shorten its context
-(default: the model's), and dropout and dtype stay the run's. The data must be prepared with the
-model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
+(default: the model's), and dropout and dtype stay the run's; any other model flag that contradicts the
+directory is refused. The data must be prepared with the model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
 """
 
 from __future__ import annotations
@@ -550,13 +550,28 @@ def train(config: TrainConfig, **kwargs) -> dict:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def init_config(config: TrainConfig, path, *, block_size: int | None = None) -> TrainConfig:
+def init_config(config: TrainConfig, path, *, block_size: int | None = None,
+                source: dict[str, str] | None = None) -> TrainConfig:
     """`config` with the model settings of the Hugging Face model directory `path` (reference/hf.py);
     the context is `block_size` if given (at most the model's), else the model's. HFError (a ValueError)
-    for a missing, incomplete or unsupported directory."""
+    for a missing, incomplete or unsupported directory. `source` ({field: where}, resolve_settings): a
+    model setting given as a flag or in a config file that the model contradicts is a ValueError naming
+    both values (dtype, dropout and a shorter block_size are ours to choose); the fields taken from the
+    model are marked "init-from" in it."""
     from .hf import check_dir
     model, _ = check_dir(path, dtype=config.dtype, dropout=config.dropout, block_size=block_size)
-    return config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
+    new = config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
+    if source is not None:
+        for k in MODEL_FIELDS:
+            ours, theirs = getattr(config, k), getattr(new, k)
+            if ours == theirs:
+                continue
+            if source.get(k) in ("flag", "config file"):
+                raise ValueError(f"{k}={ours!r} ({source[k]}) contradicts the model in {path} ({k}={theirs!r}): "
+                                 f"--init-from takes the model's settings; drop {k}, or train a new model "
+                                 "without --init-from")
+            source[k] = "init-from"
+    return new
 
 
 def _int_or_none(text: str) -> int | None:
@@ -582,7 +597,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "printed (default: off)")
     parser.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR", default=None,
                         help="fine-tune a Hugging Face GPT-2 or Llama model directory (config.json + "
-                             "model.safetensors): its settings and weights replace the model flags; "
+                             "model.safetensors): its settings and weights are the model's (a model flag that "
+                             "contradicts them is refused; dropout and dtype are yours); "
                              "--block_size may shorten its context. Needs the hf extra and data prepared "
                              "with its tokenizer (data/prepare.py --tokenizer DIR) (default: none)")
     add_kernels_argument(parser)
@@ -683,7 +699,8 @@ def find_checkpoint(resume, out_dir: str) -> Path:
 
 
 def schedule_warnings(config: TrainConfig) -> list[str]:
-    """What a user would not expect of the learning-rate schedule: one that is longer than the run."""
+    """What a user would not expect of the learning-rate schedule: one that is longer than the run, or one
+    that decays upward (min_lr above learning_rate)."""
     out = []
     if config.decay_lr and config.lr_decay_iters > config.max_iters:
         out.append(f"warning: the learning-rate schedule decays over lr_decay_iters={config.lr_decay_iters} steps "
@@ -693,6 +710,10 @@ def schedule_warnings(config: TrainConfig) -> list[str]:
     if config.decay_lr and config.warmup_iters > config.max_iters:
         out.append(f"warning: warmup_iters={config.warmup_iters} is longer than the run (max_iters="
                    f"{config.max_iters}): the learning rate never reaches {config.learning_rate:.3g}")
+    if config.decay_lr and config.min_lr > config.learning_rate:
+        out.append(f"warning: min_lr={config.min_lr:.3g} is above learning_rate={config.learning_rate:.3g}: the "
+                   f"cosine schedule rises after warmup instead of decaying; nanoGPT sets min_lr to about "
+                   f"learning_rate / 10")
     return out
 
 
@@ -743,8 +764,9 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         init_from = None if resume else getattr(args, "init_from", None)
         if init_from:
-            config = init_config(config, init_from, block_size=getattr(args, "block_size", None))
+            config = init_config(config, init_from, block_size=getattr(args, "block_size", None), source=source)
         config.model_config(1)                                 # model settings checked before reading any data
+        check_optimizer_flags(config, source)
         print(describe_settings(config, source), file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
@@ -791,5 +813,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: step {summary['step']}"
           + (f", val loss {last['val_loss']:.4f}" if last else "")
           + (f" (best {best:.4f})" if best is not None else "")
-          + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s", file=sys.stderr)
+          + f", {summary['wall_s']:.1f} s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
+          + f"; {checkpoint_note(trainer)}", file=sys.stderr)
     return 0
+
+
+OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}
+
+
+def check_optimizer_flags(config: TrainConfig, source: dict[str, str]) -> None:
+    """A flag of the optimizer this run does not use is a ValueError: `--momentum 0.5` with AdamW would
+    otherwise be ignored without a word. (A config file may hold every key, as a saved train_config does.)"""
+    for optimizer, names in OPTIMIZER_FIELDS.items():
+        given = [f"--{n}" for n in names if source.get(n) == "flag"]
+        if given and config.optimizer != optimizer:
+            what = f"{given[0]} is a setting" if len(given) == 1 else f"{' and '.join(given)} are settings"
+            raise ValueError(f"{what} of --optimizer {optimizer}, but this run uses {config.optimizer}; drop "
+                             f"{'it' if len(given) == 1 else 'them'} or pass --optimizer {optimizer}")
+
+
+def checkpoint_note(trainer: Trainer) -> str:
+    """Where the run's checkpoint is, for the `done:` line; or why this run wrote none (a checkpoint is
+    written only when the val loss improves on the best so far, which step 0's evaluation sets)."""
+    saved = [r["step"] for r in trainer.history if r.get("saved")]
+    if saved:
+        return f"checkpoint {trainer.ckpt_path} (step {saved[-1]})"
+    why = (f"the val loss never beat the best so far, {trainer.best_val_loss:.4f}"
+           if trainer.best_val_loss is not None else "no evaluation after step 0")
+    kept = (f"{trainer.ckpt_path} is unchanged" if trainer.ckpt_path is not None and trainer.ckpt_path.exists()
+            else "no checkpoint was written")
+    return f"{kept}: {why} (--always_save_checkpoint saves at every evaluation)"

@@ -76,6 +76,38 @@ def test_config_specs_and_flops():
     assert bench.flops_per_step(cfg, model.num_parameters()) == (6 * n + 12 * 2 * 32 * 64) * 3 * 32
 
 
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--steps", "0", "expected a whole number >= 1, got '0'"),
+    ("--steps", "-1", "expected a whole number >= 1, got '-1'"),
+    ("--warmup", "-1", "expected a whole number >= 0, got '-1'"),
+    ("--threads", "0", "expected a whole number >= 1, got '0'"),
+    ("--memory-steps", "-1", "expected a whole number >= 0, got '-1'"),
+    ("--blas-thread-timeout", "-1", "expected a whole number >= 0, got '-1'"),
+    ("--config", "x:d=32,heads=2", "missing layers, T, batch"),
+    ("--config", "x:d=0,layers=1,heads=1,T=4,batch=1", "d='0', expected a whole number >= 1"),
+    ("--config", "x:d=8,layers=1,heads=3,T=4,batch=1", "n_embd (8) must be divisible by n_head (3)"),
+    ("--config", "x:d=8,depth=2", "'depth=2' is not KEY=N with KEY one of d, layers, heads, T, batch, vocab"),
+])
+def test_bad_bench_flags_are_refused_before_anything_runs(flag, value, expected, capsys):
+    # Before: --steps 0, --warmup -1 and --threads -2 ran the children and died with KeyError 'numpy_times';
+    # heads not dividing d died in a child; the spec errors quoted BenchConfig.__init__'s signature.
+    with pytest.raises(SystemExit) as e:
+        main(["bench", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_bench_out_that_cannot_be_written_is_refused_first(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    called = []
+    monkeypatch.setattr(bench, "bench_row", lambda *a, **k: called.append(a))
+    assert main(["bench", "--config", "tiny", "--out", str(blocker / "sub" / "bench")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {blocker / 'sub' / 'bench'}: cannot create its directory") and not called
+
+
 def test_children_run_in_process(monkeypatch):
     # The children's bodies, run here so that their lines count (the bench runs them in subprocesses).
     from oracle import bench_twin

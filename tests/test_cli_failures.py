@@ -274,8 +274,9 @@ def test_ctrl_c_in_any_command_is_one_line(capsys, monkeypatch):
     ("sample", ["--top-p", "1.5"], "top_p must be in (0, 1]"),
     ("sample", ["--ckpt", "/no/such.safetensors"], "no checkpoint at /no/such.safetensors"),
     ("sample", ["--ckpt", "/"], "is a directory"),
-    ("sample", ["--prompt-file", "/"], "error: "),
-    ("plot", ["/no/such.jsonl"], "No such file"),
+    ("sample", ["--prompt-file", "/"], "error: --prompt-file /: Is a directory"),
+    ("sample", ["--prompt-file", "/no/such.txt"], "error: --prompt-file /no/such.txt: No such file or directory"),
+    ("plot", ["/no/such.jsonl"], "no log at /no/such.jsonl"),
     ("plot", ["/"], "error: "),
     ("plot", ["a.jsonl", "--labels", "x", "y"], "2 labels for 1 logs"),
 ])
@@ -328,3 +329,19 @@ def test_targets_of_another_shape_are_refused():
     idx = np.zeros((2, 3), dtype=np.int64)
     with pytest.raises(ValueError, match=r"targets of shape \(3, 2\) do not match token ids of shape \(2, 3\)"):
         model.loss_and_backward(idx, idx.T.copy())
+
+
+@pytest.mark.parametrize("extra", [[], ["--stream"]])
+def test_sample_into_a_closed_pipe_ends_quietly(trained, extra):
+    """`sample | head`: before, the reader's exit killed sample with a BrokenPipeError traceback (and
+    whether it did depended on timing). Here the pipe's read end is closed before sample starts, so
+    every write fails: one exit status, 141 (128 + SIGPIPE, as a shell reports it), and nothing on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([sys.executable, "-m", "reference", "sample", "--ckpt", str(trained / "ckpt.safetensors"),
+                              "--prompt", "to", "--max-new-tokens", "4", *extra], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141 and out.stderr == "", out.stderr

@@ -557,3 +557,17 @@ def test_quote_check_reports_a_wrong_quote():
         missing_quotes("fake.md", fast)
     comment_only = "In code: `the scores a query can see`.\n\n## Where\n\n- Code: `reference/attention.py::CausalSelfAttention`\n"
     assert missing_quotes("fake.md", comment_only)            # words in a comment are not code
+
+
+def test_pasted_verify_tables_have_verifys_columns():
+    """Before: docs/adding-a-layer.md pasted verify tables without the `path` column that issue 12 added.
+    Every pasted table whose first column is `component` has the columns `verify` prints today."""
+    from oracle.verify import HEADER
+    found = 0
+    for page in [*(DOCS / p for p in existing_pages()), ROOT / "README.md"]:
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            cells = tuple(c.strip() for c in line.strip().strip("|").split("|"))
+            if line.startswith("| component") and len(cells) > 3:          # a table, not a two-column legend
+                found += 1
+                assert cells == HEADER, f"{page.name}:{n}: columns {cells}, verify prints {HEADER}"
+    assert found >= 3

@@ -480,6 +480,26 @@ def test_train_init_from_needs_the_models_tokenizer(tmp_path, gpt2_dir, capsys):
     assert rc == 2 and "prepare the data with the model's tokenizer" in err, err
 
 
+def test_train_init_from_refuses_model_flags_the_model_contradicts(tmp_path, gpt2_dir, capsys):
+    """Before: `train --init-from DIR --n_layer 3 --pos sinusoidal` trained DIR's 2-layer learned-position
+    model, and the settings line still said `n_layer=... (flag)`. A model flag the directory contradicts
+    is refused before any data is read; the settings taken from the model say "(init-from)"."""
+    base = ["train", "--init-from", gpt2_dir, "--data_dir", tmp_path / "nodata", "--out_dir", tmp_path / "o"]
+    for extra, want in ((["--n_layer", "3"], "n_layer=3 (flag) contradicts the model in"),
+                        (["--pos", "sinusoidal"], "pos='sinusoidal' (flag) contradicts the model in"),
+                        (["--norm", "rmsnorm"], "norm='rmsnorm' (flag) contradicts the model in")):
+        rc, _, err = cli([*base, *extra], capsys)
+        assert rc == 2 and want in err and "drop" in err and err.count("\n") == 1, err
+    config = tmp_path / "c.json"
+    config.write_text('{"n_embd": 64}')
+    rc, _, err = cli([*base, "--config", config], capsys)
+    assert rc == 2 and "n_embd=64 (config file) contradicts" in err, err
+    # ours to choose: dtype, dropout, a shorter context; and a flag equal to the model's value
+    rc, _, err = cli([*base, "--dtype", "float64", "--dropout", "0.1", "--block_size", "8", "--n_layer", "2"], capsys)
+    assert rc == 2 and "contradicts" not in err and "nodata" in err, err
+    assert "n_embd=32 (init-from)" in err and "n_layer=2 (flag)" in err and "block_size=8 (flag)" in err
+
+
 def test_export_errors_are_one_line(tmp_path, capsys):
     from reference.checkpoint import save_checkpoint
     ckpt = tmp_path / "ckpt.safetensors"

@@ -64,6 +64,22 @@ def test_backward_with_the_wrong_number_of_gradients_is_refused():
         check(lambda a, b: a * b, lambda dy: (dy[:2], dy), lambda a, b: a * b, (a, b), input_names=("a", "b"))
 
 
+def test_a_bare_input_array_and_a_forward_returning_a_tuple_are_refused_clearly():
+    """Before: check(..., x) with x a bare array fed its rows to forward as separate arguments ("forward()
+    takes 2 positional arguments but 3 were given"); a forward with this project's (y, cache) protocol
+    died in numpy ("setting an array element with a sequence")."""
+    from reference.layers import Linear
+    x = rng.standard_normal((2, 3))
+    with pytest.raises(CheckError, match=r"inputs is one array of shape \(2, 3\); give a tuple .* e\.g\. \(x,\)"):
+        check(lambda x: 2 * x, lambda dy: 2 * dy, lambda x: 2 * x, x)
+    layer = Linear(3, 4, bias=False, dtype="float64", rng=np.random.default_rng(0))
+    with pytest.raises(CheckError, match=r"forward returned a tuple of 2; .*use oracle.compare"):
+        check(layer.forward, lambda dy: dy, nn.Linear(3, 4, bias=False), (x,),
+              params={"weight": (layer.weight.data, layer.weight.grad)})
+    with pytest.raises(CheckError, match="forward returned a tuple of 2"):
+        jacobian_check(layer.forward, lambda dy: dy, (x,))
+
+
 # ---------------------------------------------------------------------------------------------- name map, slices
 
 class SeparateQKV:

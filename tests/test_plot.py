@@ -194,13 +194,18 @@ def test_cli_defaults_and_labels(tmp_path, capsys, figures, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["{a}", "{a}", "--labels", "one"], r"^error: 1 labels for 2 logs\n$"),
     (["{a}", "--labels", "one", "two"], r"^error: 2 labels for 1 logs\n$"),
-    (["{missing}"], r"^error: \[Errno 2\] No such file or directory: '.*nope.jsonl'\n$"),
+    (["{missing}"], r"^error: no log at .*nope.jsonl; expected a log.jsonl written by `train`\n$"),
     (["{empty}"], r"^error: .*empty.jsonl: no training or evaluation records"),
+    # before: "'utf-8' codec can't decode byte ..." without the file, and "[Errno 21] Is a directory"
+    (["{binary}"], r"^error: .*ckpt.safetensors: not a text file \(is it a log.jsonl from `train`\?\)\n$"),
+    (["{bare_dir}"], r"^error: .*bare is a directory without a log.jsonl; expected a log.jsonl written by `train`\n$"),
 ])
 def test_cli_errors_are_clear_and_write_nothing(tmp_path, capsys, argv, message):
     names = {"a": write_log(tmp_path / "a.jsonl", A_TRAIN, A_EVAL), "missing": tmp_path / "nope.jsonl",
-             "empty": tmp_path / "empty.jsonl"}
+             "empty": tmp_path / "empty.jsonl", "binary": tmp_path / "ckpt.safetensors", "bare_dir": tmp_path / "bare"}
     names["empty"].write_text("")
+    names["binary"].write_bytes(b"\x10\x00\xb3\xff" * 8)
+    names["bare_dir"].mkdir()
     out = tmp_path / "c.png"
     assert plot.run(parse(*[x.format(**names) for x in argv], "-o", out)) == 2
     captured = capsys.readouterr()
@@ -264,3 +269,13 @@ def test_out_without_a_suffix_reports_the_file_it_writes(tmp_path, capsys, figur
     assert plot.run(parse(a, "-o", "noext")) == 0
     assert capsys.readouterr().out == "wrote noext.png\n"
     assert png_size(tmp_path / "noext.png") == (960, 600) and not (tmp_path / "noext").exists()
+
+
+def test_a_run_directory_plots_its_log(tmp_path, capsys, figures):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_log(run_dir / "log.jsonl", A_TRAIN, A_EVAL)
+    out = tmp_path / "c.png"
+    assert plot.run(parse(str(run_dir), "-o", out)) == 0 and out.exists()
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert legend_texts(figures[0].axes[0])[0] == "run: train loss (per step)"     # labelled by the run's name

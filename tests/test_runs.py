@@ -104,6 +104,15 @@ def test_a_schedule_longer_than_the_run_is_warned_about(data_dir, tmp_path, caps
     assert rc == 0 and "warning" not in err
 
 
+def test_a_schedule_that_rises_is_warned_about(data_dir, tmp_path, capsys):
+    """min_lr above learning_rate makes the 'decay' climb: said at start, not refused (it may be meant)."""
+    rc, err = train(capsys, "--data_dir", data_dir, "--out_dir", tmp_path / "o", "--max_iters", 2, *SMALL_MODEL,
+                    "--lr_decay_iters", 2, "--warmup_iters", 1, "--learning_rate", 1e-3, "--min_lr", 1e-2,
+                    "--no-progress")
+    assert rc == 0, err
+    assert "warning: min_lr=0.01 is above learning_rate=0.001: the cosine schedule rises" in err
+
+
 def test_settings_are_printed_at_start_and_the_defaults_say_so(capsys, tmp_path):
     from reference.train import TrainConfig, describe_settings
     assert describe_settings(TrainConfig(), {}) == "settings: the defaults (the shakespeare_char recipe)"
@@ -124,12 +133,14 @@ def options_without_default(parser: argparse.ArgumentParser) -> list[str]:
         entry = re.search(rf"^  {re.escape(', '.join(action.option_strings[:1]))}\b.*?(?=^  -|\Z)", text,
                           re.M | re.S)
         assert entry, action.option_strings
-        if "default" not in entry.group(0).lower():
+        if action.required:                                # before: `export --to DIR ... (default: None)`
+            assert "(required)" in entry.group(0) and "default" not in entry.group(0).lower(), entry.group(0)
+        elif "default" not in entry.group(0).lower():
             missing.append(action.option_strings[0])
     return missing
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "plot"])
+@pytest.mark.parametrize("command", ["train", "sample", "plot", "export"])
 def test_every_option_shows_its_default_in_help(command, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     parser = cli.command_parser(command)
@@ -153,3 +164,45 @@ def test_help_through_a_real_process_mentions_the_precedence():
     assert proc.returncode == 0
     assert "highest precedence first: flags, --config FILE.json, the resumed checkpoint's saved settings, " \
            "--preset, the defaults" in " ".join(proc.stdout.split())
+
+
+def test_done_line_says_where_the_checkpoint_is_or_why_there_is_none(data_dir, tmp_path, capsys):
+    """Before: a short run whose val loss never beat step 0's ended `done: ...` with no checkpoint on disk
+    and no word about it; `sample` and `export` then said "no checkpoint". The done line names the
+    checkpoint and its step, or says none was written and why."""
+    small = [a for a in SMALL_MODEL if a != "--always_save_checkpoint"]
+    out = tmp_path / "run"
+    rc, err = train(capsys, "--data_dir", data_dir, "--out_dir", out, "--max_iters", 2, *small, "--learning_rate",
+                    "1e-9", "--warmup_iters", 0, "--no-progress")
+    done = err.strip().splitlines()[-1]
+    assert rc == 0 and done.startswith("done: step 2") and not (out / "ckpt.safetensors").exists()
+    assert done.endswith("no checkpoint was written: the val loss never beat the best so far, "
+                         f"{json.loads((out / 'log.jsonl').read_text().splitlines()[1])['val_loss']:.4f} "
+                         "(--always_save_checkpoint saves at every evaluation)"), done
+    rc, err = train(capsys, "--data_dir", data_dir, "--out_dir", out, "--max_iters", 2, *SMALL_MODEL, "--overwrite",
+                    "--no-progress")
+    assert rc == 0 and err.strip().endswith(f"; checkpoint {out / 'ckpt.safetensors'} (step 2)"), err
+    rc, err = train(capsys, "--resume", out, "--max_iters", 3, "--learning_rate", "1e-9", "--warmup_iters", 0,
+                    "--no-always_save_checkpoint", "--no-progress")
+    assert rc == 0 and f"; {out / 'ckpt.safetensors'} is unchanged: the val loss never beat" in err, err
+    assert load_checkpoint(out / "ckpt.safetensors").step == 2
+
+
+def test_a_flag_of_the_other_optimizer_is_refused(data_dir, tmp_path, capsys):
+    """Before: `--momentum 0.5` with the default AdamW, or `--optimizer sgd --beta1 0.5`, trained without using
+    the flag and without a word."""
+    base = ["--data_dir", data_dir, "--out_dir", tmp_path / "run", "--max_iters", 1, *SMALL_MODEL, "--no-progress"]
+    for extra, want in ((["--momentum", "0.5"], "--momentum is a setting of --optimizer sgd, but this run uses "
+                                                "adamw; drop it or pass --optimizer sgd"),
+                        (["--nesterov", "--dampening", "0.1"], "--dampening and --nesterov are settings of --optimizer "
+                                                               "sgd, but this run uses adamw; drop them or pass "
+                                                               "--optimizer sgd"),
+                        (["--optimizer", "sgd", "--beta1", "0.5"], "--beta1 is a setting of --optimizer adamw, but this "
+                                                                   "run uses sgd; drop it or pass --optimizer adamw")):
+        rc, err = train(capsys, *base, *extra)
+        assert rc == 2 and err.strip().splitlines()[-1] == f"error: {want}", err
+        assert not (tmp_path / "run").exists()
+    config = tmp_path / "saved.json"                   # a config file may hold every key (a saved train_config)
+    config.write_text(json.dumps({"momentum": 0.9, "beta1": 0.9}))
+    rc, err = train(capsys, *base, "--config", config)
+    assert rc == 0, err

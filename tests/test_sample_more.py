@@ -98,3 +98,11 @@ def test_cli_refuses_a_checkpoint_without_a_tokenizer(ckpts, capsys):
     rc, out, _ = sample_cli(capsys, "--ckpt", ckpts[0], "--prompt", "ab", "--max-new-tokens", 3, "--greedy",
                             "--top-k", 0)
     assert rc == 0 and out.startswith("ab") and len(out) == len("ab") + 3 + 1 and set(out[:-1]) <= set("abcde")
+
+
+def test_ckpt_and_init_from_together_are_refused(tmp_path, capsys):
+    """Before: `sample --ckpt FILE --init-from DIR` sampled DIR and ignored FILE without a word."""
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--ckpt", str(tmp_path / "c.safetensors"), "--init-from", str(tmp_path)])
+    assert e.value.code == 2
+    assert "argument --init-from/--init_from: not allowed with argument --ckpt" in capsys.readouterr().err

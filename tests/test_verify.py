@@ -123,3 +123,48 @@ def test_verify_help_shows_every_default(capsys):
     for flag in ("--dtype", "--case", "--cases", "--dims", "--seed", "--verbose"):
         assert flag in out
     assert "(default: both)" in out and "(default: 0)" in out and out.count("default") >= 6
+
+
+def test_verify_refuses_a_negative_seed_in_one_line(capsys):
+    # Before: `verify --seed -1` ran and died in numpy's default_rng with a ValueError traceback.
+    import pytest
+    for bad in ("-1", "1.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--case", "linear", "--seed", bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --seed: expected a whole number >= 0, got '{bad}'" in err and "Traceback" not in err
+
+
+def test_a_cases_module_that_raises_is_one_line_naming_its_line(tmp_path, capsys):
+    """Before: a NameError or TypeError in the user's --cases module was a traceback through importlib;
+    only ImportError, OSError, ValueError and SyntaxError were one line."""
+    for body, want in (("foo\n", "NameError: name 'foo' is not defined"),
+                       ("from oracle import register\nregister('x', None, None, nonsense=1)\n",
+                        "TypeError: Case.__init__() got an unexpected keyword argument 'nonsense'")):
+        path = tmp_path / "broken_cases.py"
+        path.write_text(body, encoding="utf-8")
+        assert main(["--cases", str(path)]) == 2
+        err = capsys.readouterr().err
+        line = body.count("\n")
+        assert err == f"error: --cases {path}: could not import it ({want}, at {path}:{line})\n", err
+
+
+def test_a_case_that_raises_is_an_error_row_and_the_others_still_run(tmp_path, capsys):
+    """Before: a registered case whose layer raised (a shape bug in the user's code) ended verify with a
+    traceback and no table."""
+    path = tmp_path / "crashing_cases.py"
+    path.write_text("from torch import nn\nfrom oracle import register\nfrom reference import layers as L\n"
+                    "register('crashes', lambda d, dt, rng: L.RMSNorm(d.C + 1, dtype=dt), lambda d: nn.RMSNorm(d.C))\n",
+                    encoding="utf-8")
+    try:
+        assert main(["--cases", str(path), "--case", "crashes", "--case", "linear", "--dtype", "float64"]) == 1
+    finally:
+        registry.unregister("crashes")
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [(r[0].strip(), r[2].strip(), r[-1].strip()) for r in rows] == [
+        ("crashes", "fast", "ERROR"), ("crashes", "textbook", "ERROR"), ("linear", "fast", "pass"),
+        ("linear", "textbook", "pass")]
+    assert "[fast path] crashes [float64]: raised ValueError: operands could not be broadcast" in out
+    assert "reference/layers.py:" in out and "Traceback" not in out

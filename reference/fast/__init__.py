@@ -9,3 +9,13 @@
 Select it with `GPT(config, kernels="fast")` (the default) or `reference.kernels.use_kernels`.
 What each kernel changes, why it is faster and what proves it equal: docs/performance.md.
 """
+
+import importlib
+from pathlib import Path
+
+
+def __getattr__(name: str):
+    """`reference.fast.pool.products_on_pool()` after `import reference`: a submodule is imported on first use."""
+    if not name.startswith("_") and (Path(__file__).parent / f"{name}.py").is_file():
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'reference.fast' has no attribute {name!r}")
