@@ -514,9 +514,12 @@ def symbol_source(target: str) -> str:
 def missing_quotes(page: str, text: str) -> list[str]:
     """One line per quote of `text` (a page) not found in its symbol's source."""
     code = where_in(text).get("Code")
-    problems = []
+    problems, named = [], None
     for passage, quotes, symbols in code_quotes(text):
-        scope = symbols or ([code] if code else [])
+        # A passage that names no symbol reads as the one the page last named ("In code (`...::gelu`)",
+        # then "In code: ..."), else the page's Code line: as a reader takes it.
+        named = symbols or named
+        scope = named or ([code] if code else [])
         if quotes and not scope:
             problems.append(f"docs/{page}: no code symbol for the quotes in: {passage[:80]}")
             continue
@@ -557,6 +560,14 @@ def test_quote_check_reports_a_wrong_quote():
         missing_quotes("fake.md", fast)
     comment_only = "In code: `the scores a query can see`.\n\n## Where\n\n- Code: `reference/attention.py::CausalSelfAttention`\n"
     assert missing_quotes("fake.md", comment_only)            # words in a comment are not code
+    # A passage without a symbol reads as the symbol the page last named, not the page's Code line:
+    # gelu_grad's code quoted after "In code (`...::gelu`)" is reported (docs/gelu.md was, by the
+    # project's own check, before it named gelu_grad).
+    inherited = ("In code (`reference/functional.py::gelu`): `x * normal_cdf(x)`.\n\n"
+                 "In code: `return normal_cdf(x) + x * normal_pdf(x)`.\n\n"
+                 "## Where\n\n- Code: `reference/functional.py::gelu_grad`\n")
+    assert missing_quotes("fake.md", inherited) == [
+        "docs/fake.md: `return normal_cdf(x) + x * normal_pdf(x)` is not in reference/functional.py::gelu"]
 
 
 def test_pasted_verify_tables_have_verifys_columns():
