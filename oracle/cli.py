@@ -8,7 +8,6 @@ provides `add_arguments(parser)` and `run(args) -> int`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from reference import cli as reference_cli
@@ -26,21 +25,8 @@ PROG = "numpy-gpt"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in reference_cli.COMMANDS:
-        return reference_cli.main(argv, prog=PROG)
     reference_cli.utf8_output()
-    parser = argparse.ArgumentParser(prog=PROG, description="A GPT in pure NumPy, proved against PyTorch.")
-    sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help() if not argv else parser.parse_args(argv)
-        return 2
-    module = reference_cli._load(COMMANDS[argv[0]][0])         # a clear line when torch is missing
-    if module is None:
-        return 2
-    cmd = reference_cli.command_parser(argv[0], module, prog=PROG, commands=COMMANDS)
-    return reference_cli.run_command(argv, module, cmd, PROG)
+    return reference_cli.dispatch(argv, COMMANDS, PROG)
 
 
 if __name__ == "__main__":

@@ -60,17 +60,24 @@ def main(argv: list[str] | None = None, prog: str = "python -m reference") -> in
         print(f"error: '{argv[0]}' is a command of the oracle: run `python -m oracle {argv[0]}` "
               f"(or `numpy-gpt {argv[0]}`)", file=sys.stderr)
         return 2
+    return dispatch(argv, COMMANDS, prog)
+
+
+def dispatch(argv: list[str], commands: dict[str, tuple[str, str]], prog: str) -> int:
+    """Run the command argv[0] of `commands` ({name: (module, help)}), its module imported only now;
+    with no command or an unknown one, the list of commands and exit 2. Shared by `python -m reference`
+    and `python -m oracle` / `numpy-gpt` (oracle/cli.py), which adds verify and bench."""
     parser = argparse.ArgumentParser(prog=prog, description="A GPT in pure NumPy, proved against PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text) in commands.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in commands:
         parser.print_help() if not argv else parser.parse_args(argv)
         return 2
-    module = _load(COMMANDS[argv[0]][0])
+    module = _load(commands[argv[0]][0])                       # a clear line when torch etc. is missing
     if module is None:
         return 2
-    return run_command(argv, module, command_parser(argv[0], module, prog=prog, commands=COMMANDS), prog)
+    return run_command(argv, module, command_parser(argv[0], module, prog=prog, commands=commands), prog)
 
 
 def run_command(argv: list[str], module, cmd: argparse.ArgumentParser, prog: str) -> int:
