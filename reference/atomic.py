@@ -10,6 +10,10 @@ files in the same directory whose name matches that pattern exactly and whose wr
 A file of another name, or a temporary of a writer that is still running, is never touched; stale
 temporaries therefore never accumulate (tests/test_reliability.py, "no leaks").
 
+Ctrl-C (SIGINT) during a write is held back until the file is renamed into place (`_interrupts_held`):
+an interrupt between creating the temporary and removing it would leave it behind, so the write
+finishes (it takes a moment) and the KeyboardInterrupt is raised right after it.
+
 Files are created with `open(..., "xb")`, so they get the usual mode, 0o666 less the umask (0o644 under
 umask 022): the same for checkpoints as for prepared data. (`tempfile.mkstemp` would give 0o600.)
 """
@@ -19,6 +23,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_write", "remove_stale_temps", "temp_name", "temp_pattern"]
@@ -70,26 +77,45 @@ def remove_stale_temps(path) -> list[Path]:
     return removed
 
 
+@contextmanager
+def _interrupts_held():
+    """SIGINT received inside the block is recorded, and re-raised (through the handler that was in place)
+    when the block ends. Python runs signal handlers in the main thread only, so this works there, whichever
+    thread the signal reached; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
 def atomic_write(path, data) -> None:
     """Write `data` (bytes-like, or an iterable of bytes-like chunks) to `path` atomically."""
     path = Path(path)
     remove_stale_temps(path)
     tmp = temp_name(path)
     chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    f = open(tmp, "xb")                   # "x": a fresh file, umask-respecting mode
-    try:
-        with f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    with _interrupts_held():
+        f = open(tmp, "xb")               # "x": a fresh file, umask-respecting mode
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            with f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     try:                                  # make the rename itself durable; not possible everywhere
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

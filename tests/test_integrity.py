@@ -223,6 +223,31 @@ def test_saves_killed_with_sigkill_leave_nothing_that_grows(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
 
+def test_ctrl_c_during_a_write_lands_after_it_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """SIGINT while the temporary exists (here: from inside fsync) used to leave `.name.<pid>.<hex>.tmp`
+    behind when it arrived between creating the file and its cleanup (a real `train` run showed it). The
+    interrupt is now held until the file is in place: the new file is whole, no temporary is left, and the
+    KeyboardInterrupt follows."""
+    import os
+    import signal
+
+    from reference import atomic
+
+    target = tmp_path / "ckpt.safetensors"
+    target.write_bytes(b"old")
+    real_fsync = os.fsync
+
+    def interrupted_fsync(fd):
+        signal.raise_signal(signal.SIGINT)           # Ctrl-C while the temporary is open
+        real_fsync(fd)
+    monkeypatch.setattr(atomic.os, "fsync", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_write(target, [b"new ", b"data"])
+    assert target.read_bytes() == b"new data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+
+
 def test_remove_stale_temps_tolerates_a_missing_directory(tmp_path):
     assert atomic.remove_stale_temps(tmp_path / "nowhere" / "ckpt.safetensors") == []
 
