@@ -18,12 +18,11 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import queue
 import re
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,13 +40,66 @@ def _default_threads() -> int:
 
 
 THREADS = _default_threads()
-_pool: tuple[int, ThreadPoolExecutor] | None = None            # (pid that made it, pool)
+_worker = threading.local()                                    # .busy: this thread is a pool worker
 
 
-def _executor() -> ThreadPoolExecutor:
+class Pool:
+    """`n` daemon threads that run fn(arg) for the items of `map`, and the caller waits for all of them.
+
+    Why not concurrent.futures.ThreadPoolExecutor: its futures and its idle counter are guarded by
+    threading.Condition, whose __enter__ is Python code. A Ctrl-C (KeyboardInterrupt) that lands in the
+    main thread just after __enter__ has taken the lock, before the `with` block is set up, leaves the lock
+    held for ever (CPython runs signal handlers between any two calls; bpo-29988): the next `map`
+    deadlocks, or a worker blocks on the lock and the interpreter hangs at exit joining it. CI saw the
+    latter, a `train` that printed "interrupted" and never exited; tests/test_reliability.py raises Ctrl-C
+    into this loop thousands of times.
+
+    Here the only things shared between threads are `queue.SimpleQueue`s, written in C: an interrupt in
+    `get` takes no item and holds no lock. Each `map` gets its own result queue, so an interrupted call's
+    late results never reach a later call; the workers are daemon threads, so exit never waits for them.
+    Arrays a worker still writes after an interrupt stay referenced by its task, so the Recycler does not
+    hand them out again until it is done.
+    """
+
+    def __init__(self, n: int):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"numpy-gpt_{i}", daemon=True) for i in range(n)]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self) -> None:
+        _worker.busy = True                                    # nested for_blocks run inline (no deadlock)
+        while True:
+            fn, index, arg, results = self.tasks.get()
+            try:
+                results.put((index, fn(arg), None))
+            except BaseException as error:                     # handed to the caller, which raises it
+                results.put((index, None, error))
+            del fn, arg, results                               # release the task's arrays before waiting
+
+    def map(self, fn: Callable, args: list) -> list:
+        """[fn(a) for a in args], run on the pool; the first failing item's exception is raised."""
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        for index, arg in enumerate(args):
+            self.tasks.put((fn, index, arg, results))
+        out, errors = [None] * len(args), []
+        for _ in args:
+            index, value, error = results.get()
+            out[index] = value
+            if error is not None:
+                errors.append((index, error))
+        if errors:
+            raise min(errors, key=lambda e: e[0])[1]
+        return out
+
+
+_pool: tuple[int, Pool] | None = None                          # (pid that made it, pool)
+
+
+def _executor() -> Pool:
     global _pool
     if _pool is None or _pool[0] != os.getpid():              # a forked child gets a pool of its own
-        _pool = (os.getpid(), ThreadPoolExecutor(THREADS, thread_name_prefix="numpy-gpt"))
+        _pool = (os.getpid(), Pool(THREADS))
     return _pool[1]
 
 
@@ -109,14 +161,6 @@ def products_on_pool(enable: bool = True) -> Iterator[bool]:
         set_blas_threads(threads)
 
 
-_worker = threading.local()                                    # .busy: this thread is a pool worker
-
-
-def _run(fn: Callable, arg):
-    _worker.busy = True                                        # nested for_blocks run inline (no deadlock)
-    return fn(arg)
-
-
 def _inline() -> bool:
     return THREADS == 1 or getattr(_worker, "busy", False)
 
@@ -130,7 +174,7 @@ def for_blocks(fn: Callable[[int, int], object], n: int, item_size: int = 1) -> 
     bounds = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     if _inline() or len(bounds) <= 1:
         return [fn(lo, hi) for lo, hi in bounds]
-    return list(_executor().map(partial(_run, lambda b: fn(*b)), bounds))
+    return _executor().map(lambda b: fn(*b), bounds)
 
 
 def for_products(fn: Callable[[int, int], object], n: int, item_size: int | None = None) -> list:
@@ -143,7 +187,7 @@ def for_products(fn: Callable[[int, int], object], n: int, item_size: int | None
     if item_size is not None:
         return for_blocks(fn, n, item_size)
     bounds = [(i * n // THREADS, (i + 1) * n // THREADS) for i in range(min(THREADS, n))]
-    return list(_executor().map(partial(_run, lambda b: fn(*b)), bounds))
+    return _executor().map(lambda b: fn(*b), bounds)
 
 
 def column_sums(a: np.ndarray, before: Callable[[int, int], object] | None = None) -> np.ndarray:
