@@ -383,8 +383,9 @@ def test_finite_difference_checks_on_third_party_code():
     layer.bug = "k"
     assert "k_proj.grad (jacobian)" in failing(jacobian_check(layer.forward, layer.backward, (x,), params=params))
     assert "k_proj.grad (directional)" in failing(directional_check(layer.forward, layer.backward, (x,), params=params))
-    with pytest.raises(CheckError, match="need float64: input 'input' is float32"):
-        jacobian_check(layer.forward, layer.backward, (x.astype(np.float32),), params=params)
+    for fn in (sampled_check, jacobian_check, directional_check):  # all three refuse float32 alike
+        with pytest.raises(CheckError, match="need float64: input 'input' is float32"):
+            fn(layer.forward, layer.backward, (x.astype(np.float32),), params=params)
     with pytest.raises(CheckError, match="max_size"):
         jacobian_check(layer.forward, layer.backward, (rng.standard_normal((50, 40, 3)),), params=params)
 
