@@ -169,6 +169,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
+def previous_source(out_dir: Path) -> str | None:
+    """The source recorded by data prepared earlier in ``out_dir`` ("" if unreadable), or None if none."""
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return ""
+    return str(meta.get("source", "")) if isinstance(meta, dict) else ""
+
+
 def prepare(
     raw: bytes,
     out_dir: str | Path,
@@ -176,7 +187,12 @@ def prepare(
     source: str = "",
     val_fraction: float = VAL_FRACTION,
 ) -> dict[str, Any]:
-    """Tokenize ``raw``, split it, write the three files to ``out_dir``; return the meta dict."""
+    """Tokenize ``raw``, split it, write the three files to ``out_dir``; return the meta dict.
+
+    ``meta.json`` is the directory's commit record: an earlier one is removed before the new splits are
+    written, and the new one is written last. Each file is written atomically, so a run stopped
+    anywhere (Ctrl-C, a full disk) leaves either whole new data or no ``meta.json``, which the loader
+    reports as "no prepared data"; never new splits described by the old meta (another vocabulary)."""
     ids, tok = tokenize(raw, kind)
     train, val = split_train_val(ids, val_fraction)
     if len(train) < MIN_SPLIT_TOKENS or len(val) < MIN_SPLIT_TOKENS:
@@ -201,6 +217,7 @@ def prepare(
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)
         atomic_write_bytes(out / "train.bin", train.astype(dtype).tobytes())
         atomic_write_bytes(out / "val.bin", val.astype(dtype).tobytes())
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
@@ -246,6 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
+    replacing = previous_source(out_dir)
     try:
         if args.src:
             raw = read_source(args.src)
@@ -262,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:                     # files are written atomically: nothing half-written is left
         print(f"prepare.py: interrupted; {out_dir} holds no partial file", file=sys.stderr)
         return 130
+    if replacing is not None:
+        print(f"replaced the data prepared earlier in {out_dir}" + (f" (from {replacing})" if replacing else ""))
     print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
     print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin, meta.json")

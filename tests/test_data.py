@@ -385,6 +385,40 @@ def test_prepare_overwrites_and_leaves_no_temp_files(tmp_path, prep):
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
+def test_prepare_says_it_replaced_earlier_data(tmp_path, prep, capsys):
+    out, a, b = tmp_path / "out", write_corpus(tmp_path, make_text(seed=1)), tmp_path / "b.txt"
+    b.write_text(make_text(seed=2))
+    assert prep.main(["--from", str(a), "--out", str(out)]) == 0
+    assert "replaced the data" not in capsys.readouterr().out
+    assert prep.main(["--from", str(b), "--out", str(out)]) == 0
+    assert f"replaced the data prepared earlier in {out} (from {a})" in capsys.readouterr().out
+    assert load_meta(out)["source"] == str(b)
+
+
+@pytest.mark.parametrize("fails_at", ["train.bin", "val.bin", "meta.json"])
+def test_a_prepare_stopped_midway_leaves_no_meta_describing_other_splits(tmp_path, prep, monkeypatch, capsys,
+                                                                          fails_at):
+    """meta.json goes first and comes last: new splits under the old meta (another vocabulary, maybe the
+    same token counts) can never be loaded."""
+    out = tmp_path / "out"
+    prep.prepare(make_text(seed=1).encode(), out, kind="char")
+    write = prep.atomic_write_bytes
+
+    def full_disk(path, data):
+        if path.name == fails_at:
+            raise OSError(28, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(prep, "atomic_write_bytes", full_disk)
+    src = write_corpus(tmp_path, make_text(seed=2).encode("utf-8") + b"\xff")
+    assert prep.main(["--from", str(src), "--out", str(out), "--tokenizer", "byte"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (out / "meta.json").exists()
+    with pytest.raises(FileNotFoundError, match="no prepared data"):
+        load_split(out, "train")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 class FakeResponse(io.BytesIO):
     """What urlopen returns: a readable context manager."""
 
