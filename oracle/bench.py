@@ -362,14 +362,16 @@ def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3,
     """Exclusive seconds per step spent in each layer type's forward and backward, and the optimizer.
 
     Wraps the forward/backward of every layer class with a timer that subtracts the time of the
-    layers it calls, so the rows add up to the step. Only calls on the main thread are timed: with
-    the products on the pool, attention's softmax runs on the pool's threads, inside the blocks of
-    `attend`, and its time is in the attention rows. Returns [(name, seconds, share)], largest first.
+    layers it calls, so the rows add up to the step. Only calls on the main thread outside the pool's
+    items are timed: with the products on the pool, attention's softmax runs inside the blocks of
+    `attend` (on the pool's thread, or on this one running its share), and its time is in the
+    attention rows. Returns [(name, seconds, share)], largest first.
     """
     from reference import attention, layers, loss, model as model_mod, optim
     from reference.fast import attention as fast_attention
     from reference.fast import layers as fast_layers
     from reference.fast import model as fast_model
+    from reference.fast.pool import in_task
 
     totals: dict[str, float] = {}
     stack: list[float] = []                                    # child time accumulated per open frame
@@ -378,7 +380,7 @@ def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3,
         original = getattr(owner, name)
 
         def timed(*a, **k):
-            if threading.current_thread() is not threading.main_thread():
+            if threading.current_thread() is not threading.main_thread() or in_task():
                 return original(*a, **k)                       # on the pool: counted in the caller's row
             stack.append(0.0)
             t0 = time.perf_counter()
