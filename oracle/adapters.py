@@ -45,14 +45,16 @@ def layer_arguments(ref, inputs: tuple, *, seed: int = 0, dropout: bool = False)
                 masks=DropoutMasks(np.random.default_rng(seed + 1)) if dropout else None, seed=seed)
 
 
-def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False) -> Report:
+def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False,
+            ill_conditioned: bool = False) -> Report:
     """Compare a reference layer with its twin: forward, input gradient and every parameter gradient.
 
     `twin` is a torch module with the same parameter names (any dtype; it is copied and cast).
     Inputs are numpy arrays; the first, if floating, is the one whose gradient is compared.
     float64 runs are judged against torch float64; float32 runs against torch float64 on the
-    same inputs, relative to torch float32's own error (see tolerance.py). Gradients must
-    accumulate (+=). A thin user of `oracle.check`.
+    same inputs, relative to torch float32's own error (see tolerance.py); `ill_conditioned`, for
+    inputs known to be ill-conditioned only, as in `oracle.check`. Gradients must accumulate (+=).
+    A thin user of `oracle.check`.
     """
     name_twin_dropouts(twin)
     ours = {k: v.shape for k, v in ref.state_dict().items()}
@@ -69,7 +71,8 @@ def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dro
         report.problems.append("dropout was requested but the layer's forward takes no masks: no mask was drawn")
         return report
     try:
-        return check(reference=twin, accumulates=True, case=case, **layer_arguments(ref, inputs, seed=seed, dropout=dropout))
+        return check(reference=twin, accumulates=True, case=case, ill_conditioned=ill_conditioned,
+                     **layer_arguments(ref, inputs, seed=seed, dropout=dropout))
     except CheckError as e:                                    # a layer whose shapes differ: a failing report
         report = Report(case, "float64")
         report.problems.append(str(e))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -572,8 +573,9 @@ def _uncovered(mapping: _Mapping) -> list[str]:
 
 
 def _run_reference(reference, subject: Subject, mapping: _Mapping, values: dict[str, np.ndarray],
-                   dout: np.ndarray, dtype: torch.dtype, masks, order: list | None = None):
-    """The reference on our inputs and parameter values, in `dtype`: (output, [input grads], {our name: grad})."""
+                   dout: np.ndarray, dtype: torch.dtype, masks, order: list | None = None, inputs=None):
+    """The reference on our inputs (or `inputs`) and parameter values, in `dtype`: (output, [input grads],
+    {our name: grad})."""
     module = isinstance(reference, torch.nn.Module)
     fn = copy.deepcopy(reference).to(dtype) if module else reference
     theirs = dict(fn.named_parameters()) if module else {}
@@ -583,7 +585,7 @@ def _run_reference(reference, subject: Subject, mapping: _Mapping, values: dict[
             value = torch.from_numpy(np.array(values[name])).to(dtype)
             target.copy_(value.T if transpose else value)
     tin = []
-    for i, x in enumerate(subject.inputs):
+    for i, x in enumerate(subject.inputs if inputs is None else inputs):
         t = torch.from_numpy(np.array(x))
         if t.is_floating_point():
             t = t.to(dtype).requires_grad_(i in subject.grad_inputs)
@@ -619,7 +621,8 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
           params: Mapping[str, Any] | None = None, grad_inputs: Sequence[int | str] | None = None,
           input_names: Sequence[str] | None = None, name_map: Mapping[str, Any] | None = None,
           slices: Mapping[str, Mapping[str, Any]] | None = None, masks=None, accumulates: bool = False,
-          zero_grad: Callable | None = None, seed: int = 0, case: str = "check") -> Report:
+          zero_grad: Callable | None = None, seed: int = 0, case: str = "check",
+          ill_conditioned: bool = False) -> Report:
     """Verify NumPy code against a torch function or module: forward, input gradients, parameter gradients.
 
     forward(*inputs) -> output: our forward, NumPy arrays in and out (one output array). With `masks`
@@ -648,6 +651,10 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
     zero_grad: called before each forward/backward, for gradients the harness cannot zero itself
         (array gradients are zeroed in place).
     seed: the upstream gradient dout ~ N(0, 1) is drawn from default_rng(seed).
+    ill_conditioned: for inputs known to be ill-conditioned only (docs/tolerance.md, "Ill-conditioned
+        cases"): in float32, each tensor's yardstick also counts how far the float64 truth moves when
+        every input, parameter and dout element is moved by one float32 rounding (the worst of
+        tolerance.ROUNDING_DRAWS random draws, seeded by `seed`). No effect in float64.
 
     The run's dtype is that of the parameters and floating inputs (one of float32, float64). float64
     is judged against torch float64; float32 against torch float64 on the same values, relative to
@@ -691,6 +698,12 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
     t_out, t_dx, t_grads = _run_reference(reference, subject, mapping, values, dout, TORCH_DTYPES[dtype], drawn, order)
     truth = (_run_reference(reference, subject, mapping, values, dout, torch.float64, drawn)
              if dtype == np.float32 else None)
+    rounded = []                         # ill-conditioned: the truth, every input moved by one float32 rounding
+    rng = np.random.default_rng(seed)
+    for _ in range(tol_policy.ROUNDING_DRAWS if truth is not None and ill_conditioned else 0):
+        nudge = functools.partial(tol_policy.one_rounding_off, rng=rng)
+        rounded.append(_run_reference(reference, subject, mapping, {n: nudge(v) for n, v in values.items()}, nudge(dout),
+                                      torch.float64, drawn, inputs=[nudge(x) for x in subject.inputs]))
 
     named_dx = {subject.input_names[i]: g for i, g in zip(subject.grad_inputs, dx)}
     for name, arr in [("output", out), *((grad_name(n, "input"), g) for n, g in named_dx.items()),
@@ -698,8 +711,8 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
         if arr is not None and arr.dtype != dtype:
             report.problems.append(f"{name} has dtype {arr.dtype}, expected {dtype} (silent up- or down-cast)")
 
-    # (name, kind, ours, torch in the run's dtype, truth) in forward order
-    pairs = [("output", "forward", out, t_out, truth[0] if truth else None)]
+    # (name, kind, ours, pick) in forward order: pick(run) takes the tensor from a reference run (out, dx, grads)
+    pairs = [("output", "forward", out, lambda run: run[0])]
     grad_pairs = []
     for j, i in enumerate(subject.grad_inputs):
         iname = subject.input_names[i]
@@ -708,7 +721,7 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
             report.problems.append(f"{what} present on one side only (reference: {dx[j] is not None}, "
                                    f"twin: {t_dx[j] is not None})")
         elif dx[j] is not None:
-            grad_pairs.append((iname, grad_name(iname, "input"), "input", dx[j], t_dx[j], truth[1][j] if truth else None))
+            grad_pairs.append((iname, grad_name(iname, "input"), "input", dx[j], lambda run, j=j: run[1][j]))
     for name in subject.params:
         if grads[name] is None:
             report.problems.append(f"parameter {name!r}: the backward left no gradient")
@@ -717,26 +730,27 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
         for part, index in (parts.items() if parts else [(None, None)]):
             sel = (lambda a: a) if index is None else (lambda a, ix=index: None if a is None else a[ix])
             label = f"{name}.grad" if part is None else f"{name}.grad[{part}]"
-            grad_pairs.append((name, label, "param", sel(grads[name]), sel(t_grads[name]),
-                               sel(truth[2][name]) if truth else None))
+            grad_pairs.append((name, label, "param", sel(grads[name]), lambda run, n=name, sel=sel: sel(run[2][n])))
     position = {n: k for k, n in enumerate(order)}
     first_use = {n: position.get(mapping.targets[n][0] if n in mapping.targets else n, len(position))
                  for n, *_ in grad_pairs}
     grad_pairs.sort(key=lambda g: first_use[g[0]])          # stable: the given order among equals
     pairs += [g[1:] for g in grad_pairs]
 
+    plain = (t_out, t_dx, t_grads)
     out_floor = tol_policy.scale_floor([*floats, *values.values()])
-    expected_of = [p[4] if truth else p[3] for p in pairs]
+    expected_of = [pick(truth or plain) for *_, pick in pairs]
     floors = [out_floor] + tol_policy.gradient_floors([p[1] for p in pairs[1:]], expected_of[1:])
     if truth is not None:                                      # float32: torch's own error on each tensor
-        torch_errs = [rel_error(theirs, exp, fl)[0] for (_, _, _, theirs, exp), fl in zip(pairs, floors)]
+        torch_errs = [rel_error(pick(plain), exp, fl)[0] for (*_, pick), exp, fl in zip(pairs, expected_of, floors)]
         typical = float(np.median(torch_errs))
-    for k, ((name, kind, ours, theirs, exp), floor) in enumerate(zip(pairs, floors)):
+        moved = [max((rel_error(pick(run), exp, fl)[0] for run in rounded), default=0.0)   # 0 unless ill_conditioned
+                 for (*_, pick), exp, fl in zip(pairs, expected_of, floors)]
+    for k, ((name, kind, ours, _), expected, floor) in enumerate(zip(pairs, expected_of, floors)):
         if truth is None:
-            tol, expected = tol_policy.FLOAT64_TOL, theirs
+            tol = tol_policy.FLOAT64_TOL
         else:
-            expected = exp
-            tol = max(tol_policy.FLOAT32_FACTOR * max(torch_errs[k], typical), tol_policy.FLOAT32_FLOOR)
+            tol = max(tol_policy.FLOAT32_FACTOR * max(torch_errs[k], typical, moved[k]), tol_policy.FLOAT32_FLOOR)
         if np.shape(ours) != np.shape(expected):
             raise CheckError(f"{name}: shape {np.shape(ours)} here, {np.shape(expected)} in the reference")
         report.checks.append(tensor_check(name, kind, ours, expected, tol, floor))

@@ -51,6 +51,7 @@ FLOAT32_FACTOR = 10.0
 FLOAT32_FLOOR = 16 * 2.0**-23          # 16 float32 ulps of 1.0, about 1.9e-6
 FD_STEP = 1e-6
 FD_TOL = 1e-6
+ROUNDING_DRAWS = 3                     # ill-conditioned cases: random draws of one float32 rounding per input
 
 
 def scale_floor(arrays: Iterable) -> float:
@@ -75,3 +76,13 @@ def gradient_floors(kinds: list[str], arrays: list) -> list[float]:
     everything = scale_floor(arrays)
     of_kind = {k: scale_floor([a for kk, a in zip(kinds, arrays) if kk == k]) for k in set(kinds)}
     return [of_kind[k] or everything for k in kinds]
+
+
+def one_rounding_off(a, rng: np.random.Generator):
+    """`a` in float64 with every element moved by one float32 rounding, a relative 2^-24, up or down at
+    random (rng): an input of the yardstick for ill-conditioned cases (docs/tolerance.md, "Ill-conditioned
+    cases"). Non-floating arrays (token ids) come back unchanged."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return a
+    return a.astype(np.float64) * (1.0 + 2.0**-24 * rng.choice([-1.0, 1.0], a.shape))

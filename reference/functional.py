@@ -91,5 +91,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def softmax_backward(dp: np.ndarray, p: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p)). Derived in docs/softmax.md."""
-    return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
+    """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p)). Derived in docs/softmax.md.
+
+    The formula is applied twice: to dp, and again to g = dp - sum(dp * p), which gives the same ds in
+    exact arithmetic (a constant per row gets no gradient) but not in floating point: on a saturated
+    row (one p within round-off of 1) the first sum cancels against dp, and the second one, of the
+    small g, recovers what the first lost (docs/softmax.md, "Numerical stability")."""
+    g = dp - (dp * p).sum(axis=axis, keepdims=True)            # dp centred on its p-weighted mean
+    return p * (g - (g * p).sum(axis=axis, keepdims=True))

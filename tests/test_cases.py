@@ -6,7 +6,7 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from oracle import REGISTRY, Dims, compare
@@ -76,9 +76,33 @@ def dims(draw) -> Dims:
                 hd=hd, V=draw(st.integers(1, 20)), L=L)
 
 
+# float32 attention at input scale 30 that failed in searches of ~1500 random draws (of 4-5 attention cases each)
+# (docs/tolerance.md, "Ill-conditioned cases"): the first two through the one-pass softmax backward
+# (fixed: reference/functional.py::softmax_backward), the rest through conditioning alone.
+SATURATED = [
+    (Dims(B=3, T=5, H=6, Hkv=3, hd=2, V=11, L=6), "attention_gqa", 16666, attention.QUERY_TILE),
+    (Dims(B=2, T=4, H=3, Hkv=1, hd=2, V=11, L=8), "attention", 381, 3),
+    (Dims(B=2, T=2, H=6, Hkv=2, hd=2, V=11, L=2), "attention_gqa", 2045, attention.QUERY_TILE),
+    (Dims(B=3, T=10, H=2, Hkv=2, hd=2, V=20, L=10), "attention_rope", 50792, 1),
+    (Dims(B=2, T=2, H=3, Hkv=1, hd=4, V=3, L=3), "attention_alibi", 40537, 3),
+]
+
+
+def ill_conditioned(name: str, scale: float) -> bool:
+    """Attention at input scale 30: scores of up to ~1e4, softmax rows one-hot to within float32
+    round-off; the float32 yardstick then also counts how far the truth moves under one float32
+    rounding of the inputs (docs/tolerance.md, "Ill-conditioned cases"). Nowhere else."""
+    return name.startswith("attention") and scale >= 30.0
+
+
 @given(d=dims(), name=st.sampled_from(CASES), dtype=st.sampled_from(DTYPES),
        scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]), seed=st.integers(0, 2**16),
        tile=st.sampled_from([1, 3, attention.QUERY_TILE]))
+@example(*SATURATED[0][:2], "float32", 30.0, *SATURATED[0][2:])
+@example(*SATURATED[1][:2], "float32", 30.0, *SATURATED[1][2:])
+@example(*SATURATED[2][:2], "float32", 30.0, *SATURATED[2][2:])
+@example(*SATURATED[3][:2], "float32", 30.0, *SATURATED[3][2:])
+@example(*SATURATED[4][:2], "float32", 30.0, *SATURATED[4][2:])
 def test_hypothesis_shapes(d, name, dtype, scale, seed, tile):
     """Any sizes and input scales (large-magnitude logits included), on both paths, and the fast
     attention's query tiles (fast.attention.QUERY_TILE) of any size: still agrees with the twin."""
@@ -89,8 +113,23 @@ def test_hypothesis_shapes(d, name, dtype, scale, seed, tile):
         ref, twin, inputs = case.build(dtype, seed, d, kernels=kernels)
         inputs = tuple(x * np.asarray(scale, x.dtype) if x.dtype.kind == "f" else x for x in inputs)
         with patch.object(attention, "QUERY_TILE", tile):
-            report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout)
+            report = compare(ref, twin, inputs, case=name, seed=seed, dropout=case.dropout,
+                             ill_conditioned=ill_conditioned(name, scale))
         assert report.passed, f"{kernels} path: {report}"
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("d, name, seed, tile", SATURATED[:2])
+def test_saturated_softmax_backward_within_torchs_own_float32_error(d, name, seed, tile, kernels):
+    """The examples the one-pass softmax backward failed, under the plain float32 policy (no
+    ill-conditioned yardstick): its float32 input gradient was 17x and 11x torch's fused kernel's error
+    (8.7e-5 and 1.7e-4 against the float64 truth); with the row sum taken twice (docs/softmax.md) it is
+    6.9e-7 on both paths and 8.2e-8 (textbook) or 3.0e-5 (fast, whose 1/sqrt(hd) on q rounds
+    differently), against torch's 5.1e-6 and 1.5e-5."""
+    ref, twin, (x,) = REGISTRY[name].build("float32", seed, d, kernels=kernels)
+    with patch.object(attention, "QUERY_TILE", tile):
+        report = compare(ref, twin, (x * np.float32(30.0),), case=name, seed=seed)
+    assert report.passed, str(report)
 
 
 @given(seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES), rows=st.integers(1, 4),

@@ -58,3 +58,22 @@ def test_softmax_masked_and_large(F):
     dp = np.array([[1.0, 2.0, 3.0], [1.0, -1.0, 5.0]])
     ds = F.softmax_backward(dp, p)
     assert np.allclose(ds, [[0, 0, 0], [0.5, -0.5, 0]])
+
+
+@PATHS
+def test_softmax_backward_on_saturated_float32_rows(F):
+    """p = (1, 2e-9, 1e-11) in float32: dp_0 - sum(dp * p) is ~1e-6 in truth but cancels in one pass
+    (ds_0 = 0, an error of 100 %). The row sum taken twice keeps ds within a few float32 ulps of the
+    truth (measured: 3), on random partly saturated rows too (docs/softmax.md, "Numerical stability").
+    The truth is float64 in the form ds_j = p_j sum_i p_i (dp_j - dp_i), which has no cancellation: the
+    one-pass form is off by ~1e-5 here even in float64."""
+    rng = np.random.default_rng(0)
+    s = np.concatenate([[[0.0, -20.0, -25.0]], rng.uniform(-30, 0, (50, 3)) * [0, 1, 1]]).astype(np.float32)
+    dp = np.concatenate([[[300.0, -200.0, 50.0]], rng.standard_normal((50, 3)) * 300]).astype(np.float32)
+    p, p64, dp64 = F.softmax(s), textbook.softmax(s.astype(np.float64)), dp.astype(np.float64)
+    truth = p64 * ((dp64[:, :, None] - dp64[:, None, :]) * p64[:, None, :]).sum(-1)
+    ds = F.softmax_backward(dp, p)
+    assert ds.dtype == np.float32
+    assert (np.abs(ds - truth) / np.abs(truth).max(-1, keepdims=True)).max() < 8 * 2.0**-24
+    one_pass = p * (dp - (dp * p).sum(-1, keepdims=True))
+    assert one_pass[0, 0] == 0 and truth[0, 0] > 1e-6

@@ -21,9 +21,9 @@ def failing(report) -> set[str]:
     return {c.name for c in report.checks if not c.passed}
 
 
-def build(name: str, dtype: str = "float64", cls=None, dims: Dims | None = None):
+def build(name: str, dtype: str = "float64", cls=None, dims: Dims | None = None, seed: int = 0, kernels: str = "fast"):
     """A registered case's (ref, twin, inputs), with the reference swapped for a broken subclass."""
-    ref, twin, inputs = REGISTRY[name].build(dtype, dims=dims)
+    ref, twin, inputs = REGISTRY[name].build(dtype, seed, dims=dims, kernels=kernels)
     if cls is not None:
         ref.__class__ = cls
     return ref, twin, inputs
@@ -225,6 +225,59 @@ def test_fast_path_bug_is_reported_against_the_textbook_path():
             ref.__class__ = cls
         grads[kernels] = run_reference(ref, inputs, 0)[3]["weight"]
     assert rel_error(grads["fast"], grads["textbook"])[0] > 1e-3
+
+
+# ---------------------------------------------------------------- ill-conditioned cases (docs/tolerance.md)
+
+def attention_gradient_scaled(which: str, factor: float):
+    """Textbook attention whose q, k or v gradient is off by `factor` (applied where the three meet)."""
+    index = "qkv".index(which)
+
+    class Scaled(CausalSelfAttention):
+        def merge_heads(self, *heads):
+            if len(heads) == 3:                                # the backward's (dq, dk, dv)
+                heads = tuple(h * factor if i == index else h for i, h in enumerate(heads))
+            return CausalSelfAttention.merge_heads(*heads)
+    return Scaled
+
+
+def one_pass_softmax_backward(dp, p, axis=-1):
+    return p * (dp - (dp * p).sum(axis=axis, keepdims=True))  # the row sum once: cancels on saturated rows
+
+
+def softmax_backward_without_row_sum(dp, p, axis=-1):
+    return p * dp
+
+
+SATURATED_GQA = ("attention_gqa", Dims(B=3, T=5, H=6, Hkv=3, hd=2, V=11, L=6), 16666)
+SATURATED_ROPE = ("attention_rope", Dims(B=3, T=10, H=2, Hkv=2, hd=2, V=20, L=10), 50792)
+
+
+@pytest.mark.parametrize("example, cls, softmax_backward", [
+    (SATURATED_GQA, attention_gradient_scaled("v", 1.001), None),
+    (SATURATED_GQA, attention_gradient_scaled("k", 1.1), None),
+    (SATURATED_GQA, None, one_pass_softmax_backward),
+    (SATURATED_GQA, None, softmax_backward_without_row_sum),
+    (SATURATED_ROPE, attention_gradient_scaled("q", 1.1), None),
+    (SATURATED_ROPE, attention_gradient_scaled("k", 1.1), None),
+    (SATURATED_ROPE, attention_gradient_scaled("v", 1.1), None),
+    (SATURATED_ROPE, None, softmax_backward_without_row_sum),
+], ids=["gqa-dv-0.1%", "gqa-dk-10%", "gqa-one-pass-softmax", "gqa-no-row-sum",
+        "rope-dq-10%", "rope-dk-10%", "rope-dv-10%", "rope-no-row-sum"])
+def test_saturated_attention_still_reports_wrong_gradients(example, cls, softmax_backward, monkeypatch):
+    """float32 attention at input scale 30 with the ill-conditioned yardstick (the examples of
+    tests/test_cases.py::SATURATED): a wrong gradient is still reported. On the RoPE example the
+    yardstick is widest (the truth moves by 9e-4 under one float32 rounding of the inputs)."""
+    import reference.attention
+
+    name, d, seed = example
+    if softmax_backward is not None:
+        monkeypatch.setattr(reference.attention, "softmax_backward", softmax_backward)
+    ref, twin, (x,) = build(name, "float32", cls, d, seed=seed, kernels="textbook")
+    correct = compare(*REGISTRY[name].build("float32", seed, d)[:2], (x * np.float32(30.0),), seed=seed,
+                      ill_conditioned=True)
+    assert correct.passed, str(correct)
+    assert failing(compare(ref, twin, (x * np.float32(30.0),), seed=seed, ill_conditioned=True)) & {"input grad", "c_attn.weight.grad"}
 
 
 # ---------------------------------------------------------------- the new checks can fail too (tests/test_gradcheck.py)

@@ -483,3 +483,47 @@ def test_whole_model_report_points_at_the_broken_backward():
     assert all(n not in bad for n in names[names.index("transformer.h.1.mlp.c_fc.weight.grad"):]
                if n != "transformer.wte.weight.grad")
     assert "last failing gradient in forward order: transformer.h.1.ln_2.bias.grad" in str(report)
+
+
+# ---------------------------------------------------------------------------------------------- ill-conditioned cases
+
+def _exp_1000(x_shift: int = 1, rate: float = 1000.0):
+    """y = exp(1000 x) on x = k / 1024 (so 1000 x is exact in float32 and torch's float32 result is
+    within an ulp of the truth); ours reads x one ulp up (x_shift = 1): a backward error of one float32
+    rounding, which the condition number 1000 |x| (up to 80) turns into ~80 ulps of y."""
+    x = (np.arange(-80, 81) / 1024).astype(np.float32)
+    saved = {}
+
+    def forward(x):
+        xr = x
+        for _ in range(x_shift):
+            xr = np.nextafter(xr, np.float32(np.inf))
+        saved["y"] = np.exp(np.float32(rate) * xr)
+        return saved["y"]
+
+    def backward(dy):
+        return dy * np.float32(rate) * saved["y"]
+
+    return forward, backward, (lambda t: torch.exp(1000.0 * t)), (x,)
+
+
+def test_ill_conditioned_yardstick_counts_one_rounding_of_the_inputs():
+    """A function of condition number up to 80, and an implementation whose only error is one float32
+    rounding of its input: ~80 ulps off, while torch is within an ulp. The plain float32 policy fails it
+    (10x torch's error, or 16 ulps); with ill_conditioned=True the yardstick also counts how far the
+    float64 truth moves under one rounding of the inputs (docs/tolerance.md, "Ill-conditioned cases"),
+    and it passes. Two roundings still pass; a wrong rate (1001 for 1000) still fails; float64 is
+    unchanged."""
+    forward, backward, twin, inputs = _exp_1000()
+    plain = check(forward, backward, twin, inputs)
+    assert failing(plain) == ["output", "input grad"]
+    ill = check(forward, backward, twin, inputs, ill_conditioned=True)
+    assert ill.passed, str(ill)
+    assert all(c.tol > 4 * p.tol for c, p in zip(ill.checks, plain.checks))
+    assert check(*_exp_1000(x_shift=2)[:3], inputs, ill_conditioned=True).passed
+    wrong = _exp_1000(rate=1001.0)
+    assert failing(check(*wrong[:3], inputs, ill_conditioned=True)) == ["output", "input grad"]
+    x64 = (inputs[0].astype(np.float64),)
+    f64, b64 = (lambda x: np.exp(1000.0 * x)), (lambda dy: dy * 1000.0 * np.exp(1000.0 * x64[0]))
+    tols = [[c.tol for c in check(f64, b64, twin, x64, ill_conditioned=flag).checks] for flag in (False, True)]
+    assert tols[0] == tols[1] == [1e-11, 1e-11]

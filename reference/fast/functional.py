@@ -182,7 +182,7 @@ def _softmax_block(x: np.ndarray, out: np.ndarray) -> None:
 
 def softmax_backward(dp: np.ndarray, p: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
     """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p)). `out=dp` works in place.
-    Block by block, like softmax.
+    Block by block, like softmax; the row sum taken twice, as the textbook version does.
 
     Derived in docs/softmax.md."""
     out = np.empty(dp.shape, dp.dtype) if out is None else out
@@ -193,5 +193,6 @@ def softmax_backward(dp: np.ndarray, p: np.ndarray, axis: int = -1, out: np.ndar
 
 def _softmax_backward_block(dp: np.ndarray, p: np.ndarray, out: np.ndarray) -> None:
     dot = np.einsum("...i,...i->...", dp, p)[..., None]       # row dot products, without a temporary
-    ds = np.subtract(dp, dot, out=out)
+    ds = np.subtract(dp, dot, out=out)                         # g: dp centred on its p-weighted mean
+    ds -= np.einsum("...i,...i->...", ds, p)[..., None]        # the same on g: what the first sum lost
     ds *= p
