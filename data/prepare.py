@@ -280,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:                     # files are written atomically: nothing half-written is left
         print(f"prepare.py: interrupted; {out_dir} holds no partial file", file=sys.stderr)
         return 130
-    if replacing is not None:
-        print(f"replaced the data prepared earlier in {out_dir}" + (f" (from {replacing})" if replacing else ""))
     print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
     print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin, meta.json")
+    if replacing is not None:
+        print(f"replaced the data prepared earlier in {out_dir}" + (f" (from {replacing})" if replacing else ""))
     return 0
 
 

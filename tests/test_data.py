@@ -393,6 +393,10 @@ def test_prepare_says_it_replaced_earlier_data(tmp_path, prep, capsys):
     assert prep.main(["--from", str(b), "--out", str(out)]) == 0
     assert f"replaced the data prepared earlier in {out} (from {a})" in capsys.readouterr().out
     assert load_meta(out)["source"] == str(b)
+    for broken in ("{not json", "[1, 2]"):                    # earlier data whose meta cannot be read
+        (out / "meta.json").write_text(broken)
+        assert prep.main(["--from", str(b), "--out", str(out)]) == 0
+        assert capsys.readouterr().out.endswith(f"replaced the data prepared earlier in {out}\n")
 
 
 @pytest.mark.parametrize("fails_at", ["train.bin", "val.bin", "meta.json"])
