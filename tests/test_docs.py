@@ -460,14 +460,18 @@ FILE_PATH = re.compile(r"^[\w./-]+\.(py|md|json|toml|safetensors)$")         # a
 LIST_ITEM = re.compile(r"^\s*(\d+\.|[-*])\s")
 
 
-def code_quotes(text: str) -> list[tuple[str, list[str], list[str]]]:
-    """[(passage, quotes, symbols named in it)] for every "In code" passage of a page (also "in code",
-    "the code is/forms/uses"): from there to the end of its paragraph or list item (and through the
-    next paragraph when the passage ends with a colon). Quotes are its backticked snippets; snippets that name a
-    symbol (`reference/x.py::Name`) are the passage's own scope, not quotes."""
-    passages, lines = [], prose(text).splitlines()
+def code_quotes(text: str) -> list[tuple[str, list[str], str | None]]:
+    """[(passage, quotes, the symbol the page last named before it)] for every "In code" passage of a page
+    (also "in code", "the code is/forms/uses"): from there to the end of its paragraph or list item (and
+    through the next paragraph when the passage ends with a colon). Quotes are its backticked snippets,
+    all of them: a symbol (`reference/x.py::Name`) written inside the passage, as in "In code
+    (`reference/x.py::f`): ...", is read as a quote, as the project's own check reads it, and so it is
+    reported; a page names the symbol before "In code"."""
+    passages, lines, named = [], prose(text).splitlines(), None
     for i, line in enumerate(lines):
         m = QUOTE_START.search(line)
+        before = line[:m.start()] if m else line
+        named = ([q for q in re.findall(r"`([^`]+)`", before) if SYMBOL.match(q)] or [named])[-1]
         if not m:
             continue
         body = [line[m.start():]]
@@ -482,8 +486,7 @@ def code_quotes(text: str) -> list[tuple[str, list[str], list[str]]]:
             body.append(nxt)
         passage = " ".join(body)
         snippets = re.findall(r"`([^`]+)`", passage)
-        passages.append((passage, [q for q in snippets if not SYMBOL.match(q) and not FILE_PATH.match(q)],
-                         [q for q in snippets if SYMBOL.match(q)]))
+        passages.append((passage, [q for q in snippets if not FILE_PATH.match(q)], named))
     return passages
 
 
@@ -514,12 +517,11 @@ def symbol_source(target: str) -> str:
 def missing_quotes(page: str, text: str) -> list[str]:
     """One line per quote of `text` (a page) not found in its symbol's source."""
     code = where_in(text).get("Code")
-    problems, named = [], None
-    for passage, quotes, symbols in code_quotes(text):
-        # A passage that names no symbol reads as the one the page last named ("In code (`...::gelu`)",
-        # then "In code: ..."), else the page's Code line: as a reader takes it.
-        named = symbols or named
-        scope = named or ([code] if code else [])
+    problems = []
+    for passage, quotes, named in code_quotes(text):
+        # A passage reads as the symbol the page last named before it ("`reference/functional.py::gelu`
+        # computes it. In code: ..."), else as the page's Code line: as a reader takes it.
+        scope = [named] if named else ([code] if code else [])
         if quotes and not scope:
             problems.append(f"docs/{page}: no code symbol for the quotes in: {passage[:80]}")
             continue
@@ -555,19 +557,26 @@ def test_quote_check_reports_a_wrong_quote():
         "docs/fake.md: `return dy @ self.weight.data.T` is not in reference/layers.py::Linear.backward"]
     assert [q for _, q, _ in code_quotes(page)] == [["y = x2 @ self.weight.data.T", "y += self.bias.data"],
                                                     ["return dy @ self.weight.data.T"]]
-    fast = "In code (`reference/fast/layers.py::Linear`): `np.matmul(x2[lo:hi], w.T, out=y[lo:hi])`.\n"
+    fast = "`reference/fast/layers.py::Linear` runs it. In code: `np.matmul(x2[lo:hi], w.T, out=y[lo:hi])`.\n"
     with pytest.raises(AssertionError, match="docs quote the textbook path"):
         missing_quotes("fake.md", fast)
     comment_only = "In code: `the scores a query can see`.\n\n## Where\n\n- Code: `reference/attention.py::CausalSelfAttention`\n"
     assert missing_quotes("fake.md", comment_only)            # words in a comment are not code
-    # A passage without a symbol reads as the symbol the page last named, not the page's Code line:
-    # gelu_grad's code quoted after "In code (`...::gelu`)" is reported (docs/gelu.md was, by the
-    # project's own check, before it named gelu_grad).
-    inherited = ("In code (`reference/functional.py::gelu`): `x * normal_cdf(x)`.\n\n"
+    # A passage reads as the symbol the page last named before it, not the page's Code line:
+    # gelu_grad's code quoted after naming gelu is reported.
+    inherited = ("`reference/functional.py::gelu` computes it. In code: `x * normal_cdf(x)`.\n\n"
                  "In code: `return normal_cdf(x) + x * normal_pdf(x)`.\n\n"
                  "## Where\n\n- Code: `reference/functional.py::gelu_grad`\n")
     assert missing_quotes("fake.md", inherited) == [
         "docs/fake.md: `return normal_cdf(x) + x * normal_pdf(x)` is not in reference/functional.py::gelu"]
+    # A symbol written inside the passage is a quote to the project's check (docs/gelu.md and softmax.md
+    # wrote "In code (`reference/functional.py::gelu`): ..." and the project's check reported them).
+    inside = "In code (`reference/functional.py::gelu`): `x * normal_cdf(x)`.\n"
+    assert missing_quotes("fake.md", inside) == ["docs/fake.md: no code symbol for the quotes in: "
+                                                 "In code (`reference/functional.py::gelu`): `x * normal_cdf(x)`."]
+    inside_too = "`reference/functional.py::gelu` computes it. " + inside
+    assert missing_quotes("fake.md", inside_too) == [
+        "docs/fake.md: `reference/functional.py::gelu` is not in reference/functional.py::gelu"]
 
 
 def test_pasted_verify_tables_have_verifys_columns():
