@@ -19,6 +19,8 @@ from reference.data import CharTokenizer
 from reference.safetensors_io import load_file, save_file
 from reference.train import TrainConfig, Trainer
 
+from faults import fail_writes
+
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
 
@@ -251,31 +253,17 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch):
     before, step_before = path.read_bytes(), load_checkpoint(path).step
     assert step_before < 5
 
-    real_open = open
+    def raises(message):
+        def fail(*args):
+            raise Boom(message)
+        return fail
 
-    class Dying:                                               # the process "dies" halfway through the data
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, b):
-            self.f.write(bytes(b)[: len(b) // 2])
-            raise Boom("disk died mid-write")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    for where, (module, patch) in (
-            ("write", (atomic, ("open", lambda p, mode: Dying(real_open(p, mode))))),
-            ("fsync", (atomic.os, ("fsync", lambda fd: (_ for _ in ()).throw(Boom("fsync failed"))))),
-            ("rename", (atomic.os, ("replace", lambda a, b: (_ for _ in ()).throw(Boom("rename failed")))))):
+    faults = {"write": lambda m: fail_writes(m, Boom("disk died mid-write")),   # the process "dies" mid-data
+              "fsync": lambda m: m.setattr(atomic.os, "fsync", raises("fsync failed")),
+              "rename": lambda m: m.setattr(atomic.os, "replace", raises("rename failed"))}
+    for where, install in faults.items():
         with monkeypatch.context() as m:
-            m.setattr(module, *patch, raising=False)
+            install(m)
             with pytest.raises(Boom):
                 trainer.save()
         assert path.read_bytes() == before, where

@@ -23,6 +23,7 @@ from reference import atomic, cli, train as train_mod
 from reference.checkpoint import load_checkpoint
 from reference.model import GPT
 from reference.config import GPTConfig
+from faults import fail_writes
 from test_train import TEXT, TINY, prepare_module  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,26 +68,7 @@ def trained(data_dir, tmp_path, capsys):
 def test_a_full_or_read_only_disk_during_a_save(trained, capsys, monkeypatch, code, hint):
     ckpt = trained / "ckpt.safetensors"
     before = ckpt.read_bytes()
-    real_open = open
-
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, b):
-            self.f.write(bytes(b)[:100])
-            raise OSError(code, os.strerror(code))
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    monkeypatch.setattr(atomic, "open", lambda p, mode: Full(real_open(p, mode)), raising=False)
+    fail_writes(monkeypatch, OSError(code, os.strerror(code)), keep=lambda n: 100)
     rc, _, err = run(capsys, "train", "--resume", trained, "--max_iters", 4, "--always_save_checkpoint",
                      "--no-progress")
     assert rc == 1
