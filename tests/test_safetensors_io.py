@@ -16,6 +16,8 @@ from hypothesis.extra.numpy import array_shapes, arrays
 from reference import atomic
 from reference.safetensors_io import DTYPES, CheckpointError, load_file, save_file
 
+from faults import fail_writes
+
 ALL_CODES = list(DTYPES)
 SHAPES = [(), (0,), (3, 0, 2), (5,), (2, 3, 4)]
 
@@ -306,29 +308,6 @@ def test_save_rejects_bad_metadata(tmp_path, meta):
 
 # ----------------------------------------------------------------------------- atomicity
 
-class FailingFile:
-    """A file whose second write raises `exc`: a disk that fills up (or dies) in the middle of a save."""
-
-    def __init__(self, f, exc):
-        self.f, self.exc, self.calls = f, exc, 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def write(self, b):
-        self.calls += 1
-        if self.calls >= 1 and len(b) > 0:
-            self.f.write(bytes(b)[: len(b) // 2])
-            raise self.exc
-        return self.f.write(b)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
 @pytest.mark.parametrize("target", ["replace", "fsync", "write"])
 def test_failed_save_leaves_previous_file_and_no_temp(tmp_path, monkeypatch, target):
     path = tmp_path / "ckpt.safetensors"
@@ -339,9 +318,7 @@ def test_failed_save_leaves_previous_file_and_no_temp(tmp_path, monkeypatch, tar
         raise OSError("disk on fire")
 
     if target == "write":  # fail in the middle of writing the bytes
-        real_open = open
-        monkeypatch.setattr(atomic, "open", lambda p, mode: FailingFile(real_open(p, mode), OSError("disk on fire")),
-                            raising=False)
+        fail_writes(monkeypatch, OSError("disk on fire"))
     else:
         monkeypatch.setattr(atomic.os, target, boom)
     with pytest.raises(OSError, match="disk on fire"):
