@@ -10,7 +10,7 @@ every measurement runs in its own process, so each peak resident memory (VmHWM) 
 * import: reference/hf.from_pretrained of the directory: seconds and peak memory against the size of
   the weights (it reads tensor by tensor into the model's arrays);
 * sampling: greedy decoding of --new-tokens tokens after a --prompt-token prompt with the KV cache,
-  ours (reference.sample.generate) against transformers' `generate` with its cache. The ms per token
+  ours (reference.programs.sample.generate) against transformers' `generate` with its cache. The ms per token
   is (time for N tokens - time for 1 token) / (N - 1): the prefill is not counted;
 * fine-tuning step: forward, loss, backward and AdamW step on a (B, 1024) batch, ours against
   transformers' model with torch.optim.AdamW (same weights, same batch, dropout off; the first
@@ -66,7 +66,7 @@ def child_make(a) -> dict:
 
 
 def child_import(a) -> dict:
-    from reference.hf import from_pretrained
+    from reference.programs.hf import from_pretrained
     base = peak_mb()
     t0 = time.perf_counter()
     model = from_pretrained(a.dir, dtype="float32")
@@ -84,8 +84,8 @@ def _prompt(a, vocab: int):
 
 def child_ours_sample(a) -> dict:
     from reference.fast.pool import products_on_pool
-    from reference.hf import from_pretrained
-    from reference.sample import generate
+    from reference.programs.hf import from_pretrained
+    from reference.programs.sample import generate
     model = from_pretrained(a.dir, dtype="float32")
     ids = _prompt(a, model.config.vocab_size)
     times = {}
@@ -152,7 +152,7 @@ def _batch(a, vocab: int, block: int):
 
 def child_ours_step(a) -> dict:
     from reference.fast.pool import THREADS, products_on_pool
-    from reference.hf import from_pretrained
+    from reference.programs.hf import from_pretrained
     from reference.optim import AdamW
     model = from_pretrained(a.dir, dtype="float32")
     decay = [p for p in model.parameters() if p.data.ndim >= 2]
@@ -231,7 +231,7 @@ def report(r: dict, tiny: bool) -> str:
         f"Threads: ours {r['ours-step'][0]['threads']} (reference.functional pool), torch {sh['torch_threads']}; "
         f"transformers' attention: {sh['attn_implementation']}.",
         "",
-        "## Import (reference/hf.py, tensor by tensor)",
+        "## Import (reference/programs/hf.py, tensor by tensor)",
         "",
         "| seconds | peak memory (MB) | before loading (MB) | weights (MB) | (peak - before) / weights |",
         "|---:|---:|---:|---:|---:|",

@@ -37,8 +37,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `reference`
     sys.path.insert(0, str(_REPO_ROOT))
 
-from reference.atomic import atomic_write  # noqa: E402
-from reference.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
+from reference.programs.atomic import atomic_write  # noqa: E402
+from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -165,7 +165,7 @@ def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, with the umask's mode, removing stale temporaries of
-    killed writes first (reference/atomic.py: the same writer as checkpoints)."""
+    killed writes first (reference/programs/atomic.py: the same writer as checkpoints)."""
     atomic_write(path, data)
 
 

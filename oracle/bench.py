@@ -1,6 +1,6 @@
 """`python -m oracle bench`: time training steps of the NumPy GPT, on both paths, against its PyTorch twin.
 
-For each configuration, dtype and path (`--kernels`: fast and textbook, reference/kernels.py), fresh child processes (`--runs`, one after another, their steps
+For each configuration, dtype and path (`--kernels`: fast and textbook, reference/fast/kernels.py), fresh child processes (`--runs`, one after another, their steps
 pooled) build the reference and its twin (oracle/bench_twin.py) with the same weights, and run one
 training step of each in turn, with the same batch and the same number of threads
 (torch.set_num_threads = NumPy-GPT's own pool, which also runs the matrix products, with OpenBLAS
@@ -57,10 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
-from reference.atomic import atomic_write
+from reference.programs.atomic import atomic_write
 from reference.config import GPTConfig
 from reference.fast.pool import blas_threads, for_products, products_on_pool, set_blas_threads
-from reference.kernels import KERNELS
+from reference.fast import KERNELS, use_kernels
 from reference.model import GPT, KVCache
 from reference.optim import AdamW
 
@@ -215,7 +215,7 @@ def batch_of(cfg: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def make_reference(cfg: BenchConfig, dtype: str, seed: int = 0, kernels: str = "fast"):
     """The NumPy GPT on the `kernels` path and its AdamW, with nanoGPT's groups (decay matrices, not vectors)."""
-    model = GPT(cfg.gpt_config(dtype), seed=seed, kernels=kernels)
+    model = use_kernels(GPT(cfg.gpt_config(dtype), seed=seed), kernels)
     params = model.parameters()
     groups = [{"params": [p for p in params if p.data.ndim >= 2], "weight_decay": WEIGHT_DECAY},
               {"params": [p for p in params if p.data.ndim < 2], "weight_decay": 0.0}]
@@ -321,7 +321,7 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
 
 def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1, kernels: str = "fast") -> dict:
     """Greedy generation of n_tokens from a 1-token prompt, both ways; seconds per token."""
-    model = GPT(cfg.gpt_config(dtype), seed=0, kernels=kernels)
+    model = use_kernels(GPT(cfg.gpt_config(dtype), seed=0), kernels)
     n_tokens = min(n_tokens, cfg.block_size)
     prompt = np.zeros((batch, 1), dtype=np.int64)
 
@@ -443,7 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one or both (default: float32 float64)")
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS),
                         help="the reference's paths to time, a row each (default: fast textbook; "
-                             "reference/kernels.py)")
+                             "reference/fast/kernels.py)")
     parser.add_argument("--steps", type=_at_least_one, default=7, help="timed steps per side (default 7; median reported)")
     parser.add_argument("--warmup", type=_at_least_zero, default=2, help="untimed steps per side first (default 2)")
     parser.add_argument("--threads", type=_at_least_one, default=None,

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference import layers as L
-from reference.attention import CausalSelfAttention, Rotary
+from reference.attention import CausalSelfAttention
+from reference.positions import Rotary
 from reference.config import GPTConfig
 from reference.loss import CrossEntropyLoss
 from reference.model import GPT, Block

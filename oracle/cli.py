@@ -1,7 +1,7 @@
 """The whole command line: `python -m oracle <command>`, installed as the `numpy-gpt` console script.
 
 `verify` and `bench` need PyTorch and live here, in the oracle (oracle/verify.py, oracle/bench.py);
-`train`, `sample`, `plot` and `export` are the model's own commands, served by reference/cli.py
+`train`, `sample`, `plot` and `export` are the model's own commands, served by reference/programs/cli.py
 (imported only when one of them runs, so `train` never imports torch). Each command's module
 provides `add_arguments(parser)` and `run(args) -> int`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from reference import cli as reference_cli
+from reference.programs import cli as reference_cli
 
 COMMANDS = {
     "verify": ("oracle.verify", "prove every layer and the whole model against PyTorch (needs torch)"),

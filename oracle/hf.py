@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.hf import key_map
+from reference.programs.hf import key_map
 
 __all__ = ["float64_llama", "hf_loss", "hf_grads", "run_hf"]
 

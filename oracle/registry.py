@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from reference.kernels import use_kernels
+from reference.fast import use_kernels
 from reference.module import Module
 
 
@@ -69,7 +69,7 @@ class Case:
 
     def build(self, dtype, seed: int = 0, dims: Dims | None = None, kernels: str = "fast"):
         """(reference layer with perturbed weights, twin, inputs) for one run, the reference on the
-        `kernels` path ("fast" or "textbook", reference/kernels.py): the same weights either way."""
+        `kernels` path ("fast" or "textbook", reference/fast/kernels.py): the same weights either way."""
         d = dims or self.dims
         rng = np.random.default_rng(seed)
         ref = self.ref(d, np.dtype(dtype), rng)

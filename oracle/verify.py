@@ -1,5 +1,5 @@
 """`python -m oracle verify`: run the oracle over every registered case in both dtypes, on both paths
-of the reference (textbook and fast, reference/kernels.py), and print the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure.
+of the reference (textbook and fast, reference/fast/kernels.py), and print the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure.
 
 `--cases MODULE` runs the cases registered by your own module (an importable name or a .py file
 that calls `oracle.register`), `--dims B=2,T=5` sets the sizes (docs/verifying-your-own-code.md)."""
@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"sizes for every case, e.g. B=2,T=5,H=2,Hkv=1,hd=4,V=11,L=8 (keys: {', '.join(DIM_KEYS)}; "
                              "default: each case's own sizes)")
     parser.add_argument("--kernels", choices=("fast", "textbook", "both"), default="both",
-                        help="which path of the reference to prove (default: %(default)s; reference/kernels.py)")
+                        help="which path of the reference to prove (default: %(default)s; reference/fast/kernels.py)")
     parser.add_argument("--seed", type=_seed, default=0,
                         help="seed of the random weights, inputs and upstream gradient (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true",

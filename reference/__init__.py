@@ -1,23 +1,18 @@
-"""A GPT in pure NumPy with every backward pass written by hand.
+"""A GPT in pure NumPy with every backward pass written by hand: the textbook model.
 
-The model (`GPT`), its layers, the loss and the optimizers import numpy and the standard library
-only; `oracle/` proves each of them against PyTorch.
+This package's top level is the model a learner reads, each module beside its page in docs/:
+module (Parameter, Module), config (GPTConfig), functional (erf, GELU, softmax), layers (Linear,
+Embedding, LayerNorm, RMSNorm, GELU, MLP, SwiGLU, Dropout), positions (RoPE, ALiBi, sinusoidal),
+attention, loss (cross-entropy), optim (SGD, Adam, AdamW, clipping, the cosine schedule) and model
+(Block, GPT, KVCache). They import numpy, the standard library and each other only.
+
+Beside it: `reference.fast` (the same layers rewritten for speed, `use_kernels(model, "fast")`) and
+`reference.programs` (train, sample, checkpoints, data, Hugging Face, export, plot: the command line,
+`python -m reference`). Both import this package; it imports neither. The map: docs/architecture.md.
 """
-
-import importlib
-from pathlib import Path
 
 from .config import GPTConfig
 from .model import GPT, KVCache
 from .optim import SGD, Adam, AdamW
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "Adam", "AdamW", "SGD"]
-
-
-def __getattr__(name: str):
-    """`import reference; reference.hf.from_pretrained(...)`, `reference.fast.pool...`: a submodule is imported
-    on first use (PEP 562), so `import reference` stays light and imports no optional library."""
-    here = Path(__file__).parent
-    if not name.startswith("_") and ((here / f"{name}.py").is_file() or (here / name / "__init__.py").is_file()):
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'reference' has no attribute {name!r}")

@@ -20,7 +20,7 @@ from .module import Module, Parameter, as_dtype
 def normal_init(rng: np.random.Generator | None, shape: tuple[int, ...], std: float, dtype) -> np.ndarray:
     """N(0, std^2) drawn in float64 then cast, so float32 and float64 models start from the same numbers.
     With rng None nothing is drawn: zeros (calloc'ed, resident only once written), for weights that are
-    about to be loaded (reference/hf.py)."""
+    about to be loaded (reference/programs/hf.py)."""
     if rng is None:
         return np.zeros(shape, dtype)
     return (rng.standard_normal(shape) * std).astype(dtype)

@@ -11,13 +11,12 @@ import math
 
 import numpy as np
 
-from .attention import CausalSelfAttention, LayerKV, Rotary
+from .attention import CausalSelfAttention, LayerKV
 from .config import GPTConfig
-from .kernels import use_kernels
 from .layers import MLP, Dropout, Embedding, LayerNorm, Linear, MaskSource, RMSNorm, SwiGLU, name_dropouts
 from .loss import CrossEntropyLoss
 from .module import Module, ModuleDict, as_dtype
-from .sinusoidal import sinusoidal_positions
+from .positions import Rotary, sinusoidal_positions
 
 
 def make_norm(config: GPTConfig, dtype) -> Module:
@@ -76,12 +75,11 @@ class KVCache:
 class GPT(Module):
     """Token ids (B, T) -> logits (B, T, vocab_size). Derived in docs/model.md."""
 
-    def __init__(self, config: GPTConfig, *, seed: int | None = 0, kernels: str = "fast"):
+    def __init__(self, config: GPTConfig, *, seed: int | None = 0):
         """Weights drawn from `seed`; with seed None nothing is drawn and every matrix starts at zero, for
-        weights about to be loaded (reference/hf.py: GPT-2 small's 124M draws would cost time and memory).
-        `kernels`: "fast" (reference/fast/, the default) or "textbook"
-        (the layers as docs/ derives them); the same weights and results either way (docs/performance.md).
-        The choice is not part of the model's state: `use_kernels` changes it, checkpoints do not store it."""
+        weights about to be loaded (reference/programs/hf.py: GPT-2 small's 124M draws would cost time and
+        memory). This is the textbook model, the code docs/ derives; `reference.fast.use_kernels(model,
+        "fast")` moves it onto the fast path (docs/performance.md)."""
         self.config = config
         dtype = as_dtype(config.dtype)
         rng = None if seed is None else np.random.default_rng(seed)
@@ -98,12 +96,6 @@ class GPT(Module):
             self.lm_head.weight = self.transformer.wte.weight   # one Parameter: gradients from both uses add up
         self.criterion = CrossEntropyLoss()
         name_dropouts(self)                                    # dropout masks are keyed by module path
-        self.use_kernels(kernels)
-
-    def use_kernels(self, kernels: str) -> GPT:
-        """Run every layer on the "fast" or the "textbook" path (reference/kernels.py); returns self."""
-        use_kernels(self, kernels)
-        return self
 
     def check_input(self, idx: np.ndarray, start: int = 0) -> np.ndarray:
         idx = np.asarray(idx)

@@ -1,10 +1,10 @@
-"""A disk that fails in the middle of a write, for the tests of atomic writes (reference/atomic.py)."""
+"""A disk that fails in the middle of a write, for the tests of atomic writes (reference/programs/atomic.py)."""
 
 from __future__ import annotations
 
 import builtins
 
-from reference import atomic
+from reference.programs import atomic
 
 
 class _FailingFile:
@@ -28,7 +28,7 @@ class _FailingFile:
 
 
 def fail_writes(monkeypatch, error: BaseException, keep=lambda n: n // 2) -> None:
-    """Make every file reference/atomic.py opens fail on its first write with `error`, after writing
+    """Make every file reference/programs/atomic.py opens fail on its first write with `error`, after writing
     `keep(len(data))` bytes of it (half, by default): a disk that fills up or dies mid-write."""
     monkeypatch.setattr(atomic, "open", lambda p, mode: _FailingFile(builtins.open(p, mode), error, keep),
                         raising=False)

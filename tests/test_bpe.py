@@ -1,4 +1,4 @@
-"""GPT-2's byte-level BPE (reference.data.BPETokenizer), run by the `tokenizers` library (the hf extra).
+"""GPT-2's byte-level BPE (reference.programs.data.BPETokenizer), run by the `tokenizers` library (the hf extra).
 
 The tokenizer files are made offline: `tokenizers` trains a small byte-level BPE and saves GPT-2's
 pair of files, vocab.json and merges.txt (or tokenizer.json)."""
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 tokenizers = pytest.importorskip("tokenizers", reason="the hf extra (tokenizers) is not installed")
 
-from reference.data import BPETokenizer, tokenizer_from_dict  # noqa: E402
+from reference.programs.data import BPETokenizer, tokenizer_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ["First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n",
@@ -95,7 +95,7 @@ def test_missing_library_is_named_and_char_byte_still_work(tmp_path):
     script = f"""
 import sys
 sys.modules['tokenizers'] = None
-from reference.data import BPETokenizer, ByteTokenizer, CharTokenizer
+from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer
 assert ByteTokenizer().decode(ByteTokenizer().encode('héllo')) == 'héllo'
 assert CharTokenizer.from_text('abc').decode([2, 1]) == 'cb'
 try:
@@ -112,7 +112,7 @@ def test_prepare_with_a_model_directory(tmp_path):
     """data/prepare.py --tokenizer DIR writes ids of the directory's BPE, and meta.json names it."""
     sys.path.insert(0, str(ROOT / "data"))
     import prepare as prep
-    from reference.data import load_meta, load_split
+    from reference.programs.data import load_meta, load_split
     src = tmp_path / "corpus.txt"
     src.write_text("".join(CORPUS), encoding="utf-8")
     model_dir = make_bpe_files(tmp_path / "model")

@@ -1,4 +1,4 @@
-"""The generic battery: every registered case, on both paths (textbook and fast, reference/kernels.py),
+"""The generic battery: every registered case, on both paths (textbook and fast, reference/fast/kernels.py),
 against its PyTorch twin and against finite differences, at its default sizes and at sizes and value
 scales drawn by hypothesis; and the fast path against the textbook path on every case."""
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from oracle import REGISTRY, Dims, compare
 from oracle.adapters import finite_difference_check, run_reference
 from reference.fast import attention
-from reference.kernels import KERNELS
+from reference.fast import KERNELS
 
 CASES = sorted(REGISTRY)
 DTYPES = ["float64", "float32"]

@@ -13,11 +13,11 @@ import torch
 from oracle import tolerance as tol
 from oracle import twins
 from oracle.harness import rel_error
-from reference import atomic
-from reference.checkpoint import METADATA_KEY, CheckpointError, build_model, check_compatible, load_checkpoint, seal
-from reference.data import CharTokenizer
-from reference.safetensors_io import load_file, save_file
-from reference.train import TrainConfig, Trainer
+from reference.programs import atomic
+from reference.programs.checkpoint import METADATA_KEY, CheckpointError, build_model, check_compatible, load_checkpoint, seal
+from reference.programs.data import CharTokenizer
+from reference.programs.safetensors_io import load_file, save_file
+from reference.programs.train import TrainConfig, Trainer
 
 from faults import fail_writes
 

@@ -15,16 +15,16 @@ import time
 import numpy as np
 import pytest
 
-from reference.checkpoint import (BIT_GENERATORS, METADATA_KEY, seal, STATE_LAYOUTS, CheckpointError, build_model,
+from reference.programs.checkpoint import (BIT_GENERATORS, METADATA_KEY, seal, STATE_LAYOUTS, CheckpointError, build_model,
                                   check_compatible, generator_from_state, load_checkpoint, model_tensor_count,
                                   model_tensor_names, restore_optimizer, save_checkpoint, state_from_json)
 from reference.config import GPTConfig
 from reference.model import GPT
-from reference.data import ByteTokenizer, CharTokenizer
+from reference.programs.data import ByteTokenizer, CharTokenizer
 from reference.module import Parameter
 from reference.optim import AdamW
-from reference.safetensors_io import load_file, save_file
-from reference.train import TrainConfig, Trainer, configure_optimizers
+from reference.programs.safetensors_io import load_file, save_file
+from reference.programs.train import TrainConfig, Trainer, configure_optimizers
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 LN = "transformer.ln_f.weight"          # a parameter every tiny config has

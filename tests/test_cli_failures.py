@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference import atomic, cli, train as train_mod
-from reference.checkpoint import load_checkpoint
+from reference.programs import atomic, cli, train as train_mod
+from reference.programs.checkpoint import load_checkpoint
 from reference.model import GPT
 from reference.config import GPTConfig
 from faults import fail_writes
@@ -140,7 +140,7 @@ def test_broken_prepared_data_is_one_line(data_dir, tmp_path, capsys, damage, wo
 
 
 def test_data_dir_is_found_next_to_the_package_from_another_directory(data_dir, tmp_path, capsys, monkeypatch):
-    from reference import data as data_mod
+    from reference.programs import data as data_mod
     monkeypatch.setattr(data_mod, "PACKAGE_ROOT", tmp_path)            # the checkout holding data/
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -222,7 +222,7 @@ def test_sigint_to_a_real_training_run(data_dir, tmp_path):
 
 
 def test_ctrl_c_in_any_command_is_one_line(capsys, monkeypatch):
-    from reference import plot
+    from reference.programs import plot
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""The command line's entry points: `python -m reference`, `python -m reference.cli`, `python -m oracle`
+"""The command line's entry points: `python -m reference`, `python -m reference.programs.cli`, `python -m oracle`
 and `python -m oracle.cli` (the `numpy-gpt` script) with no command print the help and exit 2; an
 unknown command is refused by argparse; `--help` of a command works; `train` through the oracle's
 command line never imports torch."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from oracle import cli as oracle_cli
-from reference import cli
+from reference.programs import cli
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("verify", "train", "sample", "bench", "plot")
@@ -48,7 +48,7 @@ def test_main_module_in_process(monkeypatch, capsys):
 
 
 def test_cli_module_as_a_script(monkeypatch, capsys):
-    """`python -m reference.cli` (reference/cli.py run as __main__) behaves the same."""
+    """`python -m reference.programs.cli` (reference/programs/cli.py run as __main__) behaves the same."""
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     with pytest.raises(SystemExit) as info:
         runpy.run_path(cli.__file__, run_name="__main__")
@@ -99,7 +99,7 @@ def test_oracle_main_module_in_process(monkeypatch, capsys):
 
 
 def test_train_through_the_oracle_command_line_never_imports_torch(tmp_path):
-    """`numpy-gpt train` (oracle/cli.py) delegates to reference/cli.py: torch is never imported."""
+    """`numpy-gpt train` (oracle/cli.py) delegates to reference/programs/cli.py: torch is never imported."""
     script = ("import sys; sys.modules['torch'] = None; from oracle.cli import main; "
               "rc = main(['train', '--help']) ")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -1,4 +1,4 @@
-"""Tests for reference/data.py (tokenizers, batches, splits) and data/prepare.py.
+"""Tests for reference/programs/data.py (tokenizers, batches, splits) and data/prepare.py.
 
 Fast and offline: corpora are generated in tmp_path and the network is
 monkeypatched.
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.data import (
+from reference.programs.data import (
     ByteTokenizer,
     CharTokenizer,
     get_batch,
@@ -67,7 +67,7 @@ def write_corpus(tmp_path: Path, content: str | bytes, name: str = "corpus.txt")
 
 def test_reference_data_imports_only_numpy_and_stdlib():
     """At module level; the BPE tokenizer's library (`tokenizers`, the hf extra) is imported lazily."""
-    tree = ast.parse((REPO_ROOT / "reference" / "data.py").read_text())
+    tree = ast.parse((REPO_ROOT / "reference" / "programs" / "data.py").read_text())
     names = set()
     for node in tree.body:
         if isinstance(node, ast.Import):

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from reference import cli
-from reference.attention import CausalSelfAttention, Rotary
+from reference.programs import cli
+from reference.attention import CausalSelfAttention
+from reference.positions import Rotary
 from reference.layers import GELU, Dropout, DropoutMasks, Embedding
 from reference.loss import CrossEntropyLoss
 from reference.module import Parameter, as_dtype

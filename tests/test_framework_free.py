@@ -61,7 +61,7 @@ def oracle_references(source: str) -> list[str]:
 def test_reference_never_reaches_the_oracle(path):
     """reference/ must not depend on the oracle, not even through a string a subprocess imports."""
     found = oracle_references(path.read_text())
-    allowed_dynamic = {"dynamic import importlib.import_module(module_name)",            # reference/cli.py's own
+    allowed_dynamic = {"dynamic import importlib.import_module(module_name)",            # reference/programs/cli.py's own
                        "dynamic import importlib.import_module(commands[name][0])",     # commands, from its table
                        "dynamic import importlib.import_module(f'.{name}', __name__)"}  # lazy submodules: relative
     found = [f for f in found if f not in allowed_dynamic]
@@ -84,11 +84,12 @@ import sys
 sys.modules['torch'] = None          # any `import torch` now raises ImportError
 import numpy as np
 from reference import GPT, GPTConfig, AdamW
+from reference.fast import use_kernels
 from reference.layers import DropoutMasks
 from reference.optim import clip_grad_norm_
 for kernels in ('fast', 'textbook'):
-    m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
-                      n_kv_head=1, pos='rope', norm='rmsnorm', mlp='swiglu'), kernels=kernels)
+    m = use_kernels(GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
+                      n_kv_head=1, pos='rope', norm='rmsnorm', mlp='swiglu')), kernels)
     opt = AdamW(m.parameters(), lr=1e-2)
     idx = np.random.default_rng(0).integers(0, 11, (2, 8))
     losses = []
@@ -99,7 +100,7 @@ for kernels in ('fast', 'textbook'):
         opt.step()
     assert losses[-1] < losses[0], losses
 import tempfile, os
-from reference.checkpoint import save_checkpoint, load_checkpoint
+from reference.programs.checkpoint import save_checkpoint, load_checkpoint
 with tempfile.TemporaryDirectory() as d:                 # checkpoints (the safetensors library) need no torch
     save_checkpoint(os.path.join(d, 'c.safetensors'), m, opt, step=5)
     assert load_checkpoint(os.path.join(d, 'c.safetensors')).step == 5
@@ -115,25 +116,18 @@ print('ok')
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_submodules_named_in_the_readme_resolve_after_a_plain_import():
-    """The README writes `reference.hf.from_pretrained`, `reference.fast.pool.products_on_pool()`,
-    `oracle.fd` and `oracle.harness.consistency_check`: each resolves after `import reference, oracle`
-    (PEP 562; before, each was an AttributeError), and `import reference` alone imports no optional library."""
+def test_importing_the_model_loads_only_the_model():
+    """`import reference` loads the textbook model alone: no fast path (no OpenBLAS through ctypes), no
+    programs, no oracle and no optional library; `GPT(config)` is the textbook model."""
     script = """
 import sys
 import reference
-assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'safetensors', 'tokenizers', 'oracle')]
-assert not any(m.startswith('reference.hf') or m.startswith('reference.fast') for m in sys.modules)
-import oracle
-assert callable(reference.hf.from_pretrained) and callable(reference.fast.pool.products_on_pool)
-assert callable(oracle.fd.jacobian_check) and callable(oracle.harness.consistency_check)
-for package, name in ((reference, 'nope'), (reference.fast, 'nope'), (oracle, 'nope'), (reference, '_x')):
-    try:
-        getattr(package, name)
-    except AttributeError as e:
-        assert name in str(e)
-    else:
-        raise SystemExit(f'{package.__name__}.{name} resolved')
+loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'safetensors', 'tokenizers', 'oracle')
+          or m.startswith(('reference.fast', 'reference.programs'))]
+assert not loaded, loaded
+model = reference.GPT(reference.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+assert all(type(m).__module__.count('.') == 1 for _, m in model.named_modules()), 'a layer of another path'
+assert not [m for m in sys.modules if m.startswith(('reference.fast', 'reference.programs'))]
 print('ok')
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,6 +1,6 @@
 """The third oracle: Hugging Face transformers' GPT2LMHeadModel and LlamaForCausalLM (the `hf` extra).
 
-Random tiny transformers models are saved with `save_pretrained`, imported with reference/hf.py,
+Random tiny transformers models are saved with `save_pretrained`, imported with reference/programs/hf.py,
 and compared on logits, loss and every parameter gradient: GPT-2 in float64 within FLOAT64_TOL;
 Llama in float64 within FLOAT64_TOL against transformers with its float32 steps done in float64
 (oracle/hf.py, docs/huggingface.md) and against stock transformers within its own float32 error;
@@ -22,7 +22,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, LlamaConfig, Ll
 from oracle.hf import float64_llama, hf_grads, run_hf  # noqa: E402
 from oracle.tolerance import FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_TOL  # noqa: E402
 from reference import GPT, GPTConfig  # noqa: E402
-from reference import hf  # noqa: E402
+from reference.programs import hf  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -377,7 +377,7 @@ def test_bf16_widening_is_exact():
 
 
 def cli(argv, capsys):
-    from reference.cli import main
+    from reference.programs.cli import main
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
@@ -395,7 +395,7 @@ def gpt2_dir(tmp_path):
 
 
 def test_sample_init_from_matches_transformers_greedy(gpt2_dir, capsys):
-    from reference.data import BPETokenizer
+    from reference.programs.data import BPETokenizer
     rc, out, err = cli(["sample", "--init-from", gpt2_dir, "--prompt", "First Citizen:", "--greedy",
                         "--max-new-tokens", 8], capsys)
     assert rc == 0, err
@@ -412,8 +412,8 @@ def test_fine_tune_then_export(gpt2_dir, tmp_path, capsys):
     sys_path_prepare()
     import prepare as prep
     from test_bpe import CORPUS
-    from reference.checkpoint import build_model, load_checkpoint
-    from reference.data import BPETokenizer
+    from reference.programs.checkpoint import build_model, load_checkpoint
+    from reference.programs.data import BPETokenizer
     src = tmp_path / "corpus.txt"
     src.write_text("".join(CORPUS) * 3, encoding="utf-8")
     data = tmp_path / "data"
@@ -501,7 +501,7 @@ def test_train_init_from_refuses_model_flags_the_model_contradicts(tmp_path, gpt
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
-    from reference.checkpoint import save_checkpoint
+    from reference.programs.checkpoint import save_checkpoint
     ckpt = tmp_path / "ckpt.safetensors"
     save_checkpoint(ckpt, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, pos="alibi")))
     rc, _, err = cli(["export", "--ckpt", ckpt, "--to", tmp_path / "hf"], capsys)
@@ -551,7 +551,7 @@ def test_sample_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsys):
 
 
 def test_trainer_init_from_needs_the_models_settings(tmp_path):
-    from reference.train import TrainConfig, Trainer, init_config
+    from reference.programs.train import TrainConfig, Trainer, init_config
     torch.manual_seed(0)
     gpt2().save_pretrained(tmp_path)
     data = np.arange(100) % V

@@ -11,10 +11,10 @@ import stat
 import numpy as np
 import pytest
 
-from reference import atomic
-from reference.checkpoint import (CHECKSUM_KEY, METADATA_KEY, CheckpointError, load_checkpoint, save_checkpoint,
+from reference.programs import atomic
+from reference.programs.checkpoint import (CHECKSUM_KEY, METADATA_KEY, CheckpointError, load_checkpoint, save_checkpoint,
                                   seal, tensor_digest)
-from reference.safetensors_io import load_file, save_file
+from reference.programs.safetensors_io import load_file, save_file
 from test_checkpoint import make_trainer, tiny_config
 
 WTE = "transformer.wte.weight"
@@ -190,7 +190,7 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
     for name in stale + keep:
         (tmp_path / name).write_bytes(b"x" * 1000)
     ckpt = load_checkpoint(path)
-    from reference.checkpoint import build_model
+    from reference.programs.checkpoint import build_model
     save_checkpoint(path, build_model(ckpt), step=ckpt.step, tokenizer=ckpt.tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["ckpt.safetensors"])
 
@@ -198,8 +198,8 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
 KILLED_SAVE = """
 import os, signal, sys
 import numpy as np
-from reference import atomic
-from reference.safetensors_io import save_file
+from reference.programs import atomic
+from reference.programs.safetensors_io import save_file
 atomic.os.replace = lambda a, b: os.kill(os.getpid(), signal.SIGKILL)   # kill -9 after the data, before the rename
 save_file({"a": np.ones(10_000)}, sys.argv[1])
 """
@@ -231,7 +231,7 @@ def test_ctrl_c_during_a_write_lands_after_it_and_leaves_no_temporary(tmp_path, 
     import os
     import signal
 
-    from reference import atomic
+    from reference.programs import atomic
 
     target = tmp_path / "ckpt.safetensors"
     target.write_bytes(b"old")
@@ -281,7 +281,7 @@ def test_checkpoints_and_prepared_data_get_the_umask_mode(tmp_path):
 
 
 def test_resume_refuses_a_corrupt_checkpoint_in_one_line(tmp_path, good_bytes, capsys):
-    from reference import cli
+    from reference.programs import cli
     run = tmp_path / "run"
     run.mkdir()
     path = run / "ckpt.safetensors"
@@ -298,7 +298,7 @@ def test_resume_refuses_a_corrupt_checkpoint_in_one_line(tmp_path, good_bytes, c
 
 
 def test_a_bad_file_on_disk_is_never_called_the_last_good_checkpoint(tmp_path, good_bytes):
-    from reference.train import _checkpoint_state
+    from reference.programs.train import _checkpoint_state
     path = tmp_path / "ckpt.safetensors"
     assert _checkpoint_state(path) == "no checkpoint was written"
     path.write_bytes(good_bytes)

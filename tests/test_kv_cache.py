@@ -6,6 +6,7 @@ import pytest
 
 from reference import GPT, GPTConfig, KVCache
 from reference.fast import attention
+from reference.fast import use_kernels
 
 
 @pytest.mark.parametrize("kernels,tile", [("textbook", None), ("fast", attention.QUERY_TILE), ("fast", 2)])
@@ -18,7 +19,7 @@ def test_cached_decoding_equals_recompute(pos, kv, kernels, tile, monkeypatch):
     if tile is not None:
         monkeypatch.setattr(attention, "QUERY_TILE", tile)
     config = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=4, n_kv_head=kv, n_embd=16, pos=pos)
-    model = GPT(config, seed=1, kernels=kernels)
+    model = use_kernels(GPT(config, seed=1), kernels)
     idx = np.random.default_rng(2).integers(0, 17, (2, 12))
     full, _ = model.forward(idx)
     cache = KVCache(config, batch=2)
@@ -31,7 +32,7 @@ def test_cached_decoding_equals_recompute(pos, kv, kernels, tile, monkeypatch):
 @pytest.mark.parametrize("kernels", ["fast", "textbook"])
 def test_cache_overflow_and_backward_are_refused(kernels):
     config = GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8)
-    model = GPT(config, kernels=kernels)
+    model = use_kernels(GPT(config), kernels)
     cache = KVCache(config, batch=1)
     logits, c = model.forward(np.zeros((1, 3), dtype=int), kv_cache=cache)
     with pytest.raises(ValueError, match="length 5 is longer than the context"):
@@ -50,7 +51,7 @@ def test_cache_holds_what_generation_needs():
     """KVCache(config, batch, max_len) has room for max_len positions (at most block_size), and generate
     sizes its caches to the prompt plus the new tokens: a model with an enormous context (RoPE, where
     nothing else is sized by it, e.g. from a checkpoint header) samples in small memory."""
-    from reference.sample import generate
+    from reference.programs.sample import generate
     config = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
     assert KVCache(config, 1, max_len=3).layers[0].k.shape[-2] == 3
     assert KVCache(config, 1, max_len=100).layers[0].k.shape[-2] == 8

@@ -13,7 +13,7 @@ from oracle import compare, twins
 from oracle.cases import GPTWithLoss
 from oracle.registry import perturb
 from reference import GPT, GPTConfig
-from reference.attention import Rotary, alibi_slopes
+from reference.positions import Rotary, alibi_slopes
 
 SMALL = dict(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16)
 

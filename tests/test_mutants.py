@@ -19,7 +19,7 @@ from reference import GPT, GPTConfig
 from reference import functional as textbook
 from reference.fast import pool
 from reference.fast.functional import erf, gelu_and_grad, softmax, softmax_backward
-from reference.kernels import KERNELS, use_kernels
+from reference.fast import KERNELS, use_kernels
 from reference.attention import CausalSelfAttention
 from reference.layers import GELU, Dropout, DropoutMasks, LayerNorm, Linear, RMSNorm
 from reference.loss import CrossEntropyLoss
@@ -517,7 +517,7 @@ def test_float64_erf_and_gelu_of_huge_inputs_are_exact_and_quiet():
 def test_every_weight_is_drawn_and_seed_none_draws_nothing():
     """Every weight matrix starts at N(0, 0.02^2) (the embeddings, the fused attention projection, an
     untied head), not zeros; GPT(seed=None) draws nothing: the matrices are zeros of the right shape and
-    dtype, ready to be loaded (reference/hf.py).
+    dtype, ready to be loaded (reference/programs/hf.py).
     Kills, in the run after the split: reference.attention.xǁCausalSelfAttentionǁ__init____mutmut_13,
     reference.layers.xǁSwiGLUǁ__init____mutmut_16 (with the c_gate check above), x_normal_init__mutmut_2 to _5,
     reference.model.xǁGPTǁ__init____mutmut_8, _45, _77."""

@@ -1,4 +1,4 @@
-"""The fast path against the textbook path (reference/kernels.py): every registered case, and whole
+"""The fast path against the textbook path (reference/fast/kernels.py): every registered case, and whole
 models with dropout, from the same weights, inputs, upstream gradient and dropout masks.
 
 The bound, and why (docs/performance.md, "What proves the fast path equal"): both paths compute the
@@ -25,6 +25,7 @@ from oracle import REGISTRY, rel_error
 from oracle.adapters import run_reference
 from reference import GPT, GPTConfig
 from reference.layers import DropoutMasks
+from reference.fast import use_kernels
 
 PATHS_FLOAT64 = 1e-13
 PATHS_FLOAT32 = 2e-5
@@ -69,7 +70,7 @@ def test_whole_model_with_dropout(variant, dtype):
     idx, targets = rng.integers(0, 13, (3, 12)), rng.integers(0, 13, (3, 12))
     models, losses = {}, {}
     for kernels in ("textbook", "fast"):
-        models[kernels] = GPT(config, seed=7, kernels=kernels)
+        models[kernels] = use_kernels(GPT(config, seed=7), kernels)
         losses[kernels] = models[kernels].loss_and_backward(idx, targets, DropoutMasks(np.random.default_rng(11)))
     assert abs(losses["fast"] - losses["textbook"]) <= BOUND[dtype] * abs(losses["textbook"])
     fast = dict(models["fast"].named_parameters())
@@ -81,12 +82,12 @@ def test_switching_paths_keeps_the_weights():
     """use_kernels changes the classes only: the state_dict is the same object data, and switching
     back and forth gives the textbook numbers again."""
     config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
-    model = GPT(config, kernels="textbook")
+    model = GPT(config)
     idx = np.arange(8).reshape(1, 8) % 11
     before = model.forward(idx)[0]
     state = model.state_dict()
-    model.use_kernels("fast").use_kernels("textbook")
+    use_kernels(use_kernels(model, "fast"), "textbook")
     assert all(model.state_dict()[k] is v for k, v in state.items())
     assert np.array_equal(model.forward(idx)[0], before)
     with pytest.raises(ValueError, match=r"kernels must be one of \('fast', 'textbook'\), got 'quick'"):
-        GPT(config, kernels="quick")
+        use_kernels(model, "quick")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reference import plot
+from reference.programs import plot
 
 pytest.importorskip("matplotlib")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from reference import cli
-from reference.checkpoint import load_checkpoint
+from reference.programs import cli
+from reference.programs.checkpoint import load_checkpoint
 from test_train import TEXT, TINY, prepare_module  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_a_schedule_that_rises_is_warned_about(data_dir, tmp_path, capsys):
 
 
 def test_settings_are_printed_at_start_and_the_defaults_say_so(capsys, tmp_path):
-    from reference.train import TrainConfig, describe_settings
+    from reference.programs.train import TrainConfig, describe_settings
     assert describe_settings(TrainConfig(), {}) == "settings: the defaults (the shakespeare_char recipe)"
     line = describe_settings(TrainConfig(max_iters=5, seed=1337), {"max_iters": "flag", "seed": "preset"})
     assert line == "settings: max_iters=5 (flag); the rest at their defaults"      # the preset's seed is the default

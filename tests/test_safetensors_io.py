@@ -1,4 +1,4 @@
-"""Tests for reference/safetensors_io.py: round trips, interop with the official
+"""Tests for reference/programs/safetensors_io.py: round trips, interop with the official
 safetensors package, refusal of corrupt files, and atomic saving."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from reference import atomic
-from reference.safetensors_io import DTYPES, CheckpointError, load_file, save_file
+from reference.programs import atomic
+from reference.programs.safetensors_io import DTYPES, CheckpointError, load_file, save_file
 
 from faults import fail_writes
 

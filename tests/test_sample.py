@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from reference import GPT, GPTConfig
-from reference.cli import main
-from reference.data import CharTokenizer
-from reference.sample import generate, next_token_probs, sample_next
-from reference.train import TrainConfig, Trainer
+from reference.programs.cli import main
+from reference.programs.data import CharTokenizer
+from reference.programs.sample import generate, next_token_probs, sample_next
+from reference.programs.train import TrainConfig, Trainer
 
 BLOCK = 8
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from reference import GPT, GPTConfig
-from reference.checkpoint import save_checkpoint
-from reference.cli import main
-from reference.data import CharTokenizer
-from reference.sample import generate, next_token_probs, sample_next
+from reference.programs.checkpoint import save_checkpoint
+from reference.programs.cli import main
+from reference.programs.data import CharTokenizer
+from reference.programs.sample import generate, next_token_probs, sample_next
 
 Z = np.array([0.5, 2.0, -1.0, 2.0, 0.0])
 

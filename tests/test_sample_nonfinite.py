@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from reference import cli, sample
-from reference.checkpoint import build_model, load_checkpoint
-from reference.sample import generate, next_token_probs, sample_next
+from reference.programs import cli, sample
+from reference.programs.checkpoint import build_model, load_checkpoint
+from reference.programs.sample import generate, next_token_probs, sample_next
 from test_checkpoint import make_trainer, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def test_nan_weights_give_a_clear_error_from_generate(cjk_ckpt):
 
 
 def test_sample_cli_prints_one_line_for_non_finite_logits(cjk_ckpt, monkeypatch, capsys):
-    import reference.checkpoint as checkpoint
+    import reference.programs.checkpoint as checkpoint
 
     real = checkpoint.build_model
 

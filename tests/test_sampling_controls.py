@@ -12,7 +12,7 @@ import pytest
 from oracle import rel_error
 from oracle import tolerance as policy
 from reference import GPT, GPTConfig
-from reference.sample import (apply_penalties, check_penalty_args, generate, iter_generate, next_token_probs,
+from reference.programs.sample import (apply_penalties, check_penalty_args, generate, iter_generate, next_token_probs,
                               sample_next)
 
 torch = pytest.importorskip("torch")

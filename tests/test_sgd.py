@@ -171,8 +171,8 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 12
 
 
 def sgd_trainer(out_dir, resume=None, **changes):
-    from reference.data import CharTokenizer
-    from reference.train import TrainConfig, Trainer
+    from reference.programs.data import CharTokenizer
+    from reference.programs.train import TrainConfig, Trainer
     config = TrainConfig(out_dir=str(out_dir), seed=5, n_layer=1, n_head=2, n_embd=8, block_size=8, batch_size=4,
                          max_iters=8, learning_rate=0.05, min_lr=0.005, warmup_iters=1, lr_decay_iters=8,
                          eval_interval=4, eval_iters=1, dropout=0.1, weight_decay=0.1,
@@ -186,7 +186,7 @@ def sgd_trainer(out_dir, resume=None, **changes):
 def test_sgd_resume_is_bit_identical(tmp_path, changes):
     """8 steps straight equal 4 steps, a checkpoint, a fresh process-like resume and 4 more steps, bit for bit:
     weights and momentum buffers. The checkpoint holds the buffers exactly (momentum 0: none at all)."""
-    from reference.checkpoint import load_checkpoint
+    from reference.programs.checkpoint import load_checkpoint
 
     straight = sgd_trainer(tmp_path / "a", **changes)
     straight.run(until=8)
@@ -235,8 +235,8 @@ def sgd_ckpt(tmp_path_factory):
 def _edit(path, edit):
     import json
 
-    from reference.checkpoint import METADATA_KEY, seal
-    from reference.safetensors_io import load_file, save_file
+    from reference.programs.checkpoint import METADATA_KEY, seal
+    from reference.programs.safetensors_io import load_file, save_file
     tensors, meta = load_file(path)
     header = json.loads(meta[METADATA_KEY])
     edit(header, tensors)
@@ -256,7 +256,7 @@ def _edit(path, edit):
      r"'optimizer.transformer.ln_f.weight.momentum_buffer' has shape \(3,\)"),
 ])
 def test_a_damaged_sgd_section_is_refused(sgd_ckpt, tmp_path, edit, message):
-    from reference.checkpoint import CheckpointError, load_checkpoint
+    from reference.programs.checkpoint import CheckpointError, load_checkpoint
     path = tmp_path / "ckpt.safetensors"
     path.write_bytes(sgd_ckpt[1])
     _edit(path, edit)
@@ -266,7 +266,7 @@ def test_a_damaged_sgd_section_is_refused(sgd_ckpt, tmp_path, edit, message):
 
 def test_resuming_with_another_optimizer_is_refused(sgd_ckpt, tmp_path):
     """An SGD run cannot be resumed as AdamW (nor the other way): one line naming both."""
-    from reference.checkpoint import CheckpointError
+    from reference.programs.checkpoint import CheckpointError
     path = tmp_path / "ckpt.safetensors"
     path.write_bytes(sgd_ckpt[1])
     with pytest.raises(CheckpointError, match="the checkpoint's optimizer is SGD, this one is AdamW"):
@@ -275,7 +275,7 @@ def test_resuming_with_another_optimizer_is_refused(sgd_ckpt, tmp_path):
 
 def test_train_cli_with_sgd_and_bad_sgd_flags(tmp_path, capsys, prepare_module):
     """`train --optimizer sgd --nesterov` runs and resumes through the CLI; refused flags get one line."""
-    from reference.cli import main
+    from reference.programs.cli import main
     data = tmp_path / "data"
     prepare_module.prepare(TEXT.encode(), data, kind="char")
     common = ["train", "--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--n_layer", "1", "--n_head", "2",
@@ -291,7 +291,7 @@ def test_train_cli_with_sgd_and_bad_sgd_flags(tmp_path, capsys, prepare_module):
 
 def test_saving_an_sgd_over_foreign_parameters_is_refused(tmp_path):
     from reference import GPT, GPTConfig
-    from reference.checkpoint import save_checkpoint
+    from reference.programs.checkpoint import save_checkpoint
     model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
     with pytest.raises(ValueError, match="parameter\\(s\\) that are not the model's"):
         save_checkpoint(tmp_path / "c.safetensors", model, SGD([Parameter(np.zeros(2))], momentum=0.9))
@@ -308,7 +308,7 @@ def test_sgd_training_trajectory_matches_torch():
     import torch.nn.functional as F
 
     from oracle import twins
-    from reference.train import TrainConfig, Trainer
+    from reference.programs.train import TrainConfig, Trainer
     steps, vocab = 16, 11
     rng = np.random.default_rng(0)
     data = np.tile(rng.integers(0, vocab, 12), 60)

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference import sample
-from reference.cli import main
-from reference.data import ByteTokenizer, CharTokenizer
-from reference.sample import TextStream
+from reference.programs import sample
+from reference.programs.cli import main
+from reference.programs.data import ByteTokenizer, CharTokenizer
+from reference.programs.sample import TextStream
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "héllo wörld ☃ 日本語 — naïve café 🙂 " * 20
@@ -79,7 +79,7 @@ def bpe(tmp_path_factory):
     pytest.importorskip("tokenizers", reason="the BPE tokenizer needs the `hf` extra (tokenizers)")
     from test_bpe import make_bpe_files
 
-    from reference.data import BPETokenizer
+    from reference.programs.data import BPETokenizer
     return BPETokenizer.from_dir(make_bpe_files(tmp_path_factory.mktemp("bpe")))
 
 
@@ -100,7 +100,7 @@ def test_bpe_streams_the_decoded_whole(bpe, text):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny byte-level model trained for a few steps on text full of multi-byte characters."""
-    from reference.train import TrainConfig, Trainer
+    from reference.programs.train import TrainConfig, Trainer
     out = tmp_path_factory.mktemp("stream")
     tok = ByteTokenizer()
     ids = tok.encode(TEXT)

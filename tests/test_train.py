@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference import train as train_mod
-from reference.checkpoint import load_checkpoint
-from reference.cli import main
-from reference.data import CharTokenizer
+from reference.programs import train as train_mod
+from reference.programs.checkpoint import load_checkpoint
+from reference.programs.cli import main
+from reference.programs.data import CharTokenizer
 from reference.optim import AdamW
-from reference.safetensors_io import load_file
-from reference.train import PRESETS, TrainConfig, Trainer, TrainingDiverged, resolve_config
+from reference.programs.safetensors_io import load_file
+from reference.programs.train import PRESETS, TrainConfig, Trainer, TrainingDiverged, resolve_config
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "".join(f"{w} " for w in ("to be or not to be that is the question whether tis nobler in the mind "
@@ -179,7 +179,7 @@ def test_train_cli_refuses_to_clobber_a_run(data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("kernels", ["fast", "textbook"])
 def test_resume_through_the_cli_is_bit_identical(data_dir, tmp_path, capsys, kernels):
-    """On either path (reference/kernels.py), a run resumed with the same path is bit-identical."""
+    """On either path (reference/fast/kernels.py), a run resumed with the same path is bit-identical."""
     common = ("--data_dir", data_dir, "--eval_interval", 4, "--always_save_checkpoint", "--kernels", kernels, *TINY)
     assert cli(capsys, "--out_dir", tmp_path / "a", "--max_iters", 8, *common)[0] == 0
     assert cli(capsys, "--out_dir", tmp_path / "b", "--max_iters", 4, *common)[0] == 0
@@ -289,7 +289,7 @@ def test_plot_command(data_dir, tmp_path, capsys, monkeypatch):
 def test_new_modules_import_numpy_and_stdlib_only():
     """Module level: numpy, the standard library and the package itself; tqdm and matplotlib only lazily."""
     for name in ("train", "sample", "checkpoint", "plot"):
-        tree = ast.parse((REPO / "reference" / f"{name}.py").read_text())
+        tree = ast.parse((REPO / "reference" / "programs" / f"{name}.py").read_text())
         top, lazy = set(), set()
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):

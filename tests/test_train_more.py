@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference import train as train_mod
-from reference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from reference.cli import main
-from reference.data import CharTokenizer
-from reference.train import TrainConfig, Trainer, TrainingDiverged, read_config_file, resolve_config, train
+from reference.programs import train as train_mod
+from reference.programs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reference.programs.cli import main
+from reference.programs.data import CharTokenizer
+from reference.programs.train import TrainConfig, Trainer, TrainingDiverged, read_config_file, resolve_config, train
 
 TEXT = "to be or not to be that is the question whether tis nobler in the mind to suffer " * 8
 TOK = CharTokenizer.from_text(TEXT)

@@ -5,10 +5,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.checkpoint import build_model, load_checkpoint
-from reference.data import CharTokenizer
-from reference.sample import generate
-from reference.train import Trainer, TrainConfig
+from reference.programs.checkpoint import build_model, load_checkpoint
+from reference.programs.data import CharTokenizer
+from reference.programs.sample import generate
+from reference.programs.train import Trainer, TrainConfig
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 12
 

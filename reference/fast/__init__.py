@@ -1,21 +1,20 @@
 """The fast path: the textbook layers' forward and backward rewritten for speed, proven equal to them.
 
+- kernels.py: `use_kernels(model, "fast" | "textbook")`, the one switch between the paths.
 - pool.py: the thread pool, cache-sized blocks, products on the pool, BLAS thread control and
   recycled memory (`empty`).
 - functional.py: erf, GELU with its derivative in one pass, softmax and its backward, blocked.
 - layers.py, attention.py, model.py: subclasses of the textbook classes that override only
   forward and backward (same parameters, state_dict and cache contract).
 
-Select it with `GPT(config, kernels="fast")` (the default) or `reference.kernels.use_kernels`.
-What each kernel changes, why it is faster and what proves it equal: docs/performance.md.
+    from reference import GPT, GPTConfig
+    from reference.fast import use_kernels
+    model = use_kernels(GPT(GPTConfig()), "fast")
+
+This package imports the textbook (reference/); the textbook never imports it. What each kernel
+changes, why it is faster and what proves it equal: docs/performance.md.
 """
 
-import importlib
-from pathlib import Path
+from .kernels import KERNELS, use_kernels
 
-
-def __getattr__(name: str):
-    """`reference.fast.pool.products_on_pool()` after `import reference`: a submodule is imported on first use."""
-    if not name.startswith("_") and (Path(__file__).parent / f"{name}.py").is_file():
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'reference.fast' has no attribute {name!r}")
+__all__ = ["KERNELS", "use_kernels"]

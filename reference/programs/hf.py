@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import GPTConfig
-from .model import GPT
+from ..config import GPTConfig
+from ..model import GPT
 
 __all__ = ["HFError", "read_hf_config", "config_from_hf", "check_dir", "hf_config", "from_pretrained", "load_weights",
            "save_pretrained", "WEIGHTS_NAME", "INDEX_NAME", "CONFIG_NAME"]

@@ -19,13 +19,13 @@ What the library does, and what is ours:
   `SafetensorsFile` exposes the header (names, dtypes, shapes, metadata) before any tensor is read, so a
   caller can refuse a file whose header claims something huge before allocating it.
 * **Serialising** is the library's (``safetensors.numpy.save``: header, alignment, byte order).
-* **Writing the bytes to disk** is ours (``reference.atomic.atomic_write``). The library's
+* **Writing the bytes to disk** is ours (``reference.programs.atomic.atomic_write``). The library's
   ``save_file`` writes through a temporary file named ``.tmpXXXXXX``, which a killed save would leave
   behind under a name that no cleanup can safely claim as its own, does not fsync, and creates the file
   with mode 0o600. Ours uses its own temporary naming, removes its own stale temporaries, fsyncs, and
   respects the umask. The price: the serialised file is held in memory once while it is written.
 
-Integrity (checksums, finite weights) is the checkpoint's business: see reference/checkpoint.py.
+Integrity (checksums, finite weights) is the checkpoint's business: see reference/programs/checkpoint.py.
 """
 
 from __future__ import annotations

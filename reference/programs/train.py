@@ -15,7 +15,7 @@ Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, eva
 dropout masks come from three Generators seeded `[seed, 1]`, `[seed, 2]`, `[seed, 3]`. All three states
 are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupted one.
 
-Checkpoints go to `out_dir/ckpt.safetensors` (see reference/checkpoint.py) after an evaluation whose
+Checkpoints go to `out_dir/ckpt.safetensors` (see reference/programs/checkpoint.py) after an evaluation whose
 val loss is the best so far (nanoGPT's `always_save_checkpoint = False` for shakespeare_char), or after
 every evaluation with `--always_save_checkpoint`; never at step 0, never with non-finite weights.
 Logs: one JSON object per line in `out_dir/log.jsonl`: `{"event": "train", "step", "loss", "lr",
@@ -49,7 +49,7 @@ exit: bad values (2), a run that cannot fit in memory (2, checked before allocat
 Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
-from a Hugging Face GPT-2 or Llama directory (reference/hf.py); `--block_size` may shorten its context
+from a Hugging Face GPT-2 or Llama directory (reference/programs/hf.py); `--block_size` may shorten its context
 (default: the model's), and dropout and dtype stay the run's; any other model flag that contradicts the
 directory is refused. The data must be prepared with the model's own tokenizer (`python data/prepare.py --tokenizer DIR`). See `init_config`.
 """
@@ -72,12 +72,13 @@ import numpy as np
 
 from .checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                          restore_optimizer, save_checkpoint)
-from .config import CHOICES, GPTConfig
+from ..config import CHOICES, GPTConfig
 from .data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
-from .kernels import add_kernels_argument
-from .layers import DropoutMasks
-from .model import GPT
-from .optim import SGD, AdamW, clip_grad_norm_, cosine_lr
+from .options import add_kernels_argument
+from ..layers import DropoutMasks
+from ..fast import use_kernels
+from ..model import GPT
+from ..optim import SGD, AdamW, clip_grad_norm_, cosine_lr
 
 CKPT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
@@ -306,7 +307,7 @@ class Trainer:
                  kernels: str = "fast"):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
         settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
-        "fast" or "textbook" (reference/kernels.py); it is not saved in checkpoints."""
+        "fast" or "textbook" (reference/fast/kernels.py); it is not saved in checkpoints."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -341,12 +342,12 @@ class Trainer:
                 raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
                                  f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
                                  f"python data/prepare.py --tokenizer {init_from}")
-            self.model = from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
-                                         block_size=config.block_size).use_kernels(kernels)
+            self.model = use_kernels(from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
+                                                     block_size=config.block_size), kernels)
             if self.model.config != self.model_config:
                 raise ValueError(f"the model settings differ from {init_from}'s; use init_config()")
         else:
-            self.model = GPT(self.model_config, seed=config.seed, kernels=kernels)
+            self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
@@ -552,7 +553,7 @@ def train(config: TrainConfig, **kwargs) -> dict:
 
 def init_config(config: TrainConfig, path, *, block_size: int | None = None,
                 source: dict[str, str] | None = None) -> TrainConfig:
-    """`config` with the model settings of the Hugging Face model directory `path` (reference/hf.py);
+    """`config` with the model settings of the Hugging Face model directory `path` (reference/programs/hf.py);
     the context is `block_size` if given (at most the model's), else the model's. HFError (a ValueError)
     for a missing, incomplete or unsupported directory. `source` ({field: where}, resolve_settings): a
     model setting given as a flag or in a config file that the model contradicts is a ValueError naming

@@ -1,7 +1,7 @@
 """Export: `python -m reference export --ckpt out/ckpt.safetensors --to out/hf` writes a checkpoint's
 model as a Hugging Face model directory (config.json + model.safetensors, and tokenizer.json for a BPE
 tokenizer) that transformers' `AutoModelForCausalLM.from_pretrained(DIR)` loads with the same logits:
-GPT2LMHeadModel for a GPT-2-like config, LlamaForCausalLM for a Llama-like one (reference/hf.py,
+GPT2LMHeadModel for a GPT-2-like config, LlamaForCausalLM for a Llama-like one (reference/programs/hf.py,
 docs/huggingface.md). Any other config is refused with the option that has no equivalent."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`python -m reference plot out/log.jsonl [more.jsonl ...] -o curve.png`: loss curves to PNG.
 
-Reads the JSON-lines logs written by `reference.train` (records with "event": "train", "eval" and
+Reads the JSON-lines logs written by `reference.programs.train` (records with "event": "train", "eval" and
 "diverged") and draws, per log, the training loss of every logged step (a solid line), the evaluated
 train loss (circles, the same colour) and the val loss (squares, another colour), and marks a run that
 diverged (a red dotted line and cross at the step, named in the legend). matplotlib is imported only here, lazily, with the Agg backend (no display needed); when it

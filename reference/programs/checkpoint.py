@@ -44,7 +44,7 @@ prints a note that the file's integrity cannot be checked (re-saving it, e.g. by
 
 Loading reads bytes and parses JSON, nothing else: no pickle, no code from the file is ever run
 (a bit generator is chosen by name from a fixed list, and its state checked against that generator's
-layout). The safetensors library parses and validates the file itself (reference/safetensors_io.py);
+layout). The safetensors library parses and validates the file itself (reference/programs/safetensors_io.py);
 everything above it is checked here and a problem raises `CheckpointError` naming the file and the
 problem: a missing or foreign header, an unknown format version, checksums, an invalid model config,
 every header field's type (optimizer groups, generator states, best_val_loss, train_config, extra),
@@ -54,7 +54,7 @@ names and shapes the header's config implies (`model_tensor_names`, arithmetic o
 anything sized by the header is allocated: a small file claiming a huge model is refused without
 building it.
 
-Writing is atomic (reference/atomic.py: temporary file in the same directory, fsync, rename; stale
+Writing is atomic (reference/programs/atomic.py: temporary file in the same directory, fsync, rename; stale
 temporaries of killed saves removed by the next save): a crash mid-save leaves the previous checkpoint
 as it was, and nothing behind.
 
@@ -77,10 +77,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import GPTConfig, _is_finite_number, _is_int
+from ..config import GPTConfig, _is_finite_number, _is_int
 from .data import tokenizer_from_dict
-from .model import GPT
-from .optim import SGD
+from ..fast import use_kernels
+from ..model import GPT
+from ..optim import SGD
 from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, save_file
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT", "VERSION", "save_checkpoint", "load_checkpoint",
@@ -652,7 +653,7 @@ def generator_from_state(state: dict) -> np.random.Generator:
 def build_model(ckpt: Checkpoint, kernels: str = "fast") -> GPT:
     """The GPT of the checkpoint's config with its weights, on the `kernels` path ("fast" or "textbook":
     the choice is not stored in checkpoints)."""
-    model = GPT(ckpt.config, seed=0, kernels=kernels)
+    model = use_kernels(GPT(ckpt.config, seed=0), kernels)
     model.load_state_dict(ckpt.model_state)
     return model
 

@@ -15,10 +15,10 @@ import os
 import sys
 
 COMMANDS = {
-    "train": ("reference.train", "train a model on prepared data (see data/prepare.py)"),
-    "sample": ("reference.sample", "generate text from a checkpoint"),
-    "plot": ("reference.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
-    "export": ("reference.export", "write a checkpoint as a Hugging Face model directory (needs the hf extra)"),
+    "train": ("reference.programs.train", "train a model on prepared data (see data/prepare.py)"),
+    "sample": ("reference.programs.sample", "generate text from a checkpoint"),
+    "plot": ("reference.programs.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
+    "export": ("reference.programs.export", "write a checkpoint as a Hugging Face model directory (needs the hf extra)"),
 }
 # Commands of the oracle (they need torch): named here only to point at them.
 ORACLE_COMMANDS = ("verify", "bench")
@@ -87,7 +87,7 @@ def run_command(argv: list[str], module, cmd: argparse.ArgumentParser, prog: str
     args = cmd.parse_args(argv[1:])
     try:
         if getattr(args, "kernels", None) == "fast":           # train, sample
-            from .fast.pool import products_on_pool
+            from ..fast.pool import products_on_pool
             with products_on_pool():
                 return int(module.run(args) or 0)
         return int(module.run(args) or 0)

@@ -43,8 +43,9 @@ import sys
 
 import numpy as np
 
-from .kernels import add_kernels_argument
-from .model import GPT, KVCache
+from .options import add_kernels_argument
+from ..fast import use_kernels
+from ..model import GPT, KVCache
 
 __all__ = ["generate", "iter_generate", "next_token_probs", "sample_next", "apply_penalties", "check_sampling_args",
            "check_penalty_args", "check_logits", "TextStream", "load_hf_dir", "add_arguments", "run"]
@@ -311,7 +312,7 @@ class TextStream:
 
 
 def load_hf_dir(path):
-    """(model, tokenizer) of a Hugging Face model directory: float32 weights (reference/hf.py) and its
+    """(model, tokenizer) of a Hugging Face model directory: float32 weights (reference/programs/hf.py) and its
     BPE tokenizer files (reference/data.BPETokenizer). HFError/ValueError name what is missing."""
     from .data import BPETokenizer
     from .hf import check_dir, from_pretrained
@@ -407,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
         if ckpt is not None:
             model = build_model(ckpt)
-        model.use_kernels(getattr(args, "kernels", "fast"))
+        use_kernels(model, getattr(args, "kernels", "fast"))
     except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -424,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
                 _stream(tok, iter_generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule), ids)
             else:
                 out = generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule)
-                # Written and flushed as soon as it exists; stdout is UTF-8 whatever the locale (reference/cli.py).
+                # Written and flushed as soon as it exists; stdout is UTF-8 whatever the locale (reference/programs/cli.py).
                 sys.stdout.write(tok.decode(out) + "\n")
         except ValueError as e:                   # non-finite logits: a model with non-finite weights
             sys.stdout.flush()
