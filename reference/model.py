@@ -25,6 +25,70 @@ def make_norm(config: GPTConfig, dtype) -> Module:
     return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, dtype=dtype)
 
 
+def parameter_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter `GPT(config)` has: GPT-2's name -> shape, in `named_parameters()` order, a tied
+    head once (under `transformer.wte.weight`).
+
+    The one list of the model's parameters, computed from the config alone: checkpoints check a file's
+    tensors against it, train's memory estimate counts it, and the Hugging Face key maps are built
+    over it, all without building the model (a header may claim any size). tests/test_model.py holds
+    it equal to the built model's parameters for every variant."""
+    C = config.n_embd
+    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (config.vocab_size, C)}
+    if config.pos == "learned":
+        shapes["transformer.wpe.weight"] = (config.block_size, C)
+
+    def linear(name: str, n_in: int, n_out: int) -> None:      # Linear: weight (out, in), bias (out,)
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if config.bias:
+            shapes[f"{name}.bias"] = (n_out,)
+
+    def norm(name: str) -> None:                               # LayerNorm: weight, bias; RMSNorm: weight
+        shapes[f"{name}.weight"] = (C,)
+        if config.norm == "layernorm" and config.bias:
+            shapes[f"{name}.bias"] = (C,)
+
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}"
+        norm(f"{h}.ln_1")
+        linear(f"{h}.attn.c_attn", C, (config.n_head + 2 * config.kv_heads) * config.head_dim)
+        linear(f"{h}.attn.c_proj", C, C)
+        norm(f"{h}.ln_2")
+        linear(f"{h}.mlp.c_fc", C, config.hidden)
+        if config.mlp == "swiglu":
+            linear(f"{h}.mlp.c_gate", C, config.hidden)
+        linear(f"{h}.mlp.c_proj", config.hidden, C)
+    norm("transformer.ln_f")
+    if not config.tie_weights:
+        shapes["lm_head.weight"] = (config.vocab_size, C)
+    return shapes
+
+
+def parameter_count(config: GPTConfig) -> int:
+    """len(parameter_shapes(config)), in constant time: a checkpoint header claiming a billion layers is
+    refused by counting, before a billion names are listed."""
+    per_linear = 2 if config.bias else 1
+    per_norm = 2 if config.norm == "layernorm" and config.bias else 1
+    linears = 5 if config.mlp == "swiglu" else 4              # c_attn, c_proj, c_fc, (c_gate,) c_proj
+    per_layer = 2 * per_norm + linears * per_linear
+    return 1 + (config.pos == "learned") + config.n_layer * per_layer + per_norm + (not config.tie_weights)
+
+
+def check_token_ids(idx, vocab_size: int, what: str = "token id") -> None:
+    """Raise ValueError naming the first id outside 0 <= id < vocab_size (negative or too large).
+
+    The one range check of token ids: `GPT.forward` calls it at the model's boundary (layers behind it
+    may assume valid ids), and the programs call it on data files before training starts."""
+    idx = np.asarray(idx)
+    if idx.size == 0:
+        return
+    outside = (idx < 0) | (idx >= vocab_size)
+    if outside.any():
+        bad = idx[outside].flat[0]
+        raise ValueError(f"{what} {int(bad)} is out of range for vocab_size {vocab_size} "
+                         f"(expected 0 <= id < {vocab_size})")
+
+
 class Block(Module):
     """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). Derived in docs/block.md."""
 
@@ -109,10 +173,7 @@ class GPT(Module):
         if start + idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence of length {start + idx.shape[1]} is longer than the context "
                              f"(block_size {self.config.block_size})")
-        V = self.config.vocab_size
-        if idx.size and (idx.min() < 0 or idx.max() >= V):
-            bad = idx[(idx < 0) | (idx >= V)].flat[0]
-            raise ValueError(f"token id {bad} is out of range for vocab_size {V} (expected 0 <= id < {V})")
+        check_token_ids(idx, self.config.vocab_size)
         return idx
 
     def forward(self, idx: np.ndarray, masks: MaskSource | None = None, kv_cache: KVCache | None = None):
