@@ -7,7 +7,7 @@
 One random GPT-2-small (transformers' GPT2Config() defaults, seed 0) is saved with `save_pretrained`;
 every measurement runs in its own process, so each peak resident memory (VmHWM) is that side's alone:
 
-* import: reference/hf.from_pretrained of the directory: seconds and peak memory against the size of
+* import: reference.programs.hf.from_pretrained of the directory: seconds and peak memory against the size of
   the weights (it reads tensor by tensor into the model's arrays);
 * sampling: greedy decoding of --new-tokens tokens after a --prompt-token prompt with the KV cache,
   ours (reference.programs.sample.generate) against transformers' `generate` with its cache. The ms per token
@@ -228,7 +228,7 @@ def report(r: dict, tiny: bool) -> str:
         "",
         f"Model: a random GPT-2 small made by transformers (`GPT2Config()`, seed 0), {r['parameters']:,} "
         f"parameters, V={imp['vocab_size']}, T={imp['block_size']}, saved with `save_pretrained` (float32, {imp['weights_mb']:.0f} MB of weights).",
-        f"Threads: ours {r['ours-step'][0]['threads']} (reference.functional pool), torch {sh['torch_threads']}; "
+        f"Threads: ours {r['ours-step'][0]['threads']} (reference.fast.pool), torch {sh['torch_threads']}; "
         f"transformers' attention: {sh['attn_implementation']}.",
         "",
         "## Import (reference/programs/hf.py, tensor by tensor)",

@@ -23,7 +23,7 @@ from .pool import empty, for_products
 # Causal attention computes only the scores a query can see. The queries are taken in tiles of
 # QUERY_TILE rows: rows a:e see keys :e (plus the cached ones), so each tile's products, softmax and
 # backward stop at column e, and the tiles above the diagonal are never computed. At T = 256 that
-# is 2 tiles and 3/4 of the full products and softmax (docs/performance.md, item 10). Tiles of 64
+# is 2 tiles and 3/4 of the full products and softmax (docs/performance.md, "Causal tiles in attention"). Tiles of 64
 # rows would skip more (5/8), and do on one thread, but with both cores busy their twice as many
 # NumPy calls cost float32 the gain. The numbers do not depend on the tiling beyond rounding: a
 # masked probability is exactly 0, and so is its gradient. The entries of `p` (and of the backward's

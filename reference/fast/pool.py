@@ -46,15 +46,14 @@ _worker = threading.local()                                    # .busy: this thr
 class Pool:
     """`n` daemon threads and the caller run fn(arg) for the items of `map`, taking them from one queue;
     the caller then waits for the items the threads took. With THREADS = 2 the pool has one thread: the
-    caller working rather than waiting saves a hand-over per call (the small float32 step 97 to 94 ms,
-    float64 279 to 255 ms, alternating processes; the large step unchanged).
+    caller working rather than waiting saves a hand-over per call (docs/performance.md measures it).
 
     Why not concurrent.futures.ThreadPoolExecutor: its futures and its idle counter are guarded by
     threading.Condition, whose __enter__ is Python code. A Ctrl-C (KeyboardInterrupt) that lands in the
     main thread just after __enter__ has taken the lock, before the `with` block is set up, leaves the lock
     held for ever (CPython runs signal handlers between any two calls; bpo-29988): the next `map`
-    deadlocks, or a worker blocks on the lock and the interpreter hangs at exit joining it. CI saw the
-    latter, a `train` that printed "interrupted" and never exited. tests/test_pool.py raises the
+    deadlocks, or a worker blocks on the lock and the interpreter hangs at exit joining it (a `train`
+    that prints "interrupted" and never exits). tests/test_pool.py raises the
     interrupt after every C call of a pool call in turn.
 
     Here the only things shared between threads are `queue.SimpleQueue`s, written in C: an interrupt in
