@@ -363,7 +363,7 @@ def test_weight_file_errors(tmp_path):
     write({**state, "transformer.ln_f.weight": bad})
     with pytest.raises(hf.HFError, match="ln_f.weight holds non-finite values"):
         hf.from_pretrained(tmp_path)
-    write({**state, "transformer.h.0.attn.bias": np.ones((1, 1, 16, 16), np.float32)})   # old files' mask buffer
+    write({**state, "transformer.h.0.attn.bias": np.ones((1, 1, 16, 16), np.float32)})   # the mask buffer of files from transformers < 4.31
     hf.from_pretrained(tmp_path)
     w.write_bytes(w.read_bytes()[:100])
     with pytest.raises(hf.HFError, match="not a valid safetensors file"):

@@ -44,7 +44,8 @@ INDEX_NAME = "model.safetensors.index.json"
 HF_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "F64": np.float64}   # None: widened by hand
 EXTRA_HINT = "pip install -e '.[hf]'"
 # Buffers some checkpoints store that are not parameters: GPT-2's causal mask (`attn.bias`,
-# `attn.masked_bias`, in files older than transformers 4.31) and old Llama files' RoPE table.
+# `attn.masked_bias`, in files written by transformers before 4.31) and the RoPE table
+# (`rotary_emb.inv_freq`) in some Llama files.
 IGNORED = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$|\.rotary_emb\.inv_freq$")
 GPT2_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}   # transformers' ACT2FN
 
