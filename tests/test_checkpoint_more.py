@@ -17,7 +17,6 @@ import pytest
 from reference.programs.checkpoint import (BIT_GENERATORS, METADATA_KEY, seal, STATE_LAYOUTS, CheckpointError, build_model,
                                            check_compatible, generator_from_state, load_checkpoint, restore_optimizer,
                                            save_checkpoint, state_from_json)
-from reference.config import GPTConfig
 from reference.model import GPT
 from reference.programs.data import ByteTokenizer, CharTokenizer
 from reference.module import Parameter
