@@ -31,22 +31,16 @@ def _flat2d(a: np.ndarray) -> np.ndarray:
 
 
 class Embedding(Module):
-    """y = weight[idx]: a lookup table of `num_embeddings` rows. Derived in docs/embedding.md."""
+    """y = weight[idx]: a lookup table of `num_embeddings` rows. Derived in docs/embedding.md.
+
+    idx: integer ids, any shape (...); they must be 0 <= id < num_embeddings, which GPT.forward checks
+    at the model's boundary (reference.model.check_token_ids). The layer does not check them again: NumPy
+    would wrap a negative id to a row from the end, and raise IndexError for one too large."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, rng: np.random.Generator, dtype="float64", std: float = 0.02):
         self.weight = Parameter(normal_init(rng, (num_embeddings, embedding_dim), std, as_dtype(dtype)))
 
-    def check_ids(self, idx: np.ndarray) -> None:
-        """Refuse non-integer ids and ids outside 0 <= id < num_embeddings."""
-        n = self.weight.data.shape[0]
-        if not np.issubdtype(np.asarray(idx).dtype, np.integer):
-            raise TypeError(f"embedding indices must be integers, got dtype {np.asarray(idx).dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            bad = idx[(idx < 0) | (idx >= n)].flat[0]
-            raise IndexError(f"index {bad} is out of range for an embedding of {n} rows (expected 0 <= id < {n})")
-
-    def forward(self, idx: np.ndarray):                        # idx (...) int
-        self.check_ids(idx)
+    def forward(self, idx: np.ndarray):                        # idx (...) int, 0 <= id < num_embeddings
         y = self.weight.data[idx]                              # (..., C)
         return y, idx
 

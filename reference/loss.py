@@ -27,6 +27,8 @@ class CrossEntropyLoss(Module):
         if y.shape[0] != z.shape[0]:
             raise ValueError(f"targets shape {np.shape(targets)} does not match logits shape {logits.shape[:-1]}")
         valid = y != self.ignore_index
+        # GPT.loss checks its targets before the forward; the layer checks too, as F.cross_entropy does,
+        # because it is used on its own and NumPy's indexing would turn a negative target into a wrong loss.
         bad = valid & ((y < 0) | (y >= V))
         if bad.any():
             raise IndexError(f"target {y[bad][0]} is out of range for {V} classes (expected 0 <= target < {V}"

@@ -210,10 +210,15 @@ class GPT(Module):
         tr.wte.backward(dx, c_wte)                             # (sinusoidal positions: nothing to learn)
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, masks: MaskSource | None = None):
-        """Forward and mean cross-entropy: (loss, logits, cache). idx and targets: (B, T) token ids."""
+        """Forward and mean cross-entropy: (loss, logits, cache). idx and targets: (B, T) token ids; a target
+        equal to the criterion's ignore_index (-100) is left out of the mean. ValueError names a target
+        outside 0 <= id < vocab_size, checked here, at the model's boundary, before the forward runs."""
         if np.shape(targets) != np.shape(idx):
             raise ValueError(f"targets of shape {np.shape(targets)} do not match token ids of shape {np.shape(idx)}: "
                              "expected one target per token, the same (batch, time) shape")
+        t = np.asarray(targets)
+        if np.issubdtype(t.dtype, np.integer):                 # (other dtypes: the criterion's TypeError)
+            check_token_ids(t[t != self.criterion.ignore_index], self.config.vocab_size, "target")
         logits, cache = self.forward(idx, masks)
         loss, c_loss = self.criterion.forward(logits, targets)
         return loss, logits, (cache, c_loss)

@@ -6,17 +6,25 @@ import pytest
 from reference.programs import cli
 from reference.attention import CausalSelfAttention
 from reference.positions import Rotary
-from reference.layers import GELU, Dropout, DropoutMasks, Embedding
+from reference.layers import GELU, Dropout, DropoutMasks
 from reference.loss import CrossEntropyLoss
+from reference.model import GPT
+from reference.config import GPTConfig
 from reference.module import Parameter, as_dtype
 
 RNG = np.random.default_rng(0)
+# Token ids are checked once, at the model's boundary (GPT.forward, GPT.loss), not by the Embedding layer.
+TINY = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
 
 
 @pytest.mark.parametrize("call, error, words", [
-    (lambda: Embedding(5, 2, rng=RNG).forward(np.array([[0, 5]])), IndexError,
-     "index 5 is out of range for an embedding of 5 rows (expected 0 <= id < 5)"),
-    (lambda: Embedding(5, 2, rng=RNG).forward(np.array([0.5])), TypeError, "embedding indices must be integers"),
+    (lambda: TINY.forward(np.array([[0, 5]])), ValueError,
+     "token id 5 is out of range for vocab_size 5 (expected 0 <= id < 5)"),
+    (lambda: TINY.forward(np.array([[0.5]])), TypeError, "token ids must be integers, got dtype float64"),
+    (lambda: TINY.loss(np.array([[0, 1]]), np.array([[-100, 5]])), ValueError,
+     "target 5 is out of range for vocab_size 5 (expected 0 <= id < 5)"),
+    (lambda: TINY.loss(np.array([[0, 1]]), np.array([[-1, 0]])), ValueError,
+     "target -1 is out of range for vocab_size 5 (expected 0 <= id < 5)"),
     (lambda: GELU("fast"), ValueError, "approximate must be 'none' or 'tanh', got 'fast'"),
     (lambda: Dropout(1.0), ValueError, "dropout probability must be in [0, 1), got 1.0"),
     (lambda: Rotary(5, 8, 10000.0, np.float64), ValueError, "RoPE needs an even head dimension, got 5"),

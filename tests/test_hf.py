@@ -22,6 +22,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, LlamaConfig, Ll
 from oracle.hf import float64_llama, hf_grads, run_hf  # noqa: E402
 from oracle.tolerance import FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_TOL  # noqa: E402
 from reference import GPT, GPTConfig  # noqa: E402
+from reference.model import parameter_shapes  # noqa: E402
 from reference.programs import hf  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -259,6 +260,16 @@ def test_config_errors(d, match):
         hf.config_from_hf(d)
 
 
+def test_key_map_names_every_parameter_or_refuses():
+    """key_map is built over parameter_shapes: every parameter of the model gets a transformers name, and
+    one that Llama has no name for (learned positions) is refused by name, not dropped."""
+    config = GPTConfig(vocab_size=V, block_size=8, n_layer=2, n_head=4, n_embd=16, n_kv_head=2, norm="rmsnorm",
+                       mlp="swiglu", pos="rope", bias=False, tie_weights=False)
+    assert {ours for ours, _, _ in hf.key_map(config, "llama").values()} == set(parameter_shapes(config))
+    with pytest.raises(hf.HFError, match=r"^parameter transformer\.wpe\.weight has no name in transformers' llama$"):
+        hf.key_map(config.replace(pos="learned"), "llama")
+
+
 def test_block_size_crops_learned_positions(tmp_path):
     torch.manual_seed(0)
     theirs = gpt2().double()
@@ -352,7 +363,7 @@ def test_weight_file_errors(tmp_path):
     write({**state, "transformer.ln_f.weight": bad})
     with pytest.raises(hf.HFError, match="ln_f.weight holds non-finite values"):
         hf.from_pretrained(tmp_path)
-    write({**state, "transformer.h.0.attn.bias": np.ones((1, 1, 16, 16), np.float32)})   # old files' mask buffer
+    write({**state, "transformer.h.0.attn.bias": np.ones((1, 1, 16, 16), np.float32)})   # the mask buffer of files from transformers < 4.31
     hf.from_pretrained(tmp_path)
     w.write_bytes(w.read_bytes()[:100])
     with pytest.raises(hf.HFError, match="not a valid safetensors file"):

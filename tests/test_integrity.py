@@ -1,5 +1,5 @@
-"""Checkpoint integrity and leaks (issue 13): checksums over every tensor and the header, non-finite
-weights refused by name, version 1 files still readable with a note, stale temporaries of killed saves
+"""Checkpoint integrity and leaks: checksums over every tensor and the header, non-finite
+weights refused by name, version 1 files (no checksums) readable with a note, stale temporaries of killed saves
 removed (and nothing else), and files written with the umask's mode."""
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def test_version_1_checkpoint_loads_with_a_note(ckpt, capsys):
     tensors, meta = load_file(ckpt)
     header = json.loads(meta[METADATA_KEY])
     header["version"] = 1
-    save_file(tensors, ckpt, metadata={METADATA_KEY: json.dumps(header)})   # as version 1 wrote it
+    save_file(tensors, ckpt, metadata={METADATA_KEY: json.dumps(header)})   # version 1: no checksums
     loaded = load_checkpoint(ckpt)
     assert not loaded.checksummed and "without checksums" in loaded.integrity_note
     assert loaded.integrity_note.startswith(f"note: {ckpt}")
@@ -180,7 +180,7 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
             break
     stale = [f".ckpt.safetensors.{dead}.0123456789abcdef.tmp",    # ours, writer gone (a kill -9)
              f".ckpt.safetensors.{os.getpid()}.00000000000000ff.tmp",   # ours, this process, an earlier failure
-             ".ckpt.safetensors.ab_c1234.tmp"]                     # the mkstemp naming of earlier versions
+             ".ckpt.safetensors.ab_c1234.tmp"]                     # mkstemp's naming
     keep = [f".ckpt.safetensors.{os.getppid()}.0123456789abcdef.tmp",   # a live writer's: never touched
             "ckpt.safetensors.1.0123456789abcdef.tmp",            # no leading dot
             f".ckpt.safetensors.{dead}.0123456789abcdef.tmp.bak",  # another suffix
@@ -224,10 +224,9 @@ def test_saves_killed_with_sigkill_leave_nothing_that_grows(tmp_path):
 
 
 def test_ctrl_c_during_a_write_lands_after_it_and_leaves_no_temporary(tmp_path, monkeypatch):
-    """SIGINT while the temporary exists (here: from inside fsync) used to leave `.name.<pid>.<hex>.tmp`
-    behind when it arrived between creating the file and its cleanup (a real `train` run showed it). The
-    interrupt is now held until the file is in place: the new file is whole, no temporary is left, and the
-    KeyboardInterrupt follows."""
+    """SIGINT while the temporary exists (here: from inside fsync), between creating the file and its
+    cleanup, would leave `.name.<pid>.<hex>.tmp` behind if it were raised there. It is held until the file
+    is in place: the new file is whole, no temporary is left, and the KeyboardInterrupt follows."""
     import os
     import signal
 

@@ -13,6 +13,7 @@ from oracle import compare, twins
 from oracle.cases import GPTWithLoss
 from oracle.registry import perturb
 from reference import GPT, GPTConfig
+from reference.model import parameter_count, parameter_shapes
 from reference.positions import Rotary, alibi_slopes
 
 SMALL = dict(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16)
@@ -48,6 +49,25 @@ def test_state_dict_matches_twin(config):
     theirs = {k: tuple(v.shape) for k, v in twins.twin_of(config).state_dict().items()}
     assert ours == theirs
     assert ("lm_head.weight" in ours) and ("transformer.wte.weight" in ours)
+
+
+VARIANTS = [dict(norm=norm, mlp=mlp, pos=pos, bias=bias, tie_weights=tie)
+            for norm in ("layernorm", "rmsnorm") for mlp in ("gelu", "swiglu")
+            for pos in ("learned", "rope", "alibi", "sinusoidal") for bias in (True, False) for tie in (True, False)]
+
+
+@pytest.mark.parametrize("i, variant", list(enumerate(VARIANTS)))
+def test_parameter_shapes_are_the_built_models(i, variant):
+    """parameter_shapes(config), computed from the config alone, is exactly GPT(config)'s named_parameters():
+    the same names, in the same order, with the same shapes (a tied head once), every parameter in the
+    config's dtype; parameter_count is its length. Every variant: norm, MLP, positions, bias, tying, with
+    one, some or all key/value heads (GQA) and the default or another MLP width."""
+    config = GPTConfig(**SMALL, **variant, n_kv_head=(None, 1, 2)[i % 3], mlp_hidden=(None, 24)[i % 2],
+                       dtype=("float32", "float64")[i % 2])
+    model = GPT(config)
+    assert list(parameter_shapes(config).items()) == [(n, p.data.shape) for n, p in model.named_parameters()]
+    assert all(p.data.dtype == np.dtype(config.dtype) for p in model.parameters())
+    assert parameter_count(config) == len(parameter_shapes(config)) == len(list(model.named_parameters()))
 
 
 def test_nanogpt_names():

@@ -37,8 +37,9 @@ def temp_name(path: Path) -> Path:
 
 
 def temp_pattern(name: str) -> re.Pattern:
-    """The temporaries of target file `name`: this module's naming, and the 8-character mkstemp names
-    (`.<name>.<8 chars>.tmp`) that earlier versions of the checkpoint writer used."""
+    """The temporaries of target file `name`: this module's naming, and `tempfile.mkstemp`'s 8-character
+    names (`.<name>.<8 chars>.tmp`, what a writer using mkstemp with that prefix and suffix leaves), which
+    carry no pid: such a file is removed whoever wrote it."""
     return re.compile(rf"\.{re.escape(name)}\.(?:(?P<pid>\d+)\.[0-9a-f]{{16}}|[a-z0-9_]{{8}})\.tmp")
 
 

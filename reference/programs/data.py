@@ -11,13 +11,14 @@ Three tokenizers are provided:
   byte-level BPE), run by the ``tokenizers`` library (the ``hf`` extra), which
   is imported only when a BPE tokenizer is built.
 
-Both serialise to a small JSON-friendly dict (``to_dict``) that
+Each serialises to a small JSON-friendly dict (``to_dict``) that
 ``data/prepare.py`` stores in ``meta.json``; :func:`tokenizer_from_dict`
 rebuilds the right tokenizer from it.  :func:`load_meta` and
 :func:`load_split` read what that script wrote, and :func:`get_batch` samples
 random ``(inputs, targets)`` windows from a token array.
 
-Only numpy and the standard library are imported at module level.
+Only numpy, the standard library and the model's token-id check (``reference.model.check_token_ids``)
+are imported at module level.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
+
+from ..model import check_token_ids
 
 __all__ = [
     "CharTokenizer",
@@ -53,7 +56,8 @@ _PREPARE_HINT = "run `python data/prepare.py` first to create it"
 
 
 def _check_ids(ids: Iterable[int] | npt.ArrayLike, vocab_size: int) -> IdArray:
-    """Return ``ids`` as a 1-D int64 array, checking every id is in ``[0, vocab_size)``."""
+    """``ids`` as a 1-D int64 array; TypeError for non-integers, ValueError for another shape or an id
+    outside ``0 <= id < vocab_size`` (``reference.model.check_token_ids``, the model's own check)."""
     arr = np.asarray(ids)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -61,13 +65,7 @@ def _check_ids(ids: Iterable[int] | npt.ArrayLike, vocab_size: int) -> IdArray:
         raise ValueError(f"token ids must be a 1-D sequence, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
-    bad = (arr < 0) | (arr >= vocab_size)
-    if bad.any():
-        first = int(arr[np.argmax(bad)])
-        raise ValueError(
-            f"token id {first} is out of range: valid ids are 0..{vocab_size - 1} "
-            f"(vocab_size={vocab_size})"
-        )
+    check_token_ids(arr, vocab_size)
     return arr.astype(np.int64, copy=False)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GPTConfig
-from ..model import GPT
+from ..model import GPT, parameter_shapes
 
 __all__ = ["HFError", "read_hf_config", "config_from_hf", "check_dir", "hf_config", "from_pretrained", "load_weights",
            "save_pretrained", "WEIGHTS_NAME", "INDEX_NAME", "CONFIG_NAME"]
@@ -44,7 +44,8 @@ INDEX_NAME = "model.safetensors.index.json"
 HF_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "F64": np.float64}   # None: widened by hand
 EXTRA_HINT = "pip install -e '.[hf]'"
 # Buffers some checkpoints store that are not parameters: GPT-2's causal mask (`attn.bias`,
-# `attn.masked_bias`, in files older than transformers 4.31) and old Llama files' RoPE table.
+# `attn.masked_bias`, in files written by transformers before 4.31) and the RoPE table
+# (`rotary_emb.inv_freq`) in some Llama files.
 IGNORED = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$|\.rotary_emb\.inv_freq$")
 GPT2_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}   # transformers' ACT2FN
 
@@ -221,43 +222,40 @@ def hf_config(config: GPTConfig) -> dict:
 # ------------------------------------------------------------------------------------------ key maps
 
 
+# Transformers' Llama names for our modules inside `transformer.h.<i>` (GPT-2's are ours).
+LLAMA_LAYER_NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj": "self_attn.o_proj",
+                     "mlp.c_fc": "mlp.gate_proj", "mlp.c_gate": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}
+LLAMA_NAMES = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+               "lm_head.weight": "lm_head.weight"}
+# GPT-2's Conv1D layers store their weight as (in, out), the transpose of our Linear's (out, in).
+GPT2_CONV1D = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+LAYER_PARAM = re.compile(r"transformer\.h\.(\d+)\.(.+)\.(weight|bias)")
+
+
 def key_map(config: GPTConfig, arch: str) -> dict[str, tuple[str, str, slice | None]]:
     """HF key -> (our parameter name, how, rows): how is "copy" or "T" (GPT-2's Conv1D stores (in, out));
-    rows, for Llama's q/k/v, is the slice of our fused c_attn they fill. GPT-2 keys with `transformer.`."""
+    rows, for Llama's q/k/v, is the slice of our fused c_attn they fill. GPT-2 keys with `transformer.`.
+
+    Built over `reference.model.parameter_shapes(config)`, every parameter of the model: each gets its
+    transformers name(s), and a parameter with none raises HFError naming it."""
     m: dict[str, tuple[str, str, slice | None]] = {}
-    L, C = config.n_layer, config.n_embd
-    if arch == "gpt2":
-        m["transformer.wte.weight"] = ("transformer.wte.weight", "copy", None)
-        m["transformer.wpe.weight"] = ("transformer.wpe.weight", "copy", None)
-        for i in range(L):
-            h = f"transformer.h.{i}"
-            for norm in ("ln_1", "ln_2"):
-                for p in ("weight", "bias"):
-                    m[f"{h}.{norm}.{p}"] = (f"{h}.{norm}.{p}", "copy", None)
-            for lin in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-                m[f"{h}.{lin}.weight"] = (f"{h}.{lin}.weight", "T", None)
-                m[f"{h}.{lin}.bias"] = (f"{h}.{lin}.bias", "copy", None)
-        for p in ("weight", "bias"):
-            m[f"transformer.ln_f.{p}"] = (f"transformer.ln_f.{p}", "copy", None)
-    else:
-        hd = config.head_dim
-        q, kv = config.n_head * hd, config.kv_heads * hd
-        rows = {"q_proj": slice(0, q), "k_proj": slice(q, q + kv), "v_proj": slice(q + kv, q + 2 * kv)}
-        m["model.embed_tokens.weight"] = ("transformer.wte.weight", "copy", None)
-        params = ("weight", "bias") if config.bias else ("weight",)
-        for i in range(L):
-            h, o = f"model.layers.{i}", f"transformer.h.{i}"
-            m[f"{h}.input_layernorm.weight"] = (f"{o}.ln_1.weight", "copy", None)
-            m[f"{h}.post_attention_layernorm.weight"] = (f"{o}.ln_2.weight", "copy", None)
-            for p in params:
-                for name, r in rows.items():
-                    m[f"{h}.self_attn.{name}.{p}"] = (f"{o}.attn.c_attn.{p}", "copy", r)
-                for theirs, ours in (("self_attn.o_proj", "attn.c_proj"), ("mlp.gate_proj", "mlp.c_fc"),
-                                     ("mlp.up_proj", "mlp.c_gate"), ("mlp.down_proj", "mlp.c_proj")):
-                    m[f"{h}.{theirs}.{p}"] = (f"{o}.{ours}.{p}", "copy", None)
-        m["model.norm.weight"] = ("transformer.ln_f.weight", "copy", None)
-    if not config.tie_weights:
-        m["lm_head.weight"] = ("lm_head.weight", "copy", None)
+    hd = config.head_dim
+    q, kv = config.n_head * hd, config.kv_heads * hd
+    qkv_rows = {"q_proj": slice(0, q), "k_proj": slice(q, q + kv), "v_proj": slice(q + kv, q + 2 * kv)}
+    for ours in parameter_shapes(config):
+        if arch == "gpt2":
+            m[ours] = (ours, "T" if GPT2_CONV1D.fullmatch(ours) else "copy", None)
+            continue
+        layer = LAYER_PARAM.fullmatch(ours)
+        if ours in LLAMA_NAMES:
+            m[LLAMA_NAMES[ours]] = (ours, "copy", None)
+        elif layer and layer[2] == "attn.c_attn":                # one fused matrix: q, k and v by rows
+            for proj, rows in qkv_rows.items():
+                m[f"model.layers.{layer[1]}.self_attn.{proj}.{layer[3]}"] = (ours, "copy", rows)
+        elif layer and layer[2] in LLAMA_LAYER_NAMES:
+            m[f"model.layers.{layer[1]}.{LLAMA_LAYER_NAMES[layer[2]]}.{layer[3]}"] = (ours, "copy", None)
+        else:
+            raise HFError(f"parameter {ours} has no name in transformers' {arch}")
     return m
 
 

@@ -25,7 +25,8 @@ What the library does, and what is ours:
   with mode 0o600. Ours uses its own temporary naming, removes its own stale temporaries, fsyncs, and
   respects the umask. The price: the serialised file is held in memory once while it is written.
 
-Integrity (checksums, finite weights) is the checkpoint's business: see reference/programs/checkpoint.py.
+Integrity (checksums, finite weights) is the checkpoint's business: reference/programs/checkpoint_format.py
+says what is recorded, reference/programs/checkpoint_check.py checks it.
 """
 
 from __future__ import annotations
