@@ -100,7 +100,8 @@ def test_bpe_streams_the_decoded_whole(bpe, text):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny byte-level model trained for a few steps on text full of multi-byte characters."""
-    from reference.programs.train import TrainConfig, Trainer
+    from reference.programs.training.settings import TrainConfig
+    from reference.programs.training.trainer import Trainer
     out = tmp_path_factory.mktemp("stream")
     tok = ByteTokenizer()
     ids = tok.encode(TEXT)
