@@ -10,8 +10,8 @@ every measurement runs in its own process, so each peak resident memory (VmHWM) 
 * import: reference.programs.hf.from_pretrained of the directory: seconds and peak memory against the size of
   the weights (it reads tensor by tensor into the model's arrays);
 * sampling: greedy decoding of --new-tokens tokens after a --prompt-token prompt with the KV cache,
-  ours (reference.programs.sample.generate) against transformers' `generate` with its cache. The ms per token
-  is (time for N tokens - time for 1 token) / (N - 1): the prefill is not counted;
+  ours (reference.programs.sampling.generation.generate) against transformers' `generate` with its cache.
+  The ms per token is (time for N tokens - time for 1 token) / (N - 1): the prefill is not counted;
 * fine-tuning step: forward, loss, backward and AdamW step on a (B, 1024) batch, ours against
   transformers' model with torch.optim.AdamW (same weights, same batch, dropout off; the first
   losses must agree); the median of --steps timed steps after one warm-up step.
@@ -85,7 +85,7 @@ def _prompt(a, vocab: int):
 def child_ours_sample(a) -> dict:
     from reference.fast.pool import products_on_pool
     from reference.programs.hf import from_pretrained
-    from reference.programs.sample import generate
+    from reference.programs.sampling.generation import generate
     model = from_pretrained(a.dir, dtype="float32")
     ids = _prompt(a, model.config.vocab_size)
     times = {}

@@ -4,8 +4,8 @@
 
 Both runs use float32, the same initial weights (the reference's init, loaded into the twin), the same
 training batches (the same seeded numpy Generator), the same evaluation batches, nanoGPT's AdamW param
-groups, warmup-cosine schedule and clipping: the reference through `reference.programs.train.Trainer`, the twin
-through torch.optim.AdamW + LambdaLR + clip_grad_norm_. Recorded per run: the val loss of the recipe's
+groups, warmup-cosine schedule and clipping: the reference through
+`reference.programs.training.trainer.Trainer`, the twin through torch.optim.AdamW + LambdaLR + clip_grad_norm_. Recorded per run: the val loss of the recipe's
 evaluations (eval_iters = 20 batches, as the nanoGPT README's CPU command), a final, less noisy val loss
 of the last model over 200 batches (the same batches for both), wall time, training time and tokens/s.
 
@@ -51,7 +51,8 @@ sys.path.insert(0, str(REPO))
 from reference.programs.data import get_batch, load_meta, load_split, tokenizer_from_dict  # noqa: E402
 from reference.model import GPT  # noqa: E402
 from reference.programs.plot import plot_curves, read_log  # noqa: E402
-from reference.programs.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from reference.programs.training.settings import PRESETS, TrainConfig  # noqa: E402
+from reference.programs.training.trainer import Trainer  # noqa: E402
 
 NANOGPT_VAL_LOSS = 1.88
 TARGET = 1.95

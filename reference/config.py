@@ -15,11 +15,16 @@ CHOICES = {
 }
 
 
+# The predicates of GPTConfig's checks: Python's own types only, since a config is saved as JSON. The
+# programs' validators (reference/programs/options.py) are built on them.
+
 def _is_int(value) -> bool:
+    """An int that is not a bool (True is an int to Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
+    """An int or a float that is not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -17,7 +17,8 @@ from reference.programs import atomic
 from reference.programs.checkpoint import METADATA_KEY, CheckpointError, build_model, check_compatible, load_checkpoint, seal
 from reference.programs.data import CharTokenizer
 from reference.programs.safetensors_io import load_file, save_file
-from reference.programs.train import TrainConfig, Trainer
+from reference.programs.training.settings import TrainConfig
+from reference.programs.training.trainer import Trainer
 
 from faults import fail_writes
 

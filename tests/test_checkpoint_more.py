@@ -22,7 +22,8 @@ from reference.programs.data import ByteTokenizer, CharTokenizer
 from reference.module import Parameter
 from reference.optim import AdamW
 from reference.programs.safetensors_io import load_file, save_file
-from reference.programs.train import TrainConfig, Trainer, configure_optimizers
+from reference.programs.training.settings import TrainConfig
+from reference.programs.training.trainer import Trainer, configure_optimizers
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 LN = "transformer.ln_f.weight"          # a parameter every tiny config has

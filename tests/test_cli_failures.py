@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference.programs import atomic, cli, train as train_mod
+from reference.programs import atomic, cli
+from reference.programs.training import memory
+from reference.programs.training.settings import TrainConfig
+from reference.programs.training.trainer import Trainer
 from reference.programs.checkpoint import load_checkpoint
 from reference.model import GPT
 from reference.config import GPTConfig
@@ -153,7 +156,7 @@ def test_data_dir_is_found_next_to_the_package_from_another_directory(data_dir, 
 
 
 def test_a_run_too_large_for_memory_is_refused_before_allocating(data_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train_mod, "available_memory", lambda: 2 * 2**30)      # a 2 GiB machine
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 2**30)      # a 2 GiB machine
     monkeypatch.setattr(GPT, "__init__", lambda *a, **k: pytest.fail("allocated before the memory check"))
     rc, _, err = run(capsys, "train", "--data_dir", data_dir, "--out_dir", tmp_path / "o", *TINY[:-1],
                      "--block_size", 100, "--batch_size", 40000, "--no-progress")
@@ -164,16 +167,16 @@ def test_a_run_too_large_for_memory_is_refused_before_allocating(data_dir, tmp_p
 
 
 def test_the_memory_estimate_grows_as_the_arrays_do():
-    est = train_mod.estimate_memory
-    small = est(train_mod.TrainConfig(), 65)
+    est = memory.estimate_memory
+    small = est(TrainConfig(), 65)
     assert 1e6 < small["total"] < 2**30                     # the CPU recipe: well under a GiB
-    long = est(train_mod.TrainConfig(block_size=100000), 65)
+    long = est(TrainConfig(block_size=100000), 65)
     assert long["activations"] > 1000 * 2**30                # attention maps are (B, n_head, T, T)
-    assert est(train_mod.TrainConfig(dtype="float64"), 65)["total"] == 2 * small["total"]
-    assert train_mod.check_memory(train_mod.TrainConfig(), 65, available=2**40) == small
-    with pytest.raises(train_mod.InsufficientMemory, match="needs about"):
-        train_mod.check_memory(train_mod.TrainConfig(), 65, available=1000)
-    assert train_mod.available_memory() is None or train_mod.available_memory() > 0
+    assert est(TrainConfig(dtype="float64"), 65)["total"] == 2 * small["total"]
+    assert memory.check_memory(TrainConfig(), 65, available=2**40) == small
+    with pytest.raises(memory.InsufficientMemory, match="needs about"):
+        memory.check_memory(TrainConfig(), 65, available=1000)
+    assert memory.available_memory() is None or memory.available_memory() > 0
 
 
 @pytest.mark.parametrize("size", [dict(n_embd=128, n_layer=2, n_head=4, block_size=64, batch_size=8),
@@ -184,17 +187,17 @@ def test_the_memory_estimate_is_close_to_a_real_steps_peak(size):
     """tracemalloc sees every NumPy allocation: the estimate is neither a refusal of runs that fit (far above
     the peak) nor a blind spot (far below)."""
     import tracemalloc
-    config = train_mod.TrainConfig(out_dir="", eval_iters=1, **size)
+    config = TrainConfig(out_dir="", eval_iters=1, **size)
     data = np.arange(5000) % 65
     tracemalloc.start()
     try:
-        trainer = train_mod.Trainer(config, train_data=data, val_data=data, vocab_size=65)
+        trainer = Trainer(config, train_data=data, val_data=data, vocab_size=65)
         trainer.train_step()
         trainer.train_step()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    ratio = train_mod.estimate_memory(config, 65)["total"] / peak
+    ratio = memory.estimate_memory(config, 65)["total"] / peak
     assert 0.75 < ratio < 1.33, ratio
 
 

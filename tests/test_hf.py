@@ -562,7 +562,8 @@ def test_sample_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsys):
 
 
 def test_trainer_init_from_needs_the_models_settings(tmp_path):
-    from reference.programs.train import TrainConfig, Trainer, init_config
+    from reference.programs.training.settings import TrainConfig, init_config
+    from reference.programs.training.trainer import Trainer
     torch.manual_seed(0)
     gpt2().save_pretrained(tmp_path)
     data = np.arange(100) % V

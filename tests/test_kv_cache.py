@@ -51,7 +51,7 @@ def test_cache_holds_what_generation_needs():
     """KVCache(config, batch, max_len) has room for max_len positions (at most block_size), and generate
     sizes its caches to the prompt plus the new tokens: a model with an enormous context (RoPE, where
     nothing else is sized by it, e.g. from a checkpoint header) samples in small memory."""
-    from reference.programs.sample import generate
+    from reference.programs.sampling.generation import generate
     config = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
     assert KVCache(config, 1, max_len=3).layers[0].k.shape[-2] == 3
     assert KVCache(config, 1, max_len=100).layers[0].k.shape[-2] == 8

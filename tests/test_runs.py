@@ -114,10 +114,26 @@ def test_a_schedule_that_rises_is_warned_about(data_dir, tmp_path, capsys):
 
 
 def test_settings_are_printed_at_start_and_the_defaults_say_so(capsys, tmp_path):
-    from reference.programs.train import TrainConfig, describe_settings
+    from reference.programs.training.settings import TrainConfig, describe_settings
     assert describe_settings(TrainConfig(), {}) == "settings: the defaults (the shakespeare_char recipe)"
     line = describe_settings(TrainConfig(max_iters=5, seed=1337), {"max_iters": "flag", "seed": "preset"})
     assert line == "settings: max_iters=5 (flag); the rest at their defaults"      # the preset's seed is the default
+
+
+@pytest.mark.parametrize("kernels", ["fast", "textbook"])
+def test_the_settings_line_says_which_path_runs(data_dir, tmp_path, capsys, kernels):
+    """`kernels=fast` or `kernels=textbook` leads the settings line (not a TrainConfig field: checkpoints
+    do not save it), and the log's "start" record names it too."""
+    from reference.programs.training.settings import TrainConfig, describe_settings
+    assert describe_settings(TrainConfig(), {}, kernels=kernels) == \
+        f"settings: kernels={kernels}; the defaults (the shakespeare_char recipe)"
+    args = [] if kernels == "fast" else ["--kernels", kernels]                # fast is the default
+    rc, err = train(capsys, "--data_dir", data_dir, "--out_dir", tmp_path / "o", "--max_iters", 1, *SMALL_MODEL,
+                    "--no-progress", *args)
+    assert rc == 0, err
+    assert settings_line(err).startswith(f"settings: kernels={kernels}; data_dir=")
+    start = json.loads((tmp_path / "o" / "log.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["kernels"] == kernels
 
 
 # ------------------------------------------------------------------------------------ --help defaults

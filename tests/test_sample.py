@@ -10,8 +10,10 @@ import pytest
 from reference import GPT, GPTConfig
 from reference.programs.cli import main
 from reference.programs.data import CharTokenizer
-from reference.programs.sample import generate, next_token_probs, sample_next
-from reference.programs.train import TrainConfig, Trainer
+from reference.programs.sampling.generation import generate
+from reference.programs.sampling.logits_process import next_token_probs, sample_next
+from reference.programs.training.settings import TrainConfig
+from reference.programs.training.trainer import Trainer
 
 BLOCK = 8
 

@@ -15,7 +15,8 @@ from reference import GPT, GPTConfig
 from reference.programs.checkpoint import save_checkpoint
 from reference.programs.cli import main
 from reference.programs.data import CharTokenizer
-from reference.programs.sample import generate, next_token_probs, sample_next
+from reference.programs.sampling.generation import generate
+from reference.programs.sampling.logits_process import next_token_probs, sample_next
 
 Z = np.array([0.5, 2.0, -1.0, 2.0, 0.0])
 

@@ -14,7 +14,8 @@ import torch
 
 from reference.programs import cli, sample
 from reference.programs.checkpoint import build_model, load_checkpoint
-from reference.programs.sample import generate, next_token_probs, sample_next
+from reference.programs.sampling.generation import generate
+from reference.programs.sampling.logits_process import next_token_probs, sample_next
 from test_checkpoint import make_trainer, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ import pytest
 from oracle import rel_error
 from oracle import tolerance as policy
 from reference import GPT, GPTConfig
-from reference.programs.sample import (apply_penalties, check_penalty_args, generate, iter_generate, next_token_probs,
-                              sample_next)
+from reference.programs.sampling.generation import generate, iter_generate
+from reference.programs.sampling.logits_process import apply_penalties, check_penalty_args, next_token_probs, sample_next
 
 torch = pytest.importorskip("torch")
 V = 40

@@ -172,7 +172,8 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 12
 
 def sgd_trainer(out_dir, resume=None, **changes):
     from reference.programs.data import CharTokenizer
-    from reference.programs.train import TrainConfig, Trainer
+    from reference.programs.training.settings import TrainConfig
+    from reference.programs.training.trainer import Trainer
     config = TrainConfig(out_dir=str(out_dir), seed=5, n_layer=1, n_head=2, n_embd=8, block_size=8, batch_size=4,
                          max_iters=8, learning_rate=0.05, min_lr=0.005, warmup_iters=1, lr_decay_iters=8,
                          eval_interval=4, eval_iters=1, dropout=0.1, weight_decay=0.1,
@@ -308,7 +309,8 @@ def test_sgd_training_trajectory_matches_torch():
     import torch.nn.functional as F
 
     from oracle import twins
-    from reference.programs.train import TrainConfig, Trainer
+    from reference.programs.training.settings import TrainConfig
+    from reference.programs.training.trainer import Trainer
     steps, vocab = 16, 11
     rng = np.random.default_rng(0)
     data = np.tile(rng.integers(0, vocab, 12), 60)

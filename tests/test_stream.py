@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference.programs import sample
+from reference.programs.sampling import generation
 from reference.programs.cli import main
 from reference.programs.data import ByteTokenizer, CharTokenizer
-from reference.programs.sample import TextStream
+from reference.programs.sampling.stream import TextStream
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "héllo wörld ☃ 日本語 — naïve café 🙂 " * 20
@@ -100,7 +100,8 @@ def test_bpe_streams_the_decoded_whole(bpe, text):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny byte-level model trained for a few steps on text full of multi-byte characters."""
-    from reference.programs.train import TrainConfig, Trainer
+    from reference.programs.training.settings import TrainConfig
+    from reference.programs.training.trainer import Trainer
     out = tmp_path_factory.mktemp("stream")
     tok = ByteTokenizer()
     ids = tok.encode(TEXT)
@@ -152,14 +153,14 @@ def test_stream_with_several_samples_and_a_penalty_flag_refused(ckpt, capsys):
 def test_ctrl_c_keeps_what_was_printed(ckpt, monkeypatch, capsys):
     """KeyboardInterrupt from the generator after 5 tokens: the prompt and those tokens stay printed, one line
     on stderr, status 130, no traceback."""
-    real = sample._steps
+    real = generation._steps
 
     def interrupted(*args, **kwargs):
         for i, item in enumerate(real(*args, **kwargs)):
             if i == 5:
                 raise KeyboardInterrupt
             yield item
-    monkeypatch.setattr(sample, "_steps", interrupted)
+    monkeypatch.setattr(generation, "_steps", interrupted)
     assert main(["sample", "--ckpt", str(ckpt), "--stream", *SAMPLE]) == 130
     out, err = capsys.readouterr()
     assert out.startswith("h€llo ☃") and len(out.encode("utf-8")) >= len("h€llo ☃".encode("utf-8")) + 1

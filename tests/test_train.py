@@ -21,7 +21,8 @@ from reference.programs.cli import main
 from reference.programs.data import CharTokenizer
 from reference.optim import AdamW
 from reference.programs.safetensors_io import load_file
-from reference.programs.train import PRESETS, TrainConfig, Trainer, TrainingDiverged, resolve_config
+from reference.programs.training.settings import PRESETS, TrainConfig, resolve_config
+from reference.programs.training.trainer import Trainer, TrainingDiverged
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "".join(f"{w} " for w in ("to be or not to be that is the question whether tis nobler in the mind "

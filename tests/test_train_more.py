@@ -18,7 +18,9 @@ from reference.programs import train as train_mod
 from reference.programs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reference.programs.cli import main
 from reference.programs.data import CharTokenizer
-from reference.programs.train import TrainConfig, Trainer, TrainingDiverged, read_config_file, resolve_config, train
+from reference.programs.options import check_field
+from reference.programs.training.settings import TrainConfig, read_config_file, resolve_config
+from reference.programs.training.trainer import Trainer, TrainingDiverged, train
 
 TEXT = "to be or not to be that is the question whether tis nobler in the mind to suffer " * 8
 TOK = CharTokenizer.from_text(TEXT)
@@ -67,9 +69,9 @@ def test_ints_are_taken_for_floats():
     # the checker never takes a bool for a number (True is an int to Python); ints for floats are
     # converted by __post_init__ before it, so it need not (and does not) convert them itself
     with pytest.raises(ValueError, match=r"^x must be > 0 \(float\), got 3$"):
-        train_mod._check("x", 3, float, lambda v: v > 0, "> 0")
+        check_field("x", 3, float, lambda v: v > 0, "> 0")
     with pytest.raises(ValueError, match=r"^x must be > 0 \(float\), got True$"):
-        train_mod._check("x", True, float, lambda v: v > 0, "> 0")
+        check_field("x", True, float, lambda v: v > 0, "> 0")
 
 
 def test_replace_gives_a_new_validated_config():

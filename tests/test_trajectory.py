@@ -1,6 +1,6 @@
 """A whole training trajectory equals PyTorch's, and training learns.
 
-The reference side is the real training code: `reference.programs.train.Trainer.train_step` (its AdamW param
+The reference side is the real training code: `reference.programs.training.trainer.Trainer.train_step` (its AdamW param
 groups, warmup-cosine schedule, clipping, dropout masks and batches). The PyTorch side is written here
 independently: the twin (`oracle.twins.GPT`), `torch.optim.AdamW` with nanoGPT's two param groups,
 `LambdaLR` with nanoGPT's get_lr written out below, `torch.nn.utils.clip_grad_norm_`, and
@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from oracle import tolerance as tol
 from oracle import twins
 from oracle.harness import rel_error
-from reference.programs.train import TrainConfig, Trainer
+from reference.programs.training.settings import TrainConfig
+from reference.programs.training.trainer import Trainer
 
 STEPS = 24
 VOCAB = 11

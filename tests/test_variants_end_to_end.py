@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 from reference.programs.checkpoint import build_model, load_checkpoint
 from reference.programs.data import CharTokenizer
-from reference.programs.sample import generate
-from reference.programs.train import Trainer, TrainConfig
+from reference.programs.sampling.generation import generate
+from reference.programs.training.settings import TrainConfig
+from reference.programs.training.trainer import Trainer
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 12
 

@@ -1,0 +1,10 @@
+"""Training, for use from code and by the `train` command (reference/programs/train.py):
+
+- settings.py: `TrainConfig`, the presets, the precedence of flags, config file, checkpoint and preset.
+- memory.py: the memory a run needs, estimated from its settings, and the refusal of one that cannot fit.
+- trainer.py: `Trainer` (the loop, evaluation, logs, checkpoints), `configure_optimizers`, `train()`.
+
+    from reference.programs.training.settings import TrainConfig
+    from reference.programs.training.trainer import train
+    train(TrainConfig(max_iters=100))
+"""

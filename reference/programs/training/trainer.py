@@ -1,0 +1,340 @@
+"""The training loop: `Trainer`, `configure_optimizers` and `train()`.
+
+The loop is nanoGPT's train.py, step for step, in NumPy:
+
+    for step in 0, 1, ..., max_iters - 1:
+        evaluate (every eval_interval steps)           mean train/val loss over eval_iters batches, no dropout
+        lr = warmup-then-cosine(step)                  set on every param group (reference.optim.cosine_lr)
+        x, y = get_batch(train, rng_train)             a seeded numpy Generator
+        loss, grads = forward/backward(x, y, masks)    dropout masks from DropoutMasks(rng_dropout)
+        clip_grad_norm_(params, grad_clip)             global L2 norm; logged
+        AdamW step (or SGD, --optimizer sgd)           weight decay on the matrices (ndim >= 2) only
+    evaluate once more after the last step (as nanoGPT's eval at iter_num == max_iters)
+
+Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, evaluation batches and
+dropout masks come from three Generators seeded `[seed, 1]`, `[seed, 2]`, `[seed, 3]`. All three states
+are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupted one.
+
+Checkpoints go to `out_dir/ckpt.safetensors` (see reference/programs/checkpoint.py) after an evaluation whose
+val loss is the best so far (nanoGPT's `always_save_checkpoint = False` for shakespeare_char), or after
+every evaluation with `always_save_checkpoint`; never at step 0, never with non-finite weights.
+Logs: one JSON object per line in `out_dir/log.jsonl`: `{"event": "train", "step", "loss", "lr",
+"grad_norm", "dt_s", "tokens_per_s"}` for every log_interval-th step, `{"event": "eval", "step",
+"train_loss", "val_loss", "lr", "best_val_loss", "saved"}` per evaluation, plus "start", "end" and
+"diverged" records. A non-finite loss, gradient norm, weight or eval loss stops training with
+`TrainingDiverged` naming the step; the last checkpoint on disk is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...fast import use_kernels
+from ...layers import DropoutMasks
+from ...model import GPT, check_token_ids
+from ...optim import SGD, AdamW, clip_grad_norm_
+from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
+                          restore_optimizer, save_checkpoint)
+from ..data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
+from .memory import check_memory
+from .settings import TrainConfig
+
+CKPT_NAME = "ckpt.safetensors"
+LOG_NAME = "log.jsonl"
+RNG_ROLES = {"train": 1, "eval": 2, "dropout": 3}     # Generator seeds: [seed, k]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient or weight: training stopped at `step`, checkpoint left intact."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
+
+
+def configure_optimizers(model: GPT, config: TrainConfig) -> AdamW | SGD:
+    """nanoGPT's configure_optimizers: AdamW, decay on parameters with ndim >= 2 (matrices and
+    embeddings), none on biases and norm weights. Two groups, in model order, decay group first.
+    With `optimizer="sgd"`, torch.optim.SGD's semantics on the same groups (docs/sgd.md)."""
+    decay = [p for _, p in model.named_parameters() if p.data.ndim >= 2]
+    no_decay = [p for _, p in model.named_parameters() if p.data.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return SGD(groups, lr=config.learning_rate, momentum=config.momentum, dampening=config.dampening,
+                   weight_decay=config.weight_decay, nesterov=config.nesterov)
+    return AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), eps=config.eps,
+                 weight_decay=config.weight_decay)
+
+
+def _check_split_ids(split: str, data: np.ndarray, vocab_size: int) -> None:
+    """`reference.model.check_token_ids` on a data split, its message naming the split: "the val split
+    holds token id -1 outside the vocabulary of 65 (expected 0 <= id < 65)", the first bad id in file order."""
+    try:
+        check_token_ids(data, vocab_size)
+    except ValueError:
+        bad = int(data[(data < 0) | (data >= vocab_size)][0])
+        raise ValueError(f"the {split} split holds token id {bad} outside the vocabulary of {vocab_size} "
+                         f"(expected 0 <= id < {vocab_size})") from None
+
+
+def _finite_params(model: GPT) -> bool:
+    return all(bool(np.isfinite(p.data).all()) for p in model.parameters())
+
+
+class Trainer:
+    """One training run: model, optimizer, generators, step counter, evaluation, logs and checkpoints.
+
+    Data come from `config.data_dir` (written by data/prepare.py) unless `train_data` and `val_data`
+    (1-D token arrays) are given, with a `tokenizer` or a `vocab_size`. `resume` is a checkpoint path
+    (or a loaded Checkpoint) to continue from. `config.out_dir` empty or None: no files are written.
+    """
+
+    def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
+                 vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
+                 kernels: str = "fast"):
+        """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
+        settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
+        "fast" or "textbook" (reference/fast/kernels.py); the "start" log record names it, checkpoints do not
+        (either path resumes either's run)."""
+        self.config = config
+        if (train_data is None) != (val_data is None):
+            raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
+        if train_data is None:
+            data_dir = resolve_data_dir(config.data_dir)
+            meta = load_meta(data_dir)
+            tokenizer = tokenizer_from_dict(meta["tokenizer"])
+            train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
+        self.tokenizer = tokenizer
+        if tokenizer is not None:
+            vocab_size = tokenizer.vocab_size
+        if vocab_size is None:
+            raise ValueError("give a tokenizer or a vocab_size with train_data/val_data")
+        self.train_data, self.val_data = np.asarray(train_data), np.asarray(val_data)
+        for split, data in (("train", self.train_data), ("val", self.val_data)):
+            if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
+                raise ValueError(f"{split} data must be a 1-D array of token ids, got {data.dtype} {data.shape}")
+            if len(data) < config.block_size + 1:
+                raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
+                                 f"block_size {config.block_size} (+1 target); use a smaller block_size")
+            _check_split_ids(split, data, vocab_size)
+        self.model_config = config.model_config(vocab_size)
+        self.memory = check_memory(config, vocab_size)       # before the model and its arrays exist
+        if init_from is not None:
+            from ..hf import from_pretrained, read_hf_config
+            hf_vocab = read_hf_config(init_from).get("vocab_size")
+            if hf_vocab != vocab_size:
+                raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
+                                 f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
+                                 f"python data/prepare.py --tokenizer {init_from}")
+            self.model = use_kernels(from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
+                                                     block_size=config.block_size), kernels)
+            if self.model.config != self.model_config:
+                raise ValueError(f"the model settings differ from {init_from}'s; use init_config()")
+        else:
+            self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
+        self.kernels = kernels
+        self.params = self.model.parameters()
+        self.optimizer = configure_optimizers(self.model, config)
+        self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
+        self.step = 0                       # optimizer steps done
+        self.best_val_loss: float | None = None
+        self.last_eval_step: int | None = None
+        self.progress = progress
+        self.history: list[dict] = []       # eval records
+        self.train_time = 0.0               # seconds inside training steps (no eval, no I/O)
+        self.resumed_from: int | None = None
+        self.record = False                 # keep the last batch and dropout masks (to replay them in tests)
+        self.last_batch = self.last_masks = None
+        if resume is not None:
+            self._resume(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume))
+
+    # ---------------------------------------------------------------------------------------- state
+
+    @property
+    def out_dir(self) -> Path | None:
+        return Path(self.config.out_dir) if self.config.out_dir else None
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        return self.out_dir / CKPT_NAME if self.out_dir else None
+
+    def _resume(self, ckpt: Checkpoint) -> None:
+        check_compatible(ckpt, self.model_config, self.tokenizer)
+        missing = sorted(set(RNG_ROLES) - set(ckpt.rng))
+        if missing:
+            raise CheckpointError(f"{ckpt.path}: no saved state for the {missing} generator(s); cannot resume exactly")
+        self.model.load_state_dict(ckpt.model_state)
+        restore_optimizer(self.optimizer, self.model, ckpt)
+        self.rng = {role: generator_from_state(ckpt.rng[role]) for role in RNG_ROLES}
+        self.step = ckpt.step
+        self.best_val_loss = ckpt.best_val_loss
+        self.last_eval_step = ckpt.extra.get("last_eval_step")
+        self.resumed_from = ckpt.step
+
+    def save(self, path=None) -> Path:
+        """Write a checkpoint of the current state (default out_dir/ckpt.safetensors), atomically."""
+        path = Path(path) if path is not None else self.ckpt_path
+        if path is None:
+            raise ValueError("no checkpoint path: config.out_dir is empty")
+        if not _finite_params(self.model):
+            raise TrainingDiverged(self.step, f"non-finite weights after step {self.step - 1}; "
+                                              f"not saving over {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, self.model, self.optimizer, step=self.step, tokenizer=self.tokenizer,
+                        train_config=self.config.to_dict(), rng=self.rng, best_val_loss=self.best_val_loss,
+                        extra={"last_eval_step": self.last_eval_step})
+        return path
+
+    # ------------------------------------------------------------------------------------- one step
+
+    def lr_at(self, step: int) -> float:
+        return self.config.lr_at(step)
+
+    def train_step(self) -> dict:
+        """One optimizer step at `self.step`: returns {"step", "loss", "lr", "grad_norm", "dt_s"}."""
+        cfg, step = self.config, self.step
+        t0 = time.perf_counter()
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(self.train_data, cfg.batch_size, cfg.block_size, self.rng["train"])
+        masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 else None
+        if self.record:
+            self.last_batch, self.last_masks = (x, y), masks
+        self.model.zero_grad()
+        with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
+            loss = self.model.loss_and_backward(x, y, masks)
+            norm = clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(step, f"non-finite loss ({loss}) at step {step} (lr {lr:.3g}); training stopped")
+        if not math.isfinite(norm):
+            raise TrainingDiverged(step, f"non-finite gradient norm ({norm}) at step {step} (loss {loss:.4f}, "
+                                         f"lr {lr:.3g}); training stopped")
+        with np.errstate(over="ignore", invalid="ignore"):   # non-finite weights: caught by the next loss
+            self.optimizer.step()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.train_time += dt
+        return {"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "dt_s": dt}
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches of each split, without dropout (nanoGPT's estimate_loss)."""
+        cfg, out = self.config, {}
+        for split, data in (("train", self.train_data), ("val", self.val_data)):
+            with np.errstate(over="ignore", invalid="ignore"):     # a non-finite mean stops the run
+                losses = [float(self.model.loss(*get_batch(data, cfg.batch_size, cfg.block_size, self.rng["eval"]))[0])
+                          for _ in range(cfg.eval_iters)]
+            out[split] = float(np.mean(losses))
+        return out
+
+    # ---------------------------------------------------------------------------------------- loop
+
+    def run(self, until: int | None = None) -> dict:
+        """Train to max_iters (or to step `until`), evaluating and saving on schedule; a summary dict.
+        Raises TrainingDiverged (after logging it) when something becomes non-finite."""
+        cfg = self.config
+        target = cfg.max_iters if until is None else min(until, cfg.max_iters)
+        log = self._open_log()
+        bar = self._progress_bar(target)
+        tokens_per_step = cfg.batch_size * cfg.block_size
+        t_start, steps_start, ema = time.perf_counter(), self.step, None
+        try:
+            self._log(log, {"event": "start", "step": self.step, "resumed": self.resumed_from is not None,
+                            "params": self.model.num_parameters(), "kernels": self.kernels,
+                            "model": self.model_config.to_dict(),
+                            "train_config": cfg.to_dict()})
+            while True:
+                if (self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters) \
+                        and self.last_eval_step != self.step:
+                    self._eval_and_save(log, bar)
+                if self.step >= target:
+                    break
+                try:
+                    rec = self.train_step()
+                except TrainingDiverged as e:
+                    self._log(log, {"event": "diverged", "step": e.step, "message": str(e),
+                                    "checkpoint": str(self.ckpt_path) if self.ckpt_path else None})
+                    raise
+                tps = tokens_per_step / rec["dt_s"] if rec["dt_s"] > 0 else float("inf")
+                ema = tps if ema is None else 0.9 * ema + 0.1 * tps
+                if rec["step"] % cfg.log_interval == 0:
+                    self._log(log, {"event": "train", **rec, "tokens_per_s": tps})
+                    if bar is None and self.progress:
+                        print(f"step {rec['step']}: loss {rec['loss']:.4f}, lr {rec['lr']:.3e}, "
+                              f"{ema:,.0f} tok/s", file=sys.stderr)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{ema:,.0f}",
+                                    refresh=False)
+            steps = self.step - steps_start
+            summary = {"step": self.step, "best_val_loss": self.best_val_loss,
+                       "last_eval": self.history[-1] if self.history else None,
+                       "wall_s": time.perf_counter() - t_start, "train_s": self.train_time,
+                       "tokens_per_s": steps * tokens_per_step / self.train_time if self.train_time > 0 else None}
+            self._log(log, {"event": "end", **{k: v for k, v in summary.items() if k != "last_eval"}})
+            return summary
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+
+    def _eval_and_save(self, log, bar) -> None:
+        losses = self.evaluate()
+        step = self.step
+        self.last_eval_step = step
+        if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
+            msg = (f"non-finite eval loss (train {losses['train']}, val {losses['val']}) at step {step}; "
+                   "training stopped")
+            self._log(log, {"event": "diverged", "step": step, "message": msg})
+            raise TrainingDiverged(step, msg)
+        improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = losses["val"]
+        saved = False
+        if self.ckpt_path is not None and step > 0 and (improved or self.config.always_save_checkpoint):
+            self.save()
+            saved = True
+        rec = {"event": "eval", "step": step, "train_loss": losses["train"], "val_loss": losses["val"],
+               "lr": self.lr_at(step), "best_val_loss": self.best_val_loss, "saved": saved}
+        self.history.append(rec)
+        self._log(log, rec)
+        if self.progress:
+            line = (f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                    + (f" (saved {self.ckpt_path})" if saved else ""))
+            bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
+
+    def _open_log(self):
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.out_dir / LOG_NAME, "a" if self.resumed_from is not None else "w", encoding="utf-8")
+
+    @staticmethod
+    def _log(log, record: dict) -> None:
+        if log is not None:
+            record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+    def _progress_bar(self, target: int):
+        if not self.progress:
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            print("note: install tqdm for a progress bar (pip install tqdm); printing log lines instead",
+                  file=sys.stderr)
+            return None
+        return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def train(config: TrainConfig, **kwargs) -> dict:
+    """Build a Trainer and run it to max_iters; see Trainer for the keyword arguments."""
+    return Trainer(config, **kwargs).run()
