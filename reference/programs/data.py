@@ -296,7 +296,7 @@ def split_train_val(ids: npt.ArrayLike, val_fraction: float = 0.1) -> tuple[np.n
 
 #: Where a relative data directory is also looked for: the checkout holding this package (where
 #: ``data/prepare.py`` writes ``data/shakespeare_char``), so that commands work from any directory.
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]      # the repository: reference/programs/data.py -> ../../..
 
 
 def resolve_data_dir(data_dir: str | Path) -> Path:
