@@ -330,3 +330,11 @@ def test_sample_into_a_closed_pipe_ends_quietly(trained, extra):
     finally:
         os.close(write_end)
     assert out.returncode == 141 and out.stderr == "", out.stderr
+
+
+def test_package_root_is_the_checkout_holding_data_prepare():
+    """The place a relative data directory is also looked up is the repository root, where
+    data/prepare.py writes data/shakespeare_char, however deep the programs sit in the package."""
+    from reference.programs import data as data_mod
+    assert (data_mod.PACKAGE_ROOT / "data" / "prepare.py").is_file()
+    assert (data_mod.PACKAGE_ROOT / "reference" / "__init__.py").is_file()
