@@ -1,4 +1,4 @@
-"""No tracebacks for user input or the environment (issue 13): every command answers a full disk, a
+"""No tracebacks for user input or the environment: every command answers a full disk, a
 directory it cannot write, a path of the wrong kind, broken prepared data, a run too large for memory,
 Ctrl-C and every flag out of range with one clear line and a non-zero exit, the last good checkpoint
 left as it was; the Python API refuses degenerate shapes. Failures are simulated: writes that raise

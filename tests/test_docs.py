@@ -580,8 +580,7 @@ def test_quote_check_reports_a_wrong_quote():
 
 
 def test_pasted_verify_tables_have_verifys_columns():
-    """Before: docs/adding-a-layer.md pasted verify tables without the `path` column that issue 12 added.
-    Every pasted table whose first column is `component` has the columns `verify` prints today."""
+    """Every pasted table whose first column is `component` has the columns `verify` prints today."""
     from oracle.verify import HEADER
     found = 0
     for page in [*(DOCS / p for p in existing_pages()), ROOT / "README.md"]:

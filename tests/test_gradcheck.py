@@ -1,4 +1,4 @@
-"""The checks the most trusted gradient checkers make, on every registered case (issue 14):
+"""The checks the most trusted gradient checkers make, on every registered case:
 
 - the full Jacobian by float64 central differences at a tiny size (torch.autograd.gradcheck);
 - a directional derivative over every input and parameter together, and each alone (JAX check_grads);

@@ -1,8 +1,7 @@
 """Tests that kill the mutants the rest of the suite let survive (docs/mutation.md lists every one).
 
-Each test names, in its docstring, the mutants it kills by mutmut's id, numbered as in the run
-before the textbook/fast split (commit 71ea5b3; docs/mutation.md, "Before the split"). They are
-ordinary fast, seeded tests of the reference's numbers and errors: mutmut is not needed to run them.
+Each test names, in its docstring, the function whose mutants it kills (docs/mutation.md lists them).
+They are ordinary fast, seeded tests of the reference's numbers and errors: mutmut is not needed to run them.
 """
 
 import warnings

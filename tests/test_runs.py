@@ -1,4 +1,4 @@
-"""Runs do what they say (issue 13): settings precedence (flags > config file > resumed checkpoint > preset >
+"""Runs do what they say: settings precedence (flags > config file > resumed checkpoint > preset >
 defaults) printed at start, `--resume` finding its run, plain words when nothing is left to train or the
 schedule is longer than the run, `--no-progress` keeping the final line, and every option of train, sample,
 plot and prepare.py showing its default in --help."""

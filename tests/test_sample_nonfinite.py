@@ -1,5 +1,5 @@
-"""Non-finite values never reach a sample (issue 13's public report: `sample_next([[nan, 0, 1]])` returned id 2
-every time), and the `sample` command writes UTF-8 whatever the locale, never losing a generated sample."""
+"""Non-finite values never reach a sample (`sample_next([[nan, 0, 1]])` is refused, as `torch.multinomial`
+refuses such rows), and the `sample` command writes UTF-8 whatever the locale, never losing a generated sample."""
 
 from __future__ import annotations
 
