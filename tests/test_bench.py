@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from oracle import bench  # noqa: E402
+from oracle.bridge import bench  # noqa: E402
 from oracle.cli import main  # noqa: E402
 from reference.fast import pool  # noqa: E402
 
@@ -110,7 +110,7 @@ def test_bench_out_that_cannot_be_written_is_refused_first(tmp_path, capsys, mon
 
 def test_children_run_in_process(monkeypatch):
     # The children's bodies, run here so that their lines count (the bench runs them in subprocesses).
-    from oracle import bench_twin
+    from oracle.bridge import bench_twin
     threads = bench.blas_threads()
     spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads,
             "products": "pool", "peak_size": 256}

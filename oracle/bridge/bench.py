@@ -1,7 +1,7 @@
 """`python -m oracle bench`: time training steps of the NumPy GPT, on both paths, against its PyTorch twin.
 
 For each configuration, dtype and path (`--kernels`: fast and textbook, reference/fast/kernels.py), fresh child processes (`--runs`, one after another, their steps
-pooled) build the reference and its twin (oracle/bench_twin.py) with the same weights, and run one
+pooled) build the reference and its twin (bench_twin.py) with the same weights, and run one
 training step of each in turn, with the same batch and the same number of threads
 (torch.set_num_threads = NumPy-GPT's own pool, which also runs the matrix products, with OpenBLAS
 single-threaded: fast.pool.products_on_pool, on the fast path only; the textbook path and
@@ -52,50 +52,18 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from reference.programs.atomic import atomic_write
-from reference.config import GPTConfig
 from reference.fast.pool import blas_threads, for_products, products_on_pool, set_blas_threads
 from reference.fast import KERNELS, use_kernels
 from reference.model import GPT, KVCache
 from reference.optim import AdamW
 
-# nanoGPT's Shakespeare-char settings (vocab 65, learned positions, exact GELU, no dropout, biases,
-# tied head), at two sizes; `tiny` is for the CI smoke test.
-PRESETS = {
-    "small": dict(n_embd=128, n_layer=4, n_head=4, block_size=64, batch=32),
-    "large": dict(n_embd=384, n_layer=6, n_head=6, block_size=256, batch=16),
-    "tiny": dict(n_embd=32, n_layer=2, n_head=2, block_size=16, batch=4),
-}
-LR, WEIGHT_DECAY, BETAS = 1e-3, 0.1, (0.9, 0.99)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    name: str
-    n_embd: int
-    n_layer: int
-    n_head: int
-    block_size: int
-    batch: int
-    vocab_size: int = 65
-
-    def gpt_config(self, dtype: str) -> GPTConfig:
-        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=0.0, bias=True, tie_weights=True,
-                         pos="learned", gelu_approximate="none", dtype=dtype)
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.block_size
-
-    def label(self) -> str:
-        return (f"d{self.n_embd}, {self.n_layer} layers, {self.n_head} heads, "
-                f"T {self.block_size}, batch {self.batch}")
+from .bench_config import BETAS, LR, PRESETS, WEIGHT_DECAY, BenchConfig, batch_of, peak_rss_mb, rss_mb
 
 
 def _whole(text: str, least: int) -> int:
@@ -152,32 +120,7 @@ def flops_per_step(cfg: BenchConfig, n_params: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Threads and memory
-
-
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:  # pragma: no cover - not Linux
-        return None
-    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(found.group(1)) / 1024 if found else None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process (VmHWM: this interpreter only, not its parent), in MB."""
-    mb = _proc_status_mb("VmHWM")
-    if mb is None:  # pragma: no cover - not Linux: ru_maxrss (KiB, or bytes on macOS)
-        import resource
-        scale = 1 if sys.platform == "darwin" else 1024
-        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    return mb
-
-
-def rss_mb() -> float:
-    """Current resident set of this process, in MB (nan where /proc is missing)."""
-    mb = _proc_status_mb("VmRSS")
-    return float("nan") if mb is None else mb
+# Child processes
 
 
 def child_env(threads: int, blas_thread_timeout: int) -> dict:
@@ -187,7 +130,7 @@ def child_env(threads: int, blas_thread_timeout: int) -> dict:
         env[var] = str(threads)
     if blas_thread_timeout:
         env["OPENBLAS_THREAD_TIMEOUT"] = str(blas_thread_timeout)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -205,12 +148,6 @@ def in_child(target: str, spec: dict, env: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # The reference side
-
-
-def batch_of(cfg: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, cfg.vocab_size, (cfg.batch, cfg.block_size + 1))
-    return idx[:, :-1].copy(), idx[:, 1:].copy()
 
 
 def make_reference(cfg: BenchConfig, dtype: str, seed: int = 0, kernels: str = "fast"):
@@ -249,7 +186,7 @@ def memory_child(spec: dict) -> dict:
 
 def timing_child(spec: dict) -> dict:
     """Child body: both sides from the same weights, one step each in turn; times, first losses, peaks."""
-    from oracle import bench_twin                              # torch, in this child only
+    from . import bench_twin                                   # torch, in this child only
 
     set_blas_threads(spec["threads"])
     bench_twin.set_threads(spec["threads"])
@@ -505,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
                 for kernels in args.kernels:
                     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
                             "kernels": kernels}
-                    prof = profiles[f"{cfg.name} {dtype} {kernels}"] = in_child("oracle.bench:profile_child", spec, env)
+                    prof = profiles[f"{cfg.name} {dtype} {kernels}"] = in_child("oracle.bridge.bench:profile_child", spec, env)
                     print(f"\nwhere the reference's step goes: {cfg.name} ({cfg.label()}), {dtype}, {kernels} path")
                     for name, sec, share in prof:
                         print(f"  {name:<34} {1e3 * sec:9.1f} ms  {100 * share:5.1f}%")
@@ -515,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         scfg = args.sample_config or parse_config("large")
         spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads, "products": args.products,
                 "kernels": args.kernels[0]}
-        sampling = in_child("oracle.bench:sampling_child", spec, env)
+        sampling = in_child("oracle.bridge.bench:sampling_child", spec, env)
         print(f"sampling {scfg.name}, T {sampling['T']}: KV cache {sampling['cached_ms_per_token']:.2f} ms/token, "
               f"recompute {sampling['recompute_ms_per_token']:.2f} ms/token, speedup {sampling['speedup']:.1f}x",
               flush=True)
@@ -535,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
     markdown = to_markdown(result)
     print("\n" + markdown)
     print("NumPy matmul peak " + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for prefix in ([args.out] if args.out else []) + ([root / RECORDED] if args.record else []):
         try:
             prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -552,7 +489,7 @@ def run(args: argparse.Namespace) -> int:
 def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict, kernels: str = "fast") -> dict:
     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
             "steps": args.steps, "warmup": args.warmup, "kernels": kernels, "peak_size": args.peak_size}
-    timing = pooled([in_child("oracle.bench:timing_child", spec, env) for _ in range(args.runs)])
+    timing = pooled([in_child("oracle.bridge.bench:timing_child", spec, env) for _ in range(args.runs)])
     flops = flops_per_step(cfg, timing["n_params"])
     ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])
     row = {"config": cfg.name, "label": cfg.label(), "dtype": dtype, "kernels": kernels, "tokens_per_step": cfg.tokens,
@@ -562,8 +499,8 @@ def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict, kerne
            "numpy_min_s": min(timing["numpy_times"]), "torch_min_s": min(timing["torch_times"]), **timing}
     if args.memory_steps > 0:
         mem_spec = {**spec, "steps": args.memory_steps}
-        row["numpy_mem"] = in_child("oracle.bench:memory_child", mem_spec, env)
-        row["torch_mem"] = in_child("oracle.bench_twin:memory_child", mem_spec, env)
+        row["numpy_mem"] = in_child("oracle.bridge.bench:memory_child", mem_spec, env)
+        row["torch_mem"] = in_child("oracle.bridge.bench_twin:memory_child", mem_spec, env)
     return row
 
 

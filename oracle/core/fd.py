@@ -17,8 +17,8 @@ All three need float64 inputs and parameters and raise CheckError otherwise (flo
 larger than the differences they measure), as they do for a backward that leaves a gradient unset.
 
 They catch a layer and its twin that are wrong the same way (RoPE, ALiBi and the replayed dropout
-masks are written by hand on both sides). Step and tolerance: oracle/tolerance.py. This module
-imports nothing from `reference`; the project's layers reach it through oracle/adapters.py.
+masks are written by hand on both sides). Step and tolerance: tolerance.py. NumPy only; the project's
+layers reach these checks through oracle/bridge/adapters.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import tolerance as tol_policy
-from .harness import CheckError, Report, Subject, TensorCheck, grad_name, make_subject, random_dout, tensor_check
+from .report import CheckError, Report, TensorCheck, tensor_check
+from .subject import Subject, grad_name, make_subject, random_dout
 
 
 def _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad) -> Subject:
@@ -190,11 +191,3 @@ def directional_check(forward, backward, inputs, *, params=None, grad_inputs=Non
                                          tol_policy.FD_TOL, np.array(exact), np.array(numeric), norm))
     return report
 
-
-def __getattr__(name: str):
-    """Compatibility: `finite_difference_check(ref, inputs, ...)` on the project's layers moved to
-    oracle.adapters (it knows the layer protocol; this module does not import `reference`)."""
-    if name == "finite_difference_check":
-        from . import adapters
-        return adapters.finite_difference_check
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
