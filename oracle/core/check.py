@@ -24,9 +24,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import tolerance as tol_policy
 from .report import CheckError, Report, TensorCheck, rel_error, tensor_check, value_at
 from .subject import Subject, grad_name, make_subject, random_dout
+from .tolerance import (FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_TOL, ROUNDING_DRAWS, gradient_floors, one_rounding_off,
+                        scale_floor)
 from .torch_side import TORCH_DTYPES, resolve_mapping, run_torch, uncovered
 
 
@@ -113,8 +114,8 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
              if dtype == np.float32 else None)
     rounded = []                         # ill-conditioned: the truth, every input moved by one float32 rounding
     rng = np.random.default_rng(seed)
-    for _ in range(tol_policy.ROUNDING_DRAWS if truth is not None and ill_conditioned else 0):
-        nudge = functools.partial(tol_policy.one_rounding_off, rng=rng)
+    for _ in range(ROUNDING_DRAWS if truth is not None and ill_conditioned else 0):
+        nudge = functools.partial(one_rounding_off, rng=rng)
         rounded.append(run_torch(reference, subject, mapping, {n: nudge(v) for n, v in values.items()}, nudge(dout),
                                       torch.float64, drawn, inputs=[nudge(x) for x in subject.inputs]))
 
@@ -151,9 +152,9 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
     pairs += [g[1:] for g in grad_pairs]
 
     plain = (t_out, t_dx, t_grads)
-    out_floor = tol_policy.scale_floor([*floats, *values.values()])
+    out_floor = scale_floor([*floats, *values.values()])
     expected_of = [pick(truth or plain) for *_, pick in pairs]
-    floors = [out_floor] + tol_policy.gradient_floors([p[1] for p in pairs[1:]], expected_of[1:])
+    floors = [out_floor] + gradient_floors([p[1] for p in pairs[1:]], expected_of[1:])
     if truth is not None:                                      # float32: torch's own error on each tensor
         torch_errs = [rel_error(pick(plain), exp, fl)[0] for (*_, pick), exp, fl in zip(pairs, expected_of, floors)]
         typical = float(np.median(torch_errs))
@@ -161,9 +162,9 @@ def check(forward: Callable, backward: Callable, reference, inputs: Sequence, *,
                  for (*_, pick), exp, fl in zip(pairs, expected_of, floors)]
     for k, ((name, kind, ours, _), expected, floor) in enumerate(zip(pairs, expected_of, floors)):
         if truth is None:
-            tol = tol_policy.FLOAT64_TOL
+            tol = FLOAT64_TOL
         else:
-            tol = max(tol_policy.FLOAT32_FACTOR * max(torch_errs[k], typical, moved[k]), tol_policy.FLOAT32_FLOOR)
+            tol = max(FLOAT32_FACTOR * max(torch_errs[k], typical, moved[k]), FLOAT32_FLOOR)
         if np.shape(ours) != np.shape(expected):
             raise CheckError(f"{name}: shape {np.shape(ours)} here, {np.shape(expected)} in the reference")
         report.checks.append(tensor_check(name, kind, ours, expected, tol, floor))
@@ -186,10 +187,10 @@ def check_accumulation(subject: Subject, grads: dict, dout: np.ndarray, dtype, r
     for _ in range(2):
         subject.run_forward()
         _, twice = subject.run_backward(dout.copy())
-    floor = tol_policy.scale_floor(first.values())
+    floor = scale_floor(first.values())
     errs = {n: rel_error(twice[n], 2 * g, 2 * floor) for n, g in first.items()}
     name = max(errs, key=lambda n: errs[n][0])
-    tol = tol_policy.FLOAT64_TOL if dtype == np.float64 else tol_policy.FLOAT32_FLOOR
+    tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_FLOOR
     err, max_abs, where = errs[name]
     report.checks.append(TensorCheck(f"{name}.grad accumulates (+=)", "accumulate", err, max_abs, where,
                                      value_at(twice[name], where), value_at(2 * first[name], where), tol,

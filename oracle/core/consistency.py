@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import tolerance as tol_policy
 from .report import Report, TensorCheck, tensor_check
 from .subject import grad_name, make_subject, random_dout
+from .tolerance import FLOAT32_FLOOR, FLOAT64_TOL, scale_floor
 
 
 def noncontiguous(a: np.ndarray, how: str) -> np.ndarray:
@@ -49,7 +49,7 @@ def consistency_check(forward: Callable, backward: Callable, inputs: Sequence, *
     dtypes = {np.asarray(p.value).dtype for p in subject.params.values()} | {
         np.asarray(x).dtype for x in subject.inputs if np.asarray(x).dtype.kind == "f"}
     dtype = max(dtypes, key=lambda d: d.itemsize) if dtypes else np.dtype(np.float64)
-    tol = tol_policy.FLOAT64_TOL if dtype == np.float64 else tol_policy.FLOAT32_FLOOR
+    tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_FLOOR
     report = Report(case, f"{dtype} (consistency)")
 
     subject.zero()
@@ -57,7 +57,7 @@ def consistency_check(forward: Callable, backward: Callable, inputs: Sequence, *
     dout = random_dout(out, seed)
     dx1, g1 = subject.run_backward(dout.copy())
     round_off = tol
-    floor = tol_policy.scale_floor([g for g in g1.values() if g is not None])
+    floor = scale_floor([g for g in g1.values() if g is not None])
     leaves = [(grad_name(subject.input_names[i], "input"), "input", a, a) for i, a in zip(subject.grad_inputs, dx1)]
     leaves += [(f"{n}.grad", "param", g1[n], g1[n]) for n in subject.params]
     try:
@@ -80,7 +80,7 @@ def consistency_check(forward: Callable, backward: Callable, inputs: Sequence, *
             else:
                 report.checks.append(tensor_check(f"{name} backward twice, bit-identical", "repeat", b, a, 0.0))
 
-    floor = tol_policy.scale_floor([a for *_, a, _ in leaves])
+    floor = scale_floor([a for *_, a, _ in leaves])
     for layout_in, layout_dout in (("transposed", "strided"), ("strided", "transposed")):
         nc_inputs = tuple(noncontiguous(x, layout_in) if np.ndim(x) else x for x in subject.inputs)
         subject.zero()
@@ -88,7 +88,7 @@ def consistency_check(forward: Callable, backward: Callable, inputs: Sequence, *
         nc_dx, nc_g = subject.run_backward(noncontiguous(dout, layout_dout) if np.ndim(dout) else dout.copy())
         tag = f"(inputs {layout_in}, dout {layout_dout})"
         report.checks.append(tensor_check(f"output {tag}", "noncontiguous", nc_out, out, tol,
-                                          tol_policy.scale_floor([out])))
+                                          scale_floor([out])))
         got = [(grad_name(subject.input_names[i], "input"), a, b) for i, a, b in zip(subject.grad_inputs, nc_dx, dx1)]
         got += [(f"{n}.grad", nc_g[n], g1[n]) for n in subject.params]
         for name, a, b in got:

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import tolerance as tol_policy
 from .report import CheckError, Report, TensorCheck, tensor_check
 from .subject import Subject, grad_name, make_subject, random_dout
+from .tolerance import FD_STEP, FD_TOL, gradient_floors
 
 
 def _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad) -> Subject:
@@ -64,14 +64,14 @@ def _arrays(subject: Subject) -> list[tuple[str, str, np.ndarray]]:
 
 def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
                   zero_grad=None, seed: int = 0, case: str = "check", coords: int = 12,
-                  step: float = tol_policy.FD_STEP) -> Report:
+                  step: float = FD_STEP) -> Report:
     """Analytic gradients against central differences at `coords` random coordinates of every input that
     carries a gradient and of every parameter, float64. One report line per tensor: `<name> (fd)`."""
     report = Report(case, "float64 (finite differences)")
     subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
     dout, analytic = _analytic(subject, seed)
     arrays = _arrays(subject)
-    floors = dict(zip(analytic, tol_policy.gradient_floors([k for _, k, _ in arrays], list(analytic.values()))))
+    floors = dict(zip(analytic, gradient_floors([k for _, k, _ in arrays], list(analytic.values()))))
 
     def loss() -> float:
         return float(np.sum(np.asarray(subject.run_forward(), np.float64) * dout))
@@ -98,13 +98,13 @@ def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, i
         where = tuple(int(k) for k in np.unravel_index(int(picks[worst]), array.shape)) if diff.size else ()
         report.checks.append(TensorCheck(f"{grad_name(name, kind)} (fd)", kind, err, max_abs, where,
                                          float(sampled[worst]) if diff.size else 0.0,
-                                         float(numeric[worst]) if diff.size else 0.0, tol_policy.FD_TOL,
+                                         float(numeric[worst]) if diff.size else 0.0, FD_TOL,
                                          sampled, numeric, floor))
     return report
 
 
 def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
-                   zero_grad=None, seed: int = 0, case: str = "check", step: float = tol_policy.FD_STEP,
+                   zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP,
                    max_size: int = 20_000) -> Report:
     """The full Jacobian d output / d leaf of every input that carries a gradient and every parameter,
     float64: numerically, column by column (2 forwards per coordinate), against the backward run once
@@ -143,15 +143,15 @@ def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, 
             array.flat[i] = orig
             cols[:, i] = (up - down) / (2 * step)
         numeric[name] = cols
-    floors = tol_policy.gradient_floors([k for _, k, _ in leaves], [numeric[n] for n, _, _ in leaves])
+    floors = gradient_floors([k for _, k, _ in leaves], [numeric[n] for n, _, _ in leaves])
     for (name, kind, _), floor in zip(leaves, floors):
         report.checks.append(tensor_check(f"{grad_name(name, kind)} (jacobian)", kind, rows[name], numeric[name],
-                                          tol_policy.FD_TOL, floor))
+                                          FD_TOL, floor))
     return report
 
 
 def directional_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
-                      zero_grad=None, seed: int = 0, case: str = "check", step: float = tol_policy.FD_STEP) -> Report:
+                      zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP) -> Report:
     """Directional derivatives, float64: with dout and a direction v ~ N(0, 1) over every input that carries
     a gradient and every parameter, (L(θ+hv) - L(θ-hv)) / 2h for L = sum(f * dout) against
     sum over tensors of <gradient, v>, relative to the norm of the gradient (the scale of that sum).
@@ -188,6 +188,6 @@ def directional_check(forward, backward, inputs, *, params=None, grad_inputs=Non
         scale = max(norm, abs(exact))
         err = abs(numeric - exact) / scale if scale > 0 else abs(numeric - exact)
         report.checks.append(TensorCheck(f"{label} (directional)", kind, err, abs(numeric - exact), (), exact, numeric,
-                                         tol_policy.FD_TOL, np.array(exact), np.array(numeric), norm))
+                                         FD_TOL, np.array(exact), np.array(numeric), norm))
     return report
 
