@@ -6,11 +6,12 @@
 - twins.py: the PyTorch twins, from torch's own functions (imports nothing from `reference`);
 - registry.py (`REGISTRY`, `Case`, `Dims`, `register`) and cases.py (every registered case);
 - verify.py (`python -m oracle verify`), hf.py (transformers as the third oracle), and the benchmark:
-  bench.py (the NumPy side), bench_twin.py (the torch side), bench_config.py (what both share).
+  bench.py (the command), bench_children.py (the NumPy side's child processes), bench_twin.py (the torch
+  side's), bench_config.py (what they share).
 
 `from oracle.bridge import compare` (or any name below) imports torch and registers every case of
 cases.py; the package itself imports nothing, so that the benchmark's NumPy children, which import
-bench.py, never import torch.
+bench_children.py, never import torch.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The PyTorch side of `python -m oracle bench`: the twin GPT trained with torch.optim.AdamW.
 
 Eager mode, torch's defaults (no torch.compile, no foreach/fused optimizer flags: on the CPU torch
-runs its per-parameter loop), the thread count set to NumPy's. Imported by bench.py only in
+runs its per-parameter loop), the thread count set to NumPy's. Imported by bench_children.py only in
 the children that time the twin, so the NumPy side's children never import torch.
 """
 
