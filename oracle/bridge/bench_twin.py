@@ -1,8 +1,9 @@
 """The PyTorch side of `python -m oracle bench`: the twin GPT trained with torch.optim.AdamW.
 
 Eager mode, torch's defaults (no torch.compile, no foreach/fused optimizer flags: on the CPU torch
-runs its per-parameter loop), the thread count set to NumPy's. Imported by bench_children.py only in
-the children that time the twin, so the NumPy side's children never import torch.
+runs its per-parameter loop), the thread count set to NumPy's. Imported only in the child processes
+that time the twin (bench_children.py's timing_child) or measure its memory (`memory_child` here), so
+the NumPy side's children never import torch.
 """
 
 from __future__ import annotations
