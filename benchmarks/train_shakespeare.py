@@ -86,8 +86,8 @@ def run_twin(config: TrainConfig, batches, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from oracle.twins import GPT as TwinGPT
-    from oracle.twins import load_reference_state
+    from oracle.bridge.twins import GPT as TwinGPT
+    from oracle.bridge.twins import load_reference_state
 
     if config.dropout > 0:
         raise SystemExit("the twin replays the reference's dropout masks; this benchmark needs dropout 0")

@@ -1,6 +1,6 @@
 """The whole command line: `python -m oracle <command>`, installed as the `numpy-gpt` console script.
 
-`verify` and `bench` need PyTorch and live here, in the oracle (oracle/verify.py, oracle/bench.py);
+`verify` and `bench` need PyTorch and live in the oracle (oracle/bridge/verify.py, oracle/bridge/bench.py);
 `train`, `sample`, `plot` and `export` are the model's own commands, served by reference/programs/cli.py
 (imported only when one of them runs, so `train` never imports torch). Each command's module
 provides `add_arguments(parser)` and `run(args) -> int`.
@@ -13,10 +13,10 @@ import sys
 from reference.programs import cli as reference_cli
 
 COMMANDS = {
-    "verify": ("oracle.verify", "prove every layer and the whole model against PyTorch (needs torch)"),
+    "verify": ("oracle.bridge.verify", "prove every layer and the whole model against PyTorch (needs torch)"),
     "train": reference_cli.COMMANDS["train"],
     "sample": reference_cli.COMMANDS["sample"],
-    "bench": ("oracle.bench", "time training steps of both paths against the PyTorch twin (needs torch)"),
+    "bench": ("oracle.bridge.bench", "time training steps of both paths against the PyTorch twin (needs torch)"),
     "plot": reference_cli.COMMANDS["plot"],
     "export": reference_cli.COMMANDS["export"],
 }

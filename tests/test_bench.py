@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from oracle import bench  # noqa: E402
+from oracle.bridge import bench, bench_children, bench_config  # noqa: E402
 from oracle.cli import main  # noqa: E402
 from reference.fast import pool  # noqa: E402
 
@@ -71,7 +71,7 @@ def test_config_specs_and_flops():
     assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.block_size, cfg.batch, cfg.vocab_size) == (64, 2, 4, 32, 3, 50)
     with pytest.raises(Exception, match="bad config"):
         bench.parse_config("x:d=64,depth=2")
-    model, _ = bench.make_reference(cfg, "float32")
+    model, _ = bench_children.make_reference(cfg, "float32")
     n = model.num_parameters() - 32 * 64                       # without the position table
     assert bench.flops_per_step(cfg, model.num_parameters()) == (6 * n + 12 * 2 * 32 * 64) * 3 * 32
 
@@ -110,26 +110,26 @@ def test_bench_out_that_cannot_be_written_is_refused_first(tmp_path, capsys, mon
 
 def test_children_run_in_process(monkeypatch):
     # The children's bodies, run here so that their lines count (the bench runs them in subprocesses).
-    from oracle import bench_twin
+    from oracle.bridge import bench_twin
     threads = bench.blas_threads()
     spec = {"cfg": vars(bench.parse_config("tiny")), "dtype": "float32", "steps": 1, "warmup": 1, "threads": threads,
             "products": "pool", "peak_size": 256}
-    assert bench.profile_child({**spec, "kernels": "textbook"})[-1][0] == "total step"
-    for child in (bench.memory_child, bench_twin.memory_child):
+    assert bench_children.profile_child({**spec, "kernels": "textbook"})[-1][0] == "total step"
+    for child in (bench_children.memory_child, bench_twin.memory_child):
         mem = child(spec)
         assert mem["peak_mb"] >= mem["baseline_mb"] > 0
-    timing = bench.timing_child(spec)
+    timing = bench_children.timing_child(spec)
     assert len(timing["numpy_times"]) == len(timing["torch_times"]) == 1 and min(timing["matmul_peaks"]) > 0
-    assert bench.profile_child(spec)[-1][0] == "total step"
+    assert bench_children.profile_child(spec)[-1][0] == "total step"
     monkeypatch.setattr(pool, "THREADS", 2)                    # again with attention's blocks on the pool:
     monkeypatch.setattr(pool, "BLOCK_ELEMENTS", 256)           # their softmax calls are not timed twice
-    profile = bench.profile_child(spec)
+    profile = bench_children.profile_child(spec)
     names = [row[0] for row in profile]                        # softmax ran on the pool: in attention's rows
     assert names[-1] == "total step" and "attention core forward" in names
     assert not {"softmax (in attention)", "softmax backward (in attention)"} & set(names)
-    assert bench.sampling_child(spec)["T"] == 16
+    assert bench_children.sampling_child(spec)["T"] == 16
     assert bench.blas_threads() == threads
-    assert np.isfinite(bench.rss_mb()) and bench.peak_rss_mb() > 0
+    assert np.isfinite(bench_config.rss_mb()) and bench_config.peak_rss_mb() > 0
 
 
 # ---------------------------------------------------------------- the speed machinery changes no number

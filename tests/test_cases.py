@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from oracle import REGISTRY, Dims, compare
-from oracle.adapters import finite_difference_check, run_reference
+from oracle.bridge.adapters import finite_difference_check, run_reference
 from reference.fast import attention
 from reference.fast import KERNELS
 
@@ -167,7 +167,7 @@ def test_layernorm_large_constant_rows_against_extended_precision(kernels):
     torch's float64 is not, which is why the constant-row test above keeps values small."""
     import torch
 
-    from oracle.adapters import run_twin
+    from oracle.bridge.adapters import run_twin
 
     ref, twin, (x,) = REGISTRY["layernorm"].build("float64", 0, kernels=kernels)
     x[:, :1] = 999.75

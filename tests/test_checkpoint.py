@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from oracle import tolerance as tol
-from oracle import twins
-from oracle.harness import rel_error
+from oracle.core import tolerance as tol
+from oracle.bridge import twins
+from oracle.core import rel_error
 from reference.programs import atomic
 from reference.programs.checkpoint import METADATA_KEY, CheckpointError, build_model, check_compatible, load_checkpoint, seal
 from reference.programs.data import CharTokenizer
@@ -309,7 +309,7 @@ def test_checkpoint_loads_into_the_torch_twin_with_the_same_logits(tmp_path, dty
         theirs = twin(torch.from_numpy(idx)).numpy()
     if dtype == "float64":
         assert rel_error(logits, theirs)[0] <= 1e-12
-    else:                                                       # oracle/tolerance.py's float32 policy
+    else:                                                       # oracle/core/tolerance.py's float32 policy
         truth_twin = twins.GPT(ckpt.config).double()
         truth_twin.load_state_dict({k: v.double() for k, v in state.items()})
         with torch.no_grad():

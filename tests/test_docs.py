@@ -42,7 +42,7 @@ GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "pe
 CHAINED_PAGES = {"verifying-your-own-code.md"}
 NOT_A_PAGE = {"_FORMAT.md"}                                    # for authors, not part of the docs
 
-# Every registered case of oracle/cases.py and the page that derives it. A new case fails
+# Every registered case of oracle/bridge/cases.py and the page that derives it. A new case fails
 # test_every_case_has_a_page until it is added here (and to the table in docs/verify.md).
 CASE_PAGES = {
     "embedding": "embedding.md",
@@ -348,11 +348,11 @@ def test_every_case_has_a_page(case):
 
 
 def test_an_unmapped_case_fails():
-    from oracle.registry import Case
+    from oracle.bridge.registry import Case
 
     def ref(d, dtype, rng):                                     # as if written in a project module
         raise NotImplementedError
-    ref.__module__ = "oracle.cases"
+    ref.__module__ = "oracle.bridge.cases"
     new = Case("brand_new_layer", ref, twin=lambda d: None)
     assert _registered_by_project(new)
     assert "has no derivation page" in page_problem(new.name) and "CASE_PAGES" in page_problem(new.name)
@@ -581,7 +581,7 @@ def test_quote_check_reports_a_wrong_quote():
 
 def test_pasted_verify_tables_have_verifys_columns():
     """Every pasted table whose first column is `component` has the columns `verify` prints today."""
-    from oracle.verify import HEADER
+    from oracle.bridge.verify import HEADER
     found = 0
     for page in [*(DOCS / p for p in existing_pages()), ROOT / "README.md"]:
         for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):

@@ -70,12 +70,12 @@ def test_reference_never_reaches_the_oracle(path):
 
 def test_oracle_check_can_fail():
     """The check above sees each way in (a check that cannot fail is a defect)."""
-    assert oracle_references("import oracle.bench_twin") == ["import oracle"]
-    assert oracle_references("from oracle import twins") == ["import oracle"]
-    assert oracle_references("x = 'oracle.bench_twin:memory_child'")
-    assert oracle_references("code = 'import json; from oracle.bench import f'")
+    assert oracle_references("import oracle.bridge.bench_twin") == ["import oracle"]
+    assert oracle_references("from oracle.bridge import twins") == ["import oracle"]
+    assert oracle_references("x = 'oracle.bridge.bench_twin:memory_child'")
+    assert oracle_references("code = 'import json; from oracle.bridge.bench import f'")
     assert oracle_references("import importlib\nm = importlib.import_module(name)")
-    assert not oracle_references('"""They load into `oracle.twins.GPT`."""\nx = "the oracle proves it"')
+    assert not oracle_references('"""They load into `oracle.bridge.twins.GPT`."""\nx = "the oracle proves it"')
 
 
 def test_model_runs_without_torch():

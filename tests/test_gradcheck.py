@@ -10,8 +10,8 @@ tests/test_harness.py plants a bug for each and asserts that it is reported."""
 import pytest
 
 from oracle import REGISTRY
-from oracle.adapters import consistency, directional_check, jacobian_check
-from oracle.registry import small_dims
+from oracle.bridge.adapters import consistency, directional_check, jacobian_check
+from oracle.bridge.registry import small_dims
 
 CASES = sorted(REGISTRY)
 KERNELS = ["textbook", "fast"]                                  # both paths, each checked on its own

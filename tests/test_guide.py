@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from oracle import REGISTRY, Report, compare, register, unregister
+from oracle import REGISTRY, Report, compare, finite_difference_check, register, unregister
 from reference.module import Module, Parameter, as_dtype
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "adding-a-layer.md"
@@ -94,9 +94,8 @@ def registered():
 
 
 def fd_check(ref, inputs, case) -> Report:
-    """The second oracle (step 5), skipped with a clear reason if oracle/fd.py is missing."""
-    fd = pytest.importorskip("oracle.adapters", reason="oracle/adapters.py (the finite-difference oracle on layers) is not there yet")
-    return fd.finite_difference_check(ref, inputs, case=case, seed=0, dropout=False)
+    """The second oracle (step 5): central differences on the layer (oracle/core/fd.py)."""
+    return finite_difference_check(ref, inputs, case=case, seed=0, dropout=False)
 
 
 def failing(report: Report) -> list[str]:
@@ -135,7 +134,7 @@ def test_guide_layer_passes_every_check(registered, capsys):
     assert accumulates(case.build("float64")[0], inputs[0])
 
     # `python -m oracle verify --case guide_scale`, in this process (where the case is registered)
-    verify = pytest.importorskip("oracle.verify")
+    from oracle.bridge import verify
     assert verify.run(argparse.Namespace(case=["guide_scale"], dtype="both", seed=0, verbose=False)) == 0
     out = capsys.readouterr().out
     assert re.search(r"\| guide_scale \| float64 .*\| pass +\|", out) and re.search(r"\| guide_scale \| float32 .*\| pass +\|", out)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from oracle import REGISTRY, compare, rel_error
-from oracle.adapters import finite_difference_check
-from oracle.registry import Dims
+from oracle.bridge.adapters import finite_difference_check
+from oracle.bridge.registry import Dims
 from reference.attention import CausalSelfAttention
 from reference.layers import GELU, LayerNorm, Linear
 from reference.fast import layers as fast
@@ -217,7 +217,7 @@ def test_fast_path_bugs_are_reported_by_the_twin_and_by_finite_differences():
 
 def test_fast_path_bug_is_reported_against_the_textbook_path():
     """tests/test_paths.py's comparison of the two paths sees a planted fast-path bug too."""
-    from oracle.adapters import run_reference
+    from oracle.bridge.adapters import run_reference
     grads = {}
     for kernels, cls in (("textbook", None), ("fast", FastEmbeddingDroppingRepeats)):
         ref, _, inputs = REGISTRY["embedding"].build("float64", kernels=kernels)
@@ -292,7 +292,7 @@ class OneWeightEntryWrong(Linear):
 
 
 def test_full_jacobian_reports_one_wrong_entry():
-    from oracle.adapters import jacobian_check
+    from oracle.bridge.adapters import jacobian_check
     ref, _, inputs = build("linear", cls=OneWeightEntryWrong, dims=Dims(B=1, T=2, H=1, hd=4))
     report = jacobian_check(ref, inputs)
     assert failing(report) == {"weight.grad (jacobian)"}
@@ -300,7 +300,7 @@ def test_full_jacobian_reports_one_wrong_entry():
 
 
 def test_directional_derivative_reports_a_dropped_term():
-    from oracle.adapters import directional_check
+    from oracle.bridge.adapters import directional_check
     ref, _, inputs = build("layernorm", cls=LayerNormWithoutMeanTerm)
     assert failing(directional_check(ref, inputs)) == {"all gradients (directional)", "input grad (directional)"}
 
@@ -321,7 +321,7 @@ class SecondBackwardAssigns(Linear):
 
 
 def test_backward_twice_reports_a_spoiled_cache_and_a_lost_accumulation():
-    from oracle.adapters import consistency
+    from oracle.bridge.adapters import consistency
     ref, _, inputs = build("gelu", cls=BackwardSpoilsItsCache)
     assert "input grad backward twice, bit-identical" in failing(consistency(ref, inputs))
     ref, _, inputs = build("linear", cls=SecondBackwardAssigns)
@@ -341,6 +341,6 @@ class FlatWriteOnCopy(GELU):
 
 
 def test_noncontiguous_inputs_report_a_layout_bug():
-    from oracle.adapters import consistency
+    from oracle.bridge.adapters import consistency
     ref, _, inputs = build("gelu", cls=FlatWriteOnCopy)
     assert failing(consistency(ref, inputs)) == {"output (inputs transposed, dout strided)"}   # strided: C-like, kept

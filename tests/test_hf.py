@@ -3,7 +3,7 @@
 Random tiny transformers models are saved with `save_pretrained`, imported with reference/programs/hf.py,
 and compared on logits, loss and every parameter gradient: GPT-2 in float64 within FLOAT64_TOL;
 Llama in float64 within FLOAT64_TOL against transformers with its float32 steps done in float64
-(oracle/hf.py, docs/huggingface.md) and against stock transformers within its own float32 error;
+(oracle/bridge/hf.py, docs/huggingface.md) and against stock transformers within its own float32 error;
 float32 under the written policy; and the export round trip back into transformers."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from oracle.hf import float64_llama, hf_grads, run_hf  # noqa: E402
-from oracle.tolerance import FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_TOL  # noqa: E402
+from oracle.bridge.hf import float64_llama, hf_grads, run_hf  # noqa: E402
+from oracle.core.tolerance import FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_TOL  # noqa: E402
 from reference import GPT, GPTConfig  # noqa: E402
 from reference.model import parameter_shapes  # noqa: E402
 from reference.programs import hf  # noqa: E402

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oracle import compare, twins
-from oracle.cases import GPTWithLoss
-from oracle.registry import perturb
+from oracle import compare
+from oracle.bridge import twins
+from oracle.bridge.cases import GPTWithLoss
+from oracle.bridge.registry import perturb
 from reference import GPT, GPTConfig
 from reference.model import parameter_count, parameter_shapes
 from reference.positions import Rotary, alibi_slopes

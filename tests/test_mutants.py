@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from oracle import REGISTRY, Dims, compare, rel_error, twins
-from oracle.cases import GPTWithLoss
-from oracle.registry import perturb
-from oracle import tolerance as policy
+from oracle import REGISTRY, Dims, compare, rel_error
+from oracle.bridge import twins
+from oracle.bridge.cases import GPTWithLoss
+from oracle.bridge.registry import perturb
+from oracle.core import tolerance as policy
 from reference import GPT, GPTConfig
 from reference import functional as textbook
 from reference.fast import pool

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oracle import rel_error
-from oracle import tolerance as policy
+from oracle.core import tolerance as policy
 from reference.module import Parameter
 from reference.optim import Adam, AdamW, clip_grad_norm_, cosine_lr
 

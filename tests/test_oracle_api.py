@@ -2,12 +2,14 @@
 
 Several inputs with gradients, parameters by name with a name map and named slices, dropout masks
 (a source, a list in draw order, replayed np.random draws), opt-in accumulation, the report's full
-arrays and forward order, the absolute floor, and misuse refused with the tensor named. Also: the
-harness, fd and the twins take nothing from `reference` (the ALiBi slopes and RoPE tables checked
-against the papers' values written by hand)."""
+arrays and forward order, the absolute floor, and misuse refused with the tensor named. Also: oracle/core
+and the twins take nothing from `reference` (the ALiBi slopes and RoPE tables checked against the
+papers' values written by hand)."""
 
 import ast
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle import CheckError, NumpyRandomReplay, Param, check, params_of
-from oracle import twins
-from oracle.fd import directional_check, jacobian_check, sampled_check
+from oracle.bridge import twins
+from oracle.core.fd import directional_check, jacobian_check, sampled_check
 
 ROOT = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(0)
@@ -339,7 +341,7 @@ def test_zero_true_gradient_with_round_off_noise_passes():
     assert report.passed, str(report)
     assert not np.any(report["c.grad"].expected_array) and np.any(report["c.grad"].ours_array)
     assert report["c.grad"].err < 1e-14
-    from oracle.harness import rel_error
+    from oracle.core import rel_error
     assert rel_error(report["c.grad"].ours_array, report["c.grad"].expected_array)[0] > 1e-11   # no floor: a false failure
 
 
@@ -410,12 +412,29 @@ def _imports(path: Path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["harness.py", "fd.py", "twins.py", "tolerance.py"])
-def test_oracle_core_imports_nothing_from_reference(module):
-    """The harness and fd work on anyone's code, and no twin takes its math from what it checks:
-    the only bridge to the project's layers is oracle/adapters.py (and the registry's cases)."""
-    imported = _imports(ROOT / "oracle" / module)
+INDEPENDENT = sorted((ROOT / "oracle" / "core").glob("*.py")) + [ROOT / "oracle" / "bridge" / "twins.py"]
+
+
+@pytest.mark.parametrize("path", INDEPENDENT, ids=lambda p: str(p.relative_to(ROOT / "oracle")))
+def test_oracle_core_imports_nothing_from_reference(path):
+    """oracle/core works on anyone's code, and no twin takes its math from what it checks: no import of
+    `reference`, at module level or inside a function, and no dynamic import at all. The project's layers
+    reach the core through oracle/bridge/adapters.py (and the registry's cases)."""
+    imported = _imports(path)
     assert not [n for n in imported if n == "reference" or n.startswith("reference.")], imported
+    dynamic = [ast.unparse(node) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                   "import_module", "__import__", "find_spec", "run_module")]
+    assert not dynamic, dynamic
+
+
+def test_importing_the_core_loads_nothing_from_reference():
+    """`import oracle.core` and every name it exports load no module of `reference` (nor the bridge)."""
+    script = ("import sys\nfrom oracle.core import *\nimport oracle.core.torch_side\n"
+              "loaded = [m for m in sys.modules if m.split('.')[0] == 'reference' or m.startswith('oracle.bridge')]\n"
+              "assert not loaded, loaded\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_alibi_slopes_are_the_papers():

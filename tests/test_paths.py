@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from oracle import REGISTRY, rel_error
-from oracle.adapters import run_reference
+from oracle.bridge.adapters import run_reference
 from reference import GPT, GPTConfig
 from reference.layers import DropoutMasks
 from reference.fast import use_kernels

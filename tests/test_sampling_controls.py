@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from oracle import rel_error
-from oracle import tolerance as policy
+from oracle.core import tolerance as policy
 from reference import GPT, GPTConfig
 from reference.programs.sampling.generation import generate, iter_generate
 from reference.programs.sampling.logits_process import apply_penalties, check_penalty_args, next_token_probs, sample_next

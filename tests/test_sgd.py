@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from oracle import rel_error
-from oracle import tolerance as policy
+from oracle.core import tolerance as policy
 from reference.module import Parameter
 from reference.optim import SGD
 
@@ -308,7 +308,7 @@ def test_sgd_training_trajectory_matches_torch():
 
     import torch.nn.functional as F
 
-    from oracle import twins
+    from oracle.bridge import twins
     from reference.programs.training.settings import TrainConfig
     from reference.programs.training.trainer import Trainer
     steps, vocab = 16, 11

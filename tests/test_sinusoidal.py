@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from oracle import twins
+from oracle.bridge import twins
 from reference import GPT, GPTConfig, KVCache
 from reference.positions import sinusoidal_positions
 

@@ -2,7 +2,7 @@
 
 The reference side is the real training code: `reference.programs.training.trainer.Trainer.train_step` (its AdamW param
 groups, warmup-cosine schedule, clipping, dropout masks and batches). The PyTorch side is written here
-independently: the twin (`oracle.twins.GPT`), `torch.optim.AdamW` with nanoGPT's two param groups,
+independently: the twin (`oracle.bridge.twins.GPT`), `torch.optim.AdamW` with nanoGPT's two param groups,
 `LambdaLR` with nanoGPT's get_lr written out below, `torch.nn.utils.clip_grad_norm_`, and
 `F.cross_entropy`. Both start from the same weights and see the same batches and the same dropout masks
 (drawn by the reference with `DropoutMasks(rng, record=True)` and replayed by the twin).
@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oracle import tolerance as tol
-from oracle import twins
-from oracle.harness import rel_error
+from oracle.core import tolerance as tol
+from oracle.bridge import twins
+from oracle.core import rel_error
 from reference.programs.training.settings import TrainConfig
 from reference.programs.training.trainer import Trainer
 
@@ -141,7 +141,7 @@ def test_float64_trajectory_matches_torch(runs):
 
 
 def test_float32_trajectory_under_the_tolerance_policy(runs):
-    """float32 under oracle/tolerance.py's policy, applied to the whole trajectory.
+    """float32 under oracle/core/tolerance.py's policy, applied to the whole trajectory.
 
     Two float32 runs of 24 Adam steps cannot be compared to each other with a fixed tight constant: each
     rounds differently, and Adam's normalised update turns a tiny gradient difference into an O(lr)

@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oracle import registry
-from oracle.verify import main
+from oracle.bridge import registry
+from oracle.bridge.verify import main
 from oracle.cli import main as cli_main
 from reference.layers import LayerNorm
 
@@ -89,7 +89,7 @@ def test_verify_runs_cases_registered_in_a_users_module(tmp_path, capsys):
                      "-v"]) == 0
         out = capsys.readouterr().out
         assert "| ext_linear " in out and "1 rows, 1 passed" in out
-        from oracle.verify import parse_dims, run_case
+        from oracle.bridge.verify import parse_dims, run_case
         report, _ = run_case("ext_linear", "float64", 0, parse_dims("B=1,T=3,H=3,hd=2"))
         assert report["output"].ours_array.shape == (1, 3, 3)   # (B, T, 3) at the sizes given
     finally:

@@ -14,7 +14,7 @@ Writing is atomic (reference/programs/atomic.py: temporary file in the same dire
 stale temporaries of killed saves removed by the next save): a crash mid-save leaves the previous
 checkpoint as it was, and nothing behind.
 
-On to PyTorch: the weights load into `oracle.twins.GPT` (or nanoGPT's model) directly::
+On to PyTorch: the weights load into `oracle.bridge.twins.GPT` (or nanoGPT's model) directly::
 
     from safetensors.torch import load_file
     tensors = load_file("out/ckpt.safetensors")

@@ -1,5 +1,6 @@
-"""`python -m oracle verify`: run the oracle over every registered case in both dtypes, on both paths
-of the reference (textbook and fast, reference/fast/kernels.py), and print the proof as one table. How to read it: docs/verify.md. Exits non-zero on any failure.
+"""`python -m oracle verify`: run the oracle over every registered case in both dtypes, on both paths of
+the reference (textbook and fast, reference/fast/kernels.py), and print the proof as one table. How to
+read it: docs/verify.md. Exits non-zero on any failure.
 
 `--cases MODULE` runs the cases registered by your own module (an importable name or a .py file
 that calls `oracle.register`), `--dims B=2,T=5` sets the sizes (docs/verifying-your-own-code.md)."""
@@ -15,12 +16,13 @@ import time
 import traceback
 from pathlib import Path
 
+from oracle.core.report import Report
+
 from . import cases as _cases  # noqa: F401  (fills the registry)
-from .adapters import finite_difference_check
-from .adapters import compare, consistency, directional_check, jacobian_check
-from .harness import Report
+from .adapters import compare, consistency, directional_check, finite_difference_check, jacobian_check
 from .registry import REGISTRY, Dims, small_dims, tiny
 
+ORACLE = Path(__file__).resolve().parents[1]                 # the oracle package: frames not the user's
 HEADER = ("component", "dtype", "path", "forward", "input grad", "param grad (worst)", "finite diff (tol 1e-6)", "tolerance", "margin", "result")
 
 
@@ -155,7 +157,7 @@ def load_cases(spec: str) -> list[str]:
 def _where(e: BaseException) -> str:
     """", at FILE:LINE" of the innermost frame of `e`'s traceback outside the oracle (the user's line)."""
     frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
-              and Path(f.filename).parent != Path(__file__).parent]
+              and ORACLE not in Path(f.filename).resolve().parents]
     return f", at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oracle.verify", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m oracle.bridge.verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -17,16 +17,17 @@ All three need float64 inputs and parameters and raise CheckError otherwise (flo
 larger than the differences they measure), as they do for a backward that leaves a gradient unset.
 
 They catch a layer and its twin that are wrong the same way (RoPE, ALiBi and the replayed dropout
-masks are written by hand on both sides). Step and tolerance: oracle/tolerance.py. This module
-imports nothing from `reference`; the project's layers reach it through oracle/adapters.py.
+masks are written by hand on both sides). Step and tolerance: tolerance.py. NumPy only; the project's
+layers reach these checks through oracle/bridge/adapters.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import tolerance as tol_policy
-from .harness import CheckError, Report, Subject, TensorCheck, grad_name, make_subject, random_dout, tensor_check
+from .report import CheckError, Report, TensorCheck, tensor_check
+from .subject import Subject, grad_name, make_subject, random_dout
+from .tolerance import FD_STEP, FD_TOL, gradient_floors
 
 
 def _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad) -> Subject:
@@ -63,14 +64,14 @@ def _arrays(subject: Subject) -> list[tuple[str, str, np.ndarray]]:
 
 def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
                   zero_grad=None, seed: int = 0, case: str = "check", coords: int = 12,
-                  step: float = tol_policy.FD_STEP) -> Report:
+                  step: float = FD_STEP) -> Report:
     """Analytic gradients against central differences at `coords` random coordinates of every input that
     carries a gradient and of every parameter, float64. One report line per tensor: `<name> (fd)`."""
     report = Report(case, "float64 (finite differences)")
     subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
     dout, analytic = _analytic(subject, seed)
     arrays = _arrays(subject)
-    floors = dict(zip(analytic, tol_policy.gradient_floors([k for _, k, _ in arrays], list(analytic.values()))))
+    floors = dict(zip(analytic, gradient_floors([k for _, k, _ in arrays], list(analytic.values()))))
 
     def loss() -> float:
         return float(np.sum(np.asarray(subject.run_forward(), np.float64) * dout))
@@ -97,13 +98,13 @@ def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, i
         where = tuple(int(k) for k in np.unravel_index(int(picks[worst]), array.shape)) if diff.size else ()
         report.checks.append(TensorCheck(f"{grad_name(name, kind)} (fd)", kind, err, max_abs, where,
                                          float(sampled[worst]) if diff.size else 0.0,
-                                         float(numeric[worst]) if diff.size else 0.0, tol_policy.FD_TOL,
+                                         float(numeric[worst]) if diff.size else 0.0, FD_TOL,
                                          sampled, numeric, floor))
     return report
 
 
 def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
-                   zero_grad=None, seed: int = 0, case: str = "check", step: float = tol_policy.FD_STEP,
+                   zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP,
                    max_size: int = 20_000) -> Report:
     """The full Jacobian d output / d leaf of every input that carries a gradient and every parameter,
     float64: numerically, column by column (2 forwards per coordinate), against the backward run once
@@ -142,15 +143,15 @@ def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, 
             array.flat[i] = orig
             cols[:, i] = (up - down) / (2 * step)
         numeric[name] = cols
-    floors = tol_policy.gradient_floors([k for _, k, _ in leaves], [numeric[n] for n, _, _ in leaves])
+    floors = gradient_floors([k for _, k, _ in leaves], [numeric[n] for n, _, _ in leaves])
     for (name, kind, _), floor in zip(leaves, floors):
         report.checks.append(tensor_check(f"{grad_name(name, kind)} (jacobian)", kind, rows[name], numeric[name],
-                                          tol_policy.FD_TOL, floor))
+                                          FD_TOL, floor))
     return report
 
 
 def directional_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
-                      zero_grad=None, seed: int = 0, case: str = "check", step: float = tol_policy.FD_STEP) -> Report:
+                      zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP) -> Report:
     """Directional derivatives, float64: with dout and a direction v ~ N(0, 1) over every input that carries
     a gradient and every parameter, (L(θ+hv) - L(θ-hv)) / 2h for L = sum(f * dout) against
     sum over tensors of <gradient, v>, relative to the norm of the gradient (the scale of that sum).
@@ -187,14 +188,6 @@ def directional_check(forward, backward, inputs, *, params=None, grad_inputs=Non
         scale = max(norm, abs(exact))
         err = abs(numeric - exact) / scale if scale > 0 else abs(numeric - exact)
         report.checks.append(TensorCheck(f"{label} (directional)", kind, err, abs(numeric - exact), (), exact, numeric,
-                                         tol_policy.FD_TOL, np.array(exact), np.array(numeric), norm))
+                                         FD_TOL, np.array(exact), np.array(numeric), norm))
     return report
 
-
-def __getattr__(name: str):
-    """Compatibility: `finite_difference_check(ref, inputs, ...)` on the project's layers moved to
-    oracle.adapters (it knows the layer protocol; this module does not import `reference`)."""
-    if name == "finite_difference_check":
-        from . import adapters
-        return adapters.finite_difference_check
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

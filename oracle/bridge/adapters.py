@@ -1,8 +1,9 @@
-"""The project's layers as the generic harness sees them: the only part of `oracle` that knows the
-reference's layer protocol (reference/module.py): `forward(*inputs[, masks]) -> (out, cache)`,
-`backward(dout, cache) -> dx`, `Parameter.grad` accumulated with `+=`, dropout masks drawn by name from
-a `reference.layers.DropoutMasks`. `compare` and `finite_difference_check` are thin users of
-`oracle.check` and `oracle.fd`; the harness and `fd` import nothing from `reference`.
+"""The project's layers as oracle.core sees them: the part of the oracle that knows the reference's layer
+protocol (reference/module.py): `forward(*inputs[, masks]) -> (out, cache)`, `backward(dout, cache) -> dx`,
+`Parameter.grad` accumulated with `+=`, dropout masks drawn by name from a `reference.layers.DropoutMasks`.
+`compare`, `consistency` and the finite-difference checks are thin users of oracle.core's `check`,
+`consistency_check` and fd.py; `run_reference` and `run_twin` run the two sides by hand, for tests that
+look at the tensors themselves.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import torch
 
 from reference.layers import DropoutMasks, name_dropouts
 
-from . import fd as fd_checks
-from .harness import CheckError, Param, Report, check, consistency_check, random_dout
+from oracle.core import fd as fd_checks
+from oracle.core import tolerance
+from oracle.core.check import check
+from oracle.core.consistency import consistency_check
+from oracle.core.params import Param
+from oracle.core.report import CheckError, Report
+from oracle.core.subject import random_dout
+
 from .twins import load_reference_state
 from .twins import name_dropouts as name_twin_dropouts
 
 
 def layer_arguments(ref, inputs: tuple, *, seed: int = 0, dropout: bool = False) -> dict:
-    """The keyword arguments of `check`, `consistency_check` and `oracle.fd` for a reference layer.
+    """The keyword arguments of `check`, `consistency_check` and oracle.core.fd's checks for a reference layer.
 
     The first input carries the gradient when it is floating (the protocol's backward returns dx for
     the first input only); parameters are the layer's `named_parameters()` with their `.grad` buffers;
@@ -52,7 +59,7 @@ def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dro
     `twin` is a torch module with the same parameter names (any dtype; it is copied and cast).
     Inputs are numpy arrays; the first, if floating, is the one whose gradient is compared.
     float64 runs are judged against torch float64; float32 runs against torch float64 on the
-    same inputs, relative to torch float32's own error (see tolerance.py); `ill_conditioned`, for
+    same inputs, relative to torch float32's own error (oracle/core/tolerance.py); `ill_conditioned`, for
     inputs known to be ill-conditioned only, as in `oracle.check`. Gradients must accumulate (+=).
     A thin user of `oracle.check`.
     """
@@ -80,28 +87,28 @@ def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dro
 
 
 def consistency(ref, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False) -> Report:
-    """`oracle.harness.consistency_check` on a reference layer (its gradients accumulate)."""
+    """`oracle.core.consistency_check` on a reference layer (its gradients accumulate)."""
     return consistency_check(accumulates=True, case=case, **layer_arguments(ref, inputs, seed=seed, dropout=dropout))
 
 
 def finite_difference_check(ref, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False,
-                            coords: int = 12, step: float = fd_checks.tol_policy.FD_STEP) -> Report:
+                            coords: int = 12, step: float = tolerance.FD_STEP) -> Report:
     """Central differences in float64 at `coords` random coordinates of the first input (if floating) and
-    of every parameter (oracle.fd.sampled_check on the layer)."""
+    of every parameter (oracle.core.fd.sampled_check on the layer)."""
     return fd_checks.sampled_check(case=case, coords=coords, step=step, **layer_arguments(ref, inputs, seed=seed, dropout=dropout))
 
 
 def jacobian_check(ref, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False) -> Report:
-    """oracle.fd.jacobian_check on a reference layer: the full Jacobian, every input and parameter."""
+    """oracle.core.fd.jacobian_check on a reference layer: the full Jacobian, every input and parameter."""
     return fd_checks.jacobian_check(case=case, **layer_arguments(ref, inputs, seed=seed, dropout=dropout))
 
 
 def directional_check(ref, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False) -> Report:
-    """oracle.fd.directional_check on a reference layer: one random direction over everything."""
+    """oracle.core.fd.directional_check on a reference layer: one random direction over everything."""
     return fd_checks.directional_check(case=case, **layer_arguments(ref, inputs, seed=seed, dropout=dropout))
 
 
-# ---------------------------------------------------------------------------------------------- older helpers
+# ---------------------------------------------------------------------------------------------- both sides by hand
 
 class ReplayMasks:
     """A mask source that hands back masks recorded earlier (for finite differences and replays)."""

@@ -1,13 +1,13 @@
 """`python -m oracle bench`: time training steps of the NumPy GPT, on both paths, against its PyTorch twin.
 
-For each configuration, dtype and path (`--kernels`: fast and textbook, reference/fast/kernels.py), fresh child processes (`--runs`, one after another, their steps
-pooled) build the reference and its twin (oracle/bench_twin.py) with the same weights, and run one
-training step of each in turn, with the same batch and the same number of threads
-(torch.set_num_threads = NumPy-GPT's own pool, which also runs the matrix products, with OpenBLAS
-single-threaded: fast.pool.products_on_pool, on the fast path only; the textbook path and
-`--products blas` leave the products to OpenBLAS's
-threads, as many). A step is forward, mean cross-entropy, backward and an AdamW step (nanoGPT's
-groups: weight decay on matrices only).
+For each configuration, dtype and path (`--kernels`: fast and textbook, reference/fast/kernels.py),
+fresh child processes (`--runs`, one after another, their steps pooled; bench_children.py) build the
+reference and its twin (bench_twin.py) with the same weights, and run one training step of each in
+turn, with the same batch and the same number of threads (torch.set_num_threads = NumPy-GPT's own
+pool, which also runs the matrix products, with OpenBLAS single-threaded:
+fast.pool.products_on_pool, on the fast path only; the textbook path and `--products blas` leave the
+products to OpenBLAS's threads, as many). A step is forward, mean cross-entropy, backward and an
+AdamW step (nanoGPT's groups: weight decay on matrices only).
 
 Reported per row: the median step time, tokens/s, achieved GFLOP/s and its fraction of NumPy's
 matmul peak (a large GEMM in the same dtype, measured in the same children before and after the
@@ -40,62 +40,25 @@ updates the recorded benchmarks/results/bench.md and .json (docs/performance.md)
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
-import math
 import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from reference.programs.atomic import atomic_write
-from reference.config import GPTConfig
-from reference.fast.pool import blas_threads, for_products, products_on_pool, set_blas_threads
-from reference.fast import KERNELS, use_kernels
-from reference.model import GPT, KVCache
-from reference.optim import AdamW
+from reference.fast import KERNELS
+from reference.fast.pool import blas_threads
 
-# nanoGPT's Shakespeare-char settings (vocab 65, learned positions, exact GELU, no dropout, biases,
-# tied head), at two sizes; `tiny` is for the CI smoke test.
-PRESETS = {
-    "small": dict(n_embd=128, n_layer=4, n_head=4, block_size=64, batch=32),
-    "large": dict(n_embd=384, n_layer=6, n_head=6, block_size=256, batch=16),
-    "tiny": dict(n_embd=32, n_layer=2, n_head=2, block_size=16, batch=4),
-}
-LR, WEIGHT_DECAY, BETAS = 1e-3, 0.1, (0.9, 0.99)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    name: str
-    n_embd: int
-    n_layer: int
-    n_head: int
-    block_size: int
-    batch: int
-    vocab_size: int = 65
-
-    def gpt_config(self, dtype: str) -> GPTConfig:
-        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=0.0, bias=True, tie_weights=True,
-                         pos="learned", gelu_approximate="none", dtype=dtype)
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.block_size
-
-    def label(self) -> str:
-        return (f"d{self.n_embd}, {self.n_layer} layers, {self.n_head} heads, "
-                f"T {self.block_size}, batch {self.batch}")
+from .bench_config import PRESETS, BenchConfig
 
 
 def _whole(text: str, least: int) -> int:
@@ -152,32 +115,7 @@ def flops_per_step(cfg: BenchConfig, n_params: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Threads and memory
-
-
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:  # pragma: no cover - not Linux
-        return None
-    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(found.group(1)) / 1024 if found else None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process (VmHWM: this interpreter only, not its parent), in MB."""
-    mb = _proc_status_mb("VmHWM")
-    if mb is None:  # pragma: no cover - not Linux: ru_maxrss (KiB, or bytes on macOS)
-        import resource
-        scale = 1 if sys.platform == "darwin" else 1024
-        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    return mb
-
-
-def rss_mb() -> float:
-    """Current resident set of this process, in MB (nan where /proc is missing)."""
-    mb = _proc_status_mb("VmRSS")
-    return float("nan") if mb is None else mb
+# Child processes
 
 
 def child_env(threads: int, blas_thread_timeout: int) -> dict:
@@ -187,7 +125,7 @@ def child_env(threads: int, blas_thread_timeout: int) -> dict:
         env[var] = str(threads)
     if blas_thread_timeout:
         env["OPENBLAS_THREAD_TIMEOUT"] = str(blas_thread_timeout)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -201,234 +139,6 @@ def in_child(target: str, spec: dict, env: dict) -> dict:
     if out.returncode != 0:  # pragma: no cover - reported, not raised: the other rows are still worth writing
         return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# ---------------------------------------------------------------------------------------------
-# The reference side
-
-
-def batch_of(cfg: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, cfg.vocab_size, (cfg.batch, cfg.block_size + 1))
-    return idx[:, :-1].copy(), idx[:, 1:].copy()
-
-
-def make_reference(cfg: BenchConfig, dtype: str, seed: int = 0, kernels: str = "fast"):
-    """The NumPy GPT on the `kernels` path and its AdamW, with nanoGPT's groups (decay matrices, not vectors)."""
-    model = use_kernels(GPT(cfg.gpt_config(dtype), seed=seed), kernels)
-    params = model.parameters()
-    groups = [{"params": [p for p in params if p.data.ndim >= 2], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for p in params if p.data.ndim < 2], "weight_decay": 0.0}]
-    return model, AdamW(groups, lr=LR, betas=BETAS)
-
-
-def on_pool(spec: dict) -> bool:
-    """Whether a child runs the products on the pool: the fast path with `--products pool`."""
-    return spec["products"] == "pool" and spec.get("kernels", "fast") == "fast"
-
-
-def reference_step(model: GPT, opt: AdamW, idx: np.ndarray, targets: np.ndarray) -> float:
-    opt.zero_grad()
-    loss = model.loss_and_backward(idx, targets)
-    opt.step()
-    return loss
-
-
-def memory_child(spec: dict) -> dict:
-    """Child body: `steps` training steps of the NumPy side alone; peak RSS, and RSS after setup."""
-    set_blas_threads(spec["threads"])
-    cfg = BenchConfig(**spec["cfg"])
-    model, opt = make_reference(cfg, spec["dtype"], kernels=spec.get("kernels", "fast"))
-    idx, targets = batch_of(cfg)
-    baseline = rss_mb()
-    with products_on_pool(on_pool(spec)):
-        for _ in range(spec["steps"]):
-            reference_step(model, opt, idx, targets)
-    return {"peak_mb": peak_rss_mb(), "baseline_mb": baseline, "torch_imported": "torch" in sys.modules}
-
-
-def timing_child(spec: dict) -> dict:
-    """Child body: both sides from the same weights, one step each in turn; times, first losses, peaks."""
-    from oracle import bench_twin                              # torch, in this child only
-
-    set_blas_threads(spec["threads"])
-    bench_twin.set_threads(spec["threads"])
-    cfg, dtype = BenchConfig(**spec["cfg"]), spec["dtype"]
-    peaks = [matmul_peak(dtype, spec.get("peak_size", 2048))]
-    model, opt = make_reference(cfg, dtype, kernels=spec.get("kernels", "fast"))
-    twin = bench_twin.TwinTrainer(model, dtype, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-    idx, targets = batch_of(cfg)
-    ref_t, twin_t, ref_loss, twin_loss = [], [], [], []
-    with products_on_pool(on_pool(spec)):
-        for i in range(spec["warmup"] + spec["steps"]):       # alternate: both sides see the same machine state
-            gc.collect()
-            t0 = time.perf_counter()
-            ref_loss.append(reference_step(model, opt, idx, targets))
-            t1 = time.perf_counter()
-            twin_loss.append(twin.step(idx, targets))
-            t2 = time.perf_counter()
-            if i >= spec["warmup"]:
-                ref_t.append(t1 - t0)
-                twin_t.append(t2 - t1)
-    n_params = model.num_parameters()
-    del model, opt, twin
-    gc.collect()
-    peaks.append(matmul_peak(dtype, spec.get("peak_size", 2048)))
-    return {"numpy_times": ref_t, "torch_times": twin_t, "loss_first_step": {"numpy": ref_loss[0], "torch": twin_loss[0]},
-            "n_params": n_params, "matmul_peaks": peaks, "torch_version": bench_twin.torch_version()}
-
-
-def profile_child(spec: dict) -> list:
-    """Child body: `profile_reference` with the benchmark's threads."""
-    set_blas_threads(spec["threads"])
-    with products_on_pool(on_pool(spec)):
-        return profile_reference(BenchConfig(**spec["cfg"]), spec["dtype"], kernels=spec.get("kernels", "fast"))
-
-
-def sampling_child(spec: dict) -> dict:
-    """Child body: `time_sampling` with the benchmark's threads."""
-    set_blas_threads(spec["threads"])
-    cfg = BenchConfig(**spec["cfg"])
-    with products_on_pool(on_pool(spec)):
-        return time_sampling(cfg, spec["dtype"], cfg.block_size, kernels=spec.get("kernels", "fast"))
-
-
-def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
-    """NumPy's GEMM throughput (GFLOP/s): the best of `repeats` n x n x n products in `dtype`, run
-    both ways a step can run its products (one call threaded by BLAS; rows split over the pool with
-    BLAS single-threaded, see functional.SPLIT_PRODUCTS), so the peak is the faster of the two."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(dtype)
-    b = rng.standard_normal((n, n)).astype(dtype)
-    out = np.empty((n, n), dtype)
-
-    def product() -> None:
-        for_products(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), n)
-    best = math.inf
-    for on_pool in (False, True):
-        with products_on_pool(on_pool):
-            product()
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                product()
-                best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling: KV cache against recomputing the context
-
-
-def time_sampling(cfg: BenchConfig, dtype: str, n_tokens: int, batch: int = 1, kernels: str = "fast") -> dict:
-    """Greedy generation of n_tokens from a 1-token prompt, both ways; seconds per token."""
-    model = use_kernels(GPT(cfg.gpt_config(dtype), seed=0), kernels)
-    n_tokens = min(n_tokens, cfg.block_size)
-    prompt = np.zeros((batch, 1), dtype=np.int64)
-
-    def cached() -> np.ndarray:
-        cache = KVCache(model.config, batch)
-        idx, nxt = prompt, prompt
-        for _ in range(n_tokens - 1):
-            logits, _ = model.forward(nxt, kv_cache=cache)     # only the new token goes through
-            nxt = logits[:, -1].argmax(-1)[:, None]
-            idx = np.concatenate([idx, nxt], axis=1)
-        return idx
-
-    def recompute() -> np.ndarray:
-        idx = prompt
-        for _ in range(n_tokens - 1):
-            logits, _ = model.forward(idx)                     # the whole context again
-            idx = np.concatenate([idx, logits[:, -1].argmax(-1)[:, None]], axis=1)
-        return idx
-
-    times = {}
-    for name, fn in (("cached", cached), ("recompute", recompute)):
-        t0 = time.perf_counter()
-        tokens = fn()
-        times[name] = (time.perf_counter() - t0) / (n_tokens - 1)
-        times[name + "_tokens"] = tokens
-    return {"config": cfg.name, "dtype": dtype, "kernels": kernels, "T": n_tokens, "batch": batch,
-            "cached_ms_per_token": 1e3 * times["cached"], "recompute_ms_per_token": 1e3 * times["recompute"],
-            "speedup": times["recompute"] / times["cached"],
-            "same_tokens": bool(np.array_equal(times["cached_tokens"], times["recompute_tokens"]))}
-
-
-# ---------------------------------------------------------------------------------------------
-# Profile: exclusive time per layer type, forward and backward
-
-
-def profile_reference(cfg: BenchConfig, dtype: str, steps: int = 3,
-                      kernels: str = "fast") -> list[tuple[str, float, float]]:
-    """Exclusive seconds per step spent in each layer type's forward and backward, and the optimizer.
-
-    Wraps the forward/backward of every layer class with a timer that subtracts the time of the
-    layers it calls, so the rows add up to the step. Only calls on the main thread outside the pool's
-    items are timed: with the products on the pool, attention's softmax runs inside the blocks of
-    `attend` (on the pool's thread, or on this one running its share), and its time is in the
-    attention rows. Returns [(name, seconds, share)], largest first.
-    """
-    from reference import attention, layers, loss, model as model_mod, optim
-    from reference.fast import attention as fast_attention
-    from reference.fast import layers as fast_layers
-    from reference.fast import model as fast_model
-    from reference.fast.pool import in_task
-
-    totals: dict[str, float] = {}
-    stack: list[float] = []                                    # child time accumulated per open frame
-
-    def wrap(owner, name: str, label: str):
-        original = getattr(owner, name)
-
-        def timed(*a, **k):
-            if threading.current_thread() is not threading.main_thread() or in_task():
-                return original(*a, **k)                       # on the pool: counted in the caller's row
-            stack.append(0.0)
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                elapsed = time.perf_counter() - t0
-                child = stack.pop()
-                totals[label] = totals.get(label, 0.0) + elapsed - child
-                if stack:
-                    stack[-1] += elapsed
-        setattr(owner, name, timed)
-        return owner, name, original
-
-    patched = []
-    path = ({"layers": fast_layers, "attention": fast_attention, "model": fast_model} if kernels == "fast" else
-            {"layers": layers, "attention": attention, "model": model_mod})   # the classes whose methods run
-    targets = [(path["layers"].Linear, "Linear"), (path["layers"].LayerNorm, "LayerNorm"),
-               (path["layers"].GELU, "GELU"), (path["layers"].Embedding, "Embedding"),
-               (path["layers"].MLP, "MLP (glue)"), (path["attention"].CausalSelfAttention, "attention core"),
-               (loss.CrossEntropyLoss, "cross-entropy"), (path["model"].Block, "Block (residuals)"),
-               (model_mod.GPT, "GPT (glue)")]
-    for cls, label in targets:
-        patched.append(wrap(cls, "forward", f"{label} forward"))
-        patched.append(wrap(cls, "backward", f"{label} backward"))
-    patched.append(wrap(optim.Adam, "step", "AdamW step"))
-    patched.append(wrap(optim.Adam, "zero_grad", "zero_grad"))
-    # The elementwise kernels, inside the layers above (their time is taken out of the layer's row).
-    elementwise = ((path["layers"], "gelu_and_grad", "GELU and GELU' (in MLP forward)"),
-                   (path["attention"], "softmax", "softmax (in attention)"),
-                   (path["attention"], "softmax_backward", "softmax backward (in attention)"))
-    patched += [wrap(module, name, label) for module, name, label in elementwise if hasattr(module, name)]
-    try:
-        model, opt = make_reference(cfg, dtype, kernels=kernels)
-        idx, tgt = batch_of(cfg)
-        reference_step(model, opt, idx, tgt)                   # warm up (first-touch of buffers)
-        totals.clear()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            reference_step(model, opt, idx, tgt)
-        total = (time.perf_counter() - t0) / steps
-    finally:
-        for owner, name, original in patched:
-            setattr(owner, name, original)
-    rows = sorted(((k, v / steps) for k, v in totals.items()), key=lambda r: -r[1])
-    accounted = sum(v for _, v in rows)
-    rows.append(("(outside any layer)", total - accounted))
-    return [(k, v, v / total) for k, v in rows] + [("total step", total, 1.0)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                 for kernels in args.kernels:
                     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
                             "kernels": kernels}
-                    prof = profiles[f"{cfg.name} {dtype} {kernels}"] = in_child("oracle.bench:profile_child", spec, env)
+                    prof = profiles[f"{cfg.name} {dtype} {kernels}"] = in_child("oracle.bridge.bench_children:profile_child", spec, env)
                     print(f"\nwhere the reference's step goes: {cfg.name} ({cfg.label()}), {dtype}, {kernels} path")
                     for name, sec, share in prof:
                         print(f"  {name:<34} {1e3 * sec:9.1f} ms  {100 * share:5.1f}%")
@@ -515,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         scfg = args.sample_config or parse_config("large")
         spec = {"cfg": asdict(scfg), "dtype": "float32", "threads": threads, "products": args.products,
                 "kernels": args.kernels[0]}
-        sampling = in_child("oracle.bench:sampling_child", spec, env)
+        sampling = in_child("oracle.bridge.bench_children:sampling_child", spec, env)
         print(f"sampling {scfg.name}, T {sampling['T']}: KV cache {sampling['cached_ms_per_token']:.2f} ms/token, "
               f"recompute {sampling['recompute_ms_per_token']:.2f} ms/token, speedup {sampling['speedup']:.1f}x",
               flush=True)
@@ -535,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     markdown = to_markdown(result)
     print("\n" + markdown)
     print("NumPy matmul peak " + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for prefix in ([args.out] if args.out else []) + ([root / RECORDED] if args.record else []):
         try:
             prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -552,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
 def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict, kernels: str = "fast") -> dict:
     spec = {"cfg": asdict(cfg), "dtype": dtype, "threads": threads, "products": args.products,
             "steps": args.steps, "warmup": args.warmup, "kernels": kernels, "peak_size": args.peak_size}
-    timing = pooled([in_child("oracle.bench:timing_child", spec, env) for _ in range(args.runs)])
+    timing = pooled([in_child("oracle.bridge.bench_children:timing_child", spec, env) for _ in range(args.runs)])
     flops = flops_per_step(cfg, timing["n_params"])
     ref_s, twin_s = statistics.median(timing["numpy_times"]), statistics.median(timing["torch_times"])
     row = {"config": cfg.name, "label": cfg.label(), "dtype": dtype, "kernels": kernels, "tokens_per_step": cfg.tokens,
@@ -562,8 +272,8 @@ def bench_row(cfg: BenchConfig, dtype: str, args, threads: int, env: dict, kerne
            "numpy_min_s": min(timing["numpy_times"]), "torch_min_s": min(timing["torch_times"]), **timing}
     if args.memory_steps > 0:
         mem_spec = {**spec, "steps": args.memory_steps}
-        row["numpy_mem"] = in_child("oracle.bench:memory_child", mem_spec, env)
-        row["torch_mem"] = in_child("oracle.bench_twin:memory_child", mem_spec, env)
+        row["numpy_mem"] = in_child("oracle.bridge.bench_children:memory_child", mem_spec, env)
+        row["torch_mem"] = in_child("oracle.bridge.bench_twin:memory_child", mem_spec, env)
     return row
 
 

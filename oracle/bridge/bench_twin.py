@@ -1,8 +1,9 @@
 """The PyTorch side of `python -m oracle bench`: the twin GPT trained with torch.optim.AdamW.
 
 Eager mode, torch's defaults (no torch.compile, no foreach/fused optimizer flags: on the CPU torch
-runs its per-parameter loop), the thread count set to NumPy's. Imported by oracle/bench.py only in
-the children that time the twin, so the NumPy side's children never import torch.
+runs its per-parameter loop), the thread count set to NumPy's. Imported only in the child processes
+that time the twin (bench_children.py's timing_child) or measure its memory (`memory_child` here), so
+the NumPy side's children never import torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bench_config import BETAS, LR, WEIGHT_DECAY, BenchConfig, batch_of, peak_rss_mb, rss_mb
 from .twins import GPT as TwinGPT
 from .twins import load_reference_state
 
@@ -56,8 +58,6 @@ class TwinTrainer:
 def memory_child(spec: dict) -> dict:
     """Child process body for the PyTorch side's peak memory: torch's own init, since the weights'
     values do not change the memory, and no NumPy model is built."""
-    from .bench import BETAS, LR, WEIGHT_DECAY, BenchConfig, batch_of, peak_rss_mb, rss_mb
-
     set_threads(spec["threads"])
     cfg = BenchConfig(**spec["cfg"])
     trainer = TwinTrainer(None, spec["dtype"], lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY,

@@ -3,9 +3,9 @@
 Each twin has the reference layer's parameter names, so `twin.load_state_dict(ref.state_dict())`
 works with no mapping, and its forward takes the same arguments. Only RoPE (which torch does not
 provide), the ALiBi slopes and the replay of a given dropout mask are written out here, from their
-papers and not from `reference/` (tests/test_twins_independent.py enforces that this module imports
-nothing from `reference`); they are cross-checked by finite differences (oracle/fd.py), independently
-of torch.
+papers and not from `reference/` (tests/test_oracle_api.py::test_oracle_core_imports_nothing_from_reference
+holds this module, like oracle/core, to importing nothing from `reference`); they are cross-checked by
+finite differences (oracle/core/fd.py), independently of torch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 
 class Dropout(nn.Module):
