@@ -14,9 +14,10 @@ Two layers, imported one way (docs/verifying-your-own-code.md):
       from oracle import REGISTRY, compare
       report = compare(ref_layer, twin_module, inputs)
 
-Taking any of the names below from `oracle` imports torch and registers every case in
-oracle/bridge/cases.py. The package itself imports nothing heavy, so that its command line
-(`python -m oracle`, `numpy-gpt`, oracle/cli.py) can run `train` without importing torch.
+Taking a name of the core from `oracle` imports torch and the core only; taking a name of the bridge
+also registers every case in oracle/bridge/cases.py (and so imports `reference`). The package itself
+imports nothing heavy, so that its command line (`python -m oracle`, `numpy-gpt`, oracle/cli.py) can
+run `train` without importing torch.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    """The names above, each from its module, after oracle/bridge/cases.py has filled the registry (PEP 562)."""
+    """The names above, each from its module (PEP 562); a bridge name after oracle/bridge/cases.py has
+    filled the registry."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'oracle' has no attribute {name!r}")
-    importlib.import_module(".bridge.cases", __name__)
+    if _EXPORTS[name].startswith("bridge."):
+        importlib.import_module(".bridge.cases", __name__)
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
 
 

@@ -22,6 +22,7 @@ at module level and the optional extras lazily, inside the function that needs t
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +56,8 @@ DYNAMIC = {
         "a command's module, named in the COMMANDS table of the caller (checked below as strings)",
     ("reference.programs.cli", "importlib.import_module(commands[name][0])"):
         "the same table",
-    ("oracle.verify", "importlib.import_module(spec)"):
+    ("oracle.bridge.verify", "importlib.import_module(spec)"):
         "the user's own module of cases (`verify --cases MODULE`), outside this tree",
-    ("oracle", "importlib.import_module(f'.{name}', __name__)"):
-        "a submodule of oracle (bridge or core), both open to the bridge",
-    ("oracle", "importlib.import_module(f'.{_EXPORTS[name]}', __name__)"):
-        "the same",
 }
 
 
@@ -129,10 +126,25 @@ def literal_module(text: str) -> str | None:
     return None
 
 
+def table_lookup(arg: ast.AST, tables: dict[str, list[str]]) -> str | None:
+    """The table's name when `arg` is f".{TABLE[key]}" over a module-level table of module names."""
+    if isinstance(arg, ast.JoinedStr) and len(arg.values) == 2:
+        head, value = arg.values
+        if (isinstance(head, ast.Constant) and head.value == "." and isinstance(value, ast.FormattedValue)
+                and isinstance(value.value, ast.Subscript) and isinstance(value.value.value, ast.Name)
+                and value.value.value.id in tables):
+            return value.value.value.id
+    return None
+
+
 def imports_of(module: str, source: str, is_package: bool) -> tuple[list[Import], list[str]]:
     """Every import of `module` (its source given), and the dynamic imports it could not resolve."""
     tree = ast.parse(source)
     found, unresolved = [], []
+    tables = {t.id: [v.value for v in node.value.values]             # module-level {name: "module"} tables
+              for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+              and all(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in node.value.values)
+              for t in node.targets if isinstance(t, ast.Name)}
     scopes = {}
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -164,11 +176,14 @@ def imports_of(module: str, source: str, is_package: bool) -> tuple[list[Import]
                         level = len(target) - len(target.lstrip("."))
                         target = resolve(module, is_package, level, target.lstrip(".") or None)
                     found.append(Import(target, how, True))
-                elif isinstance(arg, ast.JoinedStr) and package is not None:
-                    unresolved.append(how)                      # f".{name}": a relative import of any submodule
+                elif table_lookup(arg, tables):                 # f".{_EXPORTS[name]}": every value of the table
+                    for value in tables[table_lookup(arg, tables)]:
+                        found.append(Import(resolve(module, is_package, 1, value), how, True))
                 else:
                     unresolved.append(how)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for code in re.findall(r"^\s*(?:from|import)\s+((?:reference|oracle)(?:\.\w+)*)", node.value, re.M):
+                found.append(Import(code, repr(node.value)[:60], True))  # code a child runs: `python -c "..."`
             target = literal_module(node.value)
             if target and ":" in node.value:
                 found.append(Import(target, repr(node.value), True))
@@ -290,9 +305,13 @@ def test_the_command_table_names_programs_only():
     ("reference.programs.train", "import tqdm", "imports tqdm at module level"),
     ("reference.programs.train", "import oracle.core.check", "imports oracle.core.check (core)"),
     ("reference.programs.sample", "x = 'oracle.bridge.bench:profile_child'", "(bridge)"),
+    ("reference.programs.train", "code = 'import json\\nfrom oracle.bridge.bench import f'", "(bridge)"),
     ("oracle.core.check", "from reference.model import GPT", "imports reference.model (model)"),
     ("oracle.core.check", "def f():\n    from ..bridge import twins", "imports oracle.bridge"),
     ("reference.__main__", "from .model import GPT", "imports reference.model (model)"),
+    ("reference.model", "import importlib\n_EXPORTS = {'a': 'layers', 'b': 'programs.train'}\n"
+     "def f(name):\n    return importlib.import_module(f'.{_EXPORTS[name]}', 'reference')",
+     "imports reference.programs.train (programs)"),
 ])
 def test_a_planted_violation_is_reported(module, source, expected):
     """A check that cannot fail is a defect: each way in, planted, is reported."""

@@ -1,81 +1,12 @@
-"""The reference is framework-free: no module under reference/ (reference/fast/ included) imports torch
-(or any framework) or the oracle, module level imports are numpy, the standard library and the
-file-format library (safetensors, a core dependency: checkpoints are part of training, so it is imported
-at module level where files are read or written), and the model trains, on both paths, in an interpreter
-where importing torch raises."""
+"""The reference runs without any framework: the model trains, on both paths, and its checkpoints save and
+load, in an interpreter where importing torch raises; `import reference` loads the textbook model alone.
+(Which modules may import what, statically, lazily or by name: tests/test_architecture.py.)"""
 
-import ast
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted((ROOT / "reference").rglob("*.py"))
-FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx"}
-# Optional conveniences that a command may import lazily, inside a function, with a clear message if absent.
-LAZY_OPTIONAL = {"tqdm", "matplotlib", "tokenizers"}
-# Well-kept file-format libraries, core dependencies (pyproject.toml), allowed at module level.
-FILE_FORMATS = {"safetensors"}
-
-
-def imports(tree: ast.AST, top_level_only: bool):
-    nodes = tree.body if top_level_only else ast.walk(tree)
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            yield from (a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module.split(".")[0]
-
-
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT / "reference")))
-def test_reference_imports_no_framework(path):
-    tree = ast.parse(path.read_text())
-    assert not FRAMEWORKS & set(imports(tree, top_level_only=False)), f"{path.name} imports a framework"
-    allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"} | FILE_FORMATS
-    outside = set(imports(tree, top_level_only=True)) - allowed
-    assert not outside, f"{path.name} imports {sorted(outside)} at module level; only numpy, the stdlib and {sorted(FILE_FORMATS)} allowed"
-    lazy = set(imports(tree, top_level_only=False)) - allowed
-    assert lazy <= LAZY_OPTIONAL, f"{path.name} imports {sorted(lazy - LAZY_OPTIONAL)}"
-
-
-def oracle_references(source: str) -> list[str]:
-    """Every way a module could reach the oracle: an import of it, a dynamic import (importlib,
-    __import__) naming it, or a "module:function" / "oracle.x" string that a subprocess could import."""
-    tree = ast.parse(source)
-    found = [f"import {name}" for name in imports(tree, top_level_only=False) if name == "oracle"]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value.strip()
-            if re.fullmatch(r"oracle(\.\w+)*(:\w+)?", text) or re.search(r"(from|import)\s+oracle\b", text):
-                found.append(f"string {node.value!r}")          # a module path, or code for `python -c`
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-                "import_module", "__import__", "find_spec", "run_module"):
-            found.append(f"dynamic import {ast.unparse(node)}")
-    return found
-
-
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT / "reference")))
-def test_reference_never_reaches_the_oracle(path):
-    """reference/ must not depend on the oracle, not even through a string a subprocess imports."""
-    found = oracle_references(path.read_text())
-    allowed_dynamic = {"dynamic import importlib.import_module(module_name)",            # reference/programs/cli.py's own
-                       "dynamic import importlib.import_module(commands[name][0])",     # commands, from its table
-                       "dynamic import importlib.import_module(f'.{name}', __name__)"}  # lazy submodules: relative
-    found = [f for f in found if f not in allowed_dynamic]
-    assert not found, f"{path.relative_to(ROOT)} reaches the oracle: {found}"
-
-
-def test_oracle_check_can_fail():
-    """The check above sees each way in (a check that cannot fail is a defect)."""
-    assert oracle_references("import oracle.bridge.bench_twin") == ["import oracle"]
-    assert oracle_references("from oracle.bridge import twins") == ["import oracle"]
-    assert oracle_references("x = 'oracle.bridge.bench_twin:memory_child'")
-    assert oracle_references("code = 'import json; from oracle.bridge.bench import f'")
-    assert oracle_references("import importlib\nm = importlib.import_module(name)")
-    assert not oracle_references('"""They load into `oracle.bridge.twins.GPT`."""\nx = "the oracle proves it"')
 
 
 def test_model_runs_without_torch():
