@@ -113,6 +113,15 @@ class CausalSelfAttention(Module):
         out, c_rd = self.resid_dropout.forward(out, masks)
         return out, (c_lin, q, k, v, p, pd, drop, c_out, c_rd, start)
 
+    @staticmethod
+    def attention_probs(cache) -> np.ndarray:
+        """The attention probabilities of the forward that made `cache`: (B, n_head, T, S), S the keys seen
+        (start + T with a KV cache), row t of head h the softmax over keys of query t (before dropout);
+        masked entries are 0. Head h = kv * group + j, transformers' order (`output_attentions=True`)."""
+        p = cache[4]                                           # (B, Hkv, g, T, S)
+        B, Hkv, g, T, S = p.shape
+        return p.reshape(B, Hkv * g, T, S)
+
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
         c_lin, q, k, v, p, pd, drop, c_out, c_rd, start = cache
         B, Hkv, g, T, hd = q.shape

@@ -135,6 +135,14 @@ class KVCache:
     def length(self) -> int:
         return self.layers[0].length
 
+    def reorder(self, index) -> None:
+        """Keep, for each new batch row i, the keys and values of old row index[i] (any length, repeats
+        allowed): beam search's reordering after each step (transformers' `Cache.reorder_cache`).
+        The capacity and fill length stay; the batch becomes len(index)."""
+        index = np.asarray(index)
+        for layer in self.layers:                              # k, v: (B, n_kv_head, 1, max_len, hd)
+            layer.k, layer.v = layer.k[index], layer.v[index]
+
 
 class GPT(Module):
     """Token ids (B, T) -> logits (B, T, vocab_size). Derived in docs/model.md."""
@@ -176,9 +184,14 @@ class GPT(Module):
         check_token_ids(idx, self.config.vocab_size)
         return idx
 
-    def forward(self, idx: np.ndarray, masks: MaskSource | None = None, kv_cache: KVCache | None = None):
+    def forward(self, idx: np.ndarray, masks: MaskSource | None = None, kv_cache: KVCache | None = None,
+                return_attentions: bool = False):
         """Logits (B, T, V) and the cache for backward. `masks` enables dropout; `kv_cache` decodes
-        incrementally (positions continue from the cache's length; inference only)."""
+        incrementally (positions continue from the cache's length; inference only).
+
+        With `return_attentions`, a third value: each layer's attention probabilities, a list of n_layer
+        arrays (B, n_head, T, S) with S = the keys seen (the cache's length + T), as transformers'
+        `output_attentions=True` returns them (CausalSelfAttention.attention_probs; docs/attention-maps.md)."""
         start = kv_cache.length if kv_cache is not None else 0
         idx = self.check_input(idx, start)
         tr = self.transformer
@@ -196,7 +209,10 @@ class GPT(Module):
             c_blocks.append(c)
         x, c_ln = tr.ln_f.forward(x)
         logits, c_head = self.lm_head.forward(x)               # (B, T, V)
-        return logits, (c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head)
+        cache = (c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head)
+        if return_attentions:                                  # c[1]: each block's attention cache
+            return logits, cache, [block.attn.attention_probs(c[1]) for block, c in zip(tr.h, c_blocks)]
+        return logits, cache
 
     def backward(self, dlogits: np.ndarray, cache) -> None:
         c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head = cache

@@ -89,6 +89,15 @@ class CausalSelfAttention(attention.CausalSelfAttention):
         out, c_rd = self.resid_dropout.forward(out, masks)
         return out, (c_lin, q, k, v, p, pd, drop, c_out, c_rd, start)
 
+    @staticmethod
+    def attention_probs(cache) -> np.ndarray:
+        """As the textbook's (B, n_head, T, S), in a new array: `p` lives in recycled memory, and its
+        entries above the query tiles were never written (masked, so 0 in the result)."""
+        p, start = cache[4], cache[9]                          # (B, Hkv, g, T, S)
+        B, Hkv, g, T, S = p.shape
+        seen = np.arange(S)[None, :] <= np.arange(start, start + T)[:, None]   # (T, S): the causal mask
+        return np.where(seen, p, 0.0).reshape(B, Hkv * g, T, S)
+
     def backward(self, dout: np.ndarray, cache) -> np.ndarray:
         c_lin, q, k, v, p, pd, drop, c_out, c_rd, start = cache   # q is scaled by 1/sqrt(hd)
         B, Hkv, g, T, hd = q.shape
