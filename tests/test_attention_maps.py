@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.tolerance import FLOAT64_TOL
+from oracle.core.tolerance import FLOAT64_TOL
 from reference import GPT, GPTConfig, KVCache
 from reference.fast import attention as fast_attention
 from reference.fast import use_kernels
@@ -43,7 +43,7 @@ def hf_attentions(tmp_path_factory):
     from transformers import AttentionInterface, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    from oracle.hf import float64_llama
+    from oracle.bridge.hf import float64_llama
     from reference.programs import hf
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

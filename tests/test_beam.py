@@ -12,10 +12,10 @@ import itertools
 import numpy as np
 import pytest
 
-from oracle.tolerance import FLOAT64_TOL
+from oracle.core.tolerance import FLOAT64_TOL
 from reference import GPT, GPTConfig, KVCache
 from reference.fast import use_kernels
-from reference.programs.beam import add_beam_arguments, beam_search, check_beam_flags, log_softmax, run_beams
+from reference.programs.beam import beam_search, check_beam_flags, log_softmax, run_beams
 
 V, T, N = 61, 5, 8
 # transformers takes each step's log-probabilities from float32 logits, in float32, and sums them in
@@ -35,7 +35,7 @@ def pair(request, tmp_path_factory):
     transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from oracle.hf import float64_llama
+    from oracle.bridge.hf import float64_llama
     from reference.programs import hf
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -223,8 +223,7 @@ def test_bad_arguments_are_refused_in_one_line(kwargs, message):
 def sample_parser() -> argparse.ArgumentParser:
     from reference.programs import sample
     parser = argparse.ArgumentParser()
-    sample.add_arguments(parser)
-    add_beam_arguments(parser)
+    sample.add_arguments(parser)                               # the beam flags included
     return parser
 
 

@@ -5,7 +5,8 @@
   recycled memory (`empty`).
 - functional.py: erf, GELU with its derivative in one pass, softmax and its backward, blocked.
 - layers.py, attention.py, model.py: subclasses of the textbook classes that override only
-  forward and backward (same parameters, state_dict and cache contract).
+  forward and backward (and fast attention's `attention_probs`, which reads its own cache layout):
+  same parameters, state_dict and cache contract.
 
     from reference import GPT, GPTConfig
     from reference.fast import use_kernels

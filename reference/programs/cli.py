@@ -19,6 +19,8 @@ COMMANDS = {
     "sample": ("reference.programs.sample", "generate text from a checkpoint"),
     "plot": ("reference.programs.plot", "draw the loss curves of a training log to PNG (needs matplotlib)"),
     "export": ("reference.programs.export", "write a checkpoint as a Hugging Face model directory (needs the hf extra)"),
+    "attention": ("reference.programs.attention_map",
+                  "draw each layer's attention probabilities for a prompt to PNG (needs matplotlib)"),
 }
 # Commands of the oracle (they need torch): named here only to point at them.
 ORACLE_COMMANDS = ("verify", "bench")

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from ..fast import use_kernels
+from .beam import add_beam_arguments, check_beam_flags, run_beams
 from .options import add_kernels_argument, check
 from .sampling.generation import generate, iter_generate
 from .sampling.logits_process import check_penalty_args, check_sampling_args
@@ -79,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, >= 0")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
     add_kernels_argument(parser)
+    add_beam_arguments(parser)                                 # last: it records the sampling flags' defaults
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         check("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0")
         check("--num-samples", args.num_samples, args.num_samples >= 1, ">= 1")
         check("--seed", args.seed, args.seed >= 0, ">= 0")
+        check_beam_flags(args)
         prompt = args.prompt
         if args.prompt_file:
             try:
@@ -125,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     note = ckpt.integrity_note if ckpt is not None else None
     if note:
         print(note, file=sys.stderr)
+    if args.num_beams is not None:                             # beam search instead of sampling
+        return run_beams(args, model, tok, ids)
     rng = np.random.default_rng(args.seed)
     rule = dict(temperature=args.temperature, top_k=top_k, top_p=args.top_p, greedy=args.greedy, rng=rng,
                 use_cache=not args.no_cache, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
