@@ -17,7 +17,9 @@ data set.  The first 90% of the tokens are the training split, the last 10%
 the validation split.
 
 Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
-are reported as one line on stderr with a non-zero exit code.
+are reported as one line on stderr with a non-zero exit code.  The output
+directory is locked while it is written (reference/programs/lock.py): a second
+run on it is refused at start, naming the holder's pid (exit code 2).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
     sys.path.insert(0, str(_REPO_ROOT))
 
 from reference.programs.atomic import atomic_write  # noqa: E402
+from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
 from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
@@ -263,6 +266,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
+    try:
+        lock = lock_directory(out_dir) if out_dir.is_dir() or not out_dir.exists() else None
+    except DirectoryLocked as exc:                # one run per directory (reference/programs/lock.py)
+        print(f"prepare.py: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"prepare.py: error: cannot write to {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        return _main(args, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main(args: argparse.Namespace, out_dir: Path) -> int:
     replacing = previous_source(out_dir)
     try:
         if args.src:

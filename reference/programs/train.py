@@ -14,7 +14,7 @@ relative `data_dir` that does not exist from the current directory is looked up 
 
 Failures of the environment or of user input end the command with one line on stderr and a non-zero
 exit: bad values (2), a run that cannot fit in memory (2, checked before allocating, see
-training/memory.py), a disk that fills up or a directory that cannot be written (1), divergence (1), and
+training/memory.py), an OUT_DIR another run is using (2: one run per directory, reference/programs/lock.py), a disk that fills up or a directory that cannot be written (1), divergence (1), and
 Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import CHOICES
 from .checkpoint import CheckpointError, load_checkpoint
+from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from .options import add_kernels_argument
 from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_optimizer_flags,
                                 describe_settings, init_config, resolve_settings)
@@ -153,6 +154,16 @@ def _os_error(e: OSError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    locks: list[DirectoryLock] = []
+    try:
+        return _run(args, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
+    """The command; the lock of OUT_DIR it takes goes into `locks`, released by `run` however this ends."""
     progress = not args.no_progress
     try:
         config, source = resolve_settings(args)
@@ -176,6 +187,16 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
                       "it or --overwrite to start a new run there", file=sys.stderr)
                 return 2
+        if config.out_dir:                                     # one run per directory (reference/programs/lock.py)
+            if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir():
+                raise NotADirectoryError(f"out_dir {config.out_dir} is a file, not a directory")
+            try:
+                locks.append(lock_directory(config.out_dir))
+            except DirectoryLocked:
+                raise
+            except OSError as e:                               # cannot create it: the environment's fault
+                print(f"error: {_os_error(e)}", file=sys.stderr)
+                return 1
         init_from = None if resume else getattr(args, "init_from", None)
         if init_from:
             config = init_config(config, init_from, block_size=getattr(args, "block_size", None), source=source)
@@ -193,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         for line in schedule_warnings(config):
             print(line, file=sys.stderr)
-    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, ImportError) as e:
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, ImportError, DirectoryLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except MemoryError:

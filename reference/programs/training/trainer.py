@@ -18,7 +18,7 @@ are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupt
 Checkpoints go to `out_dir/ckpt.safetensors` (see reference/programs/checkpoint.py) after an evaluation whose
 val loss is the best so far (nanoGPT's `always_save_checkpoint = False` for shakespeare_char), or after
 every evaluation with `always_save_checkpoint`; never at step 0, never with non-finite weights.
-Logs: one JSON object per line in `out_dir/log.jsonl`: `{"event": "train", "step", "loss", "lr",
+Logs: one JSON object per line in `out_dir/log.jsonl`, each line one whole append (`LogFile`): `{"event": "train", "step", "loss", "lr",
 "grad_norm", "dt_s", "tokens_per_s"}` for every log_interval-th step, `{"event": "eval", "step",
 "train_loss", "val_loss", "lr", "best_val_loss", "saved"}` per evaluation, plus "start", "end" and
 "diverged" records. A non-finite loss, gradient norm, weight or eval loss stops training with
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -314,14 +315,13 @@ class Trainer:
         if self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.out_dir / LOG_NAME, "a" if self.resumed_from is not None else "w", encoding="utf-8")
+        return LogFile(self.out_dir / LOG_NAME, append=self.resumed_from is not None)
 
     @staticmethod
     def _log(log, record: dict) -> None:
         if log is not None:
             record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             log.write(json.dumps(record) + "\n")
-            log.flush()
 
     def _progress_bar(self, target: int):
         if not self.progress:
@@ -333,6 +333,26 @@ class Trainer:
                   file=sys.stderr)
             return None
         return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+
+class LogFile:
+    """log.jsonl opened O_APPEND: each `write(line)` is one os.write of the whole line, so lines from two
+    writers never interleave inside a line (POSIX appends each write at the end, in one piece)."""
+
+    def __init__(self, path: Path, *, append: bool):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+    def write(self, line: str) -> None:
+        data = line.encode("utf-8")
+        written = os.write(self.fd, data)
+        while written < len(data):                   # a short write (a full disk): finish it or raise ENOSPC
+            written += os.write(self.fd, data[written:])
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def train(config: TrainConfig, **kwargs) -> dict:
