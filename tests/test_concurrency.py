@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,11 @@ TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8"
         "--eval_iters", "2", "--warmup_iters", "2", "--lr_decay_iters", "8", "--no-progress"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
-# A process that takes the lock, says so, and waits to be killed.
+# A process that takes the lock of a directory (or of an export target), says so, and waits to be killed.
 HOLDER = ("import sys, time; from reference.programs.lock import lock_directory; "
-          "l = lock_directory(sys.argv[1]); print('held', flush=True); time.sleep(600)")
+          "from reference.programs.export import lock_target; "
+          "l = (lock_target if sys.argv[2] == 'export' else lock_directory)(sys.argv[1]); "
+          "print('held', flush=True); time.sleep(600)")
 
 
 @pytest.fixture
@@ -46,9 +47,9 @@ def train_cmd(data_dir, out, *extra) -> list[str]:
             *TINY, *extra]
 
 
-def hold(path) -> subprocess.Popen:
+def hold(path, kind="directory") -> subprocess.Popen:
     """A live process holding the lock of `path` (its first stdout line says when)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], env=ENV, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), kind], env=ENV, cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "held\n"
     return proc
@@ -145,8 +146,7 @@ def test_export_target_is_locked(tmp_path):
     ckpt = tmp_path / "ckpt.safetensors"
     save_checkpoint(ckpt, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)))
     target = tmp_path / "hf"
-    from reference.programs.export import lock_target
-    holder = hold(lock_target(target))
+    holder = hold(target, "export")
     try:
         proc = subprocess.run([sys.executable, "-m", "reference", "export", "--ckpt", str(ckpt), "--to", str(target)],
                               env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -155,4 +155,6 @@ def test_export_target_is_locked(tmp_path):
         holder.wait()
     assert proc.returncode == 2 and f"(pid {holder.pid})" in proc.stderr and proc.stderr.count("\n") == 1
     assert not target.exists()
-    time.sleep(0)
+    rc = subprocess.run([sys.executable, "-m", "reference", "export", "--ckpt", str(ckpt), "--to", str(target)],
+                        env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120).returncode
+    assert rc == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors", "hf"]

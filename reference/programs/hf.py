@@ -25,9 +25,12 @@ a bfloat16 is the top half of a float32's bits, so the widening is exact).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -409,34 +412,107 @@ def hf_state(model: GPT) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+def _sibling(path: Path, role: str) -> Path:
+    """A fresh hidden directory name beside `path`: `.<name>.<role>-<pid>-<8 hex>.tmp`."""
+    return path.with_name(f".{path.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove what an export killed with SIGKILL left beside `path` (its build or old directory): the
+    names of `_sibling` whose writer process is gone. A live writer's directory is never touched."""
+    from .atomic import _alive
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(build|old)-(\d+)-[0-9a-f]{{8}}\.tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and not _alive(int(m[2])) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the directories `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE); where that call
+    is missing, two renames, the first undone if the second fails (a kill between them leaves the old
+    directory under its `.old` name)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(b))
+    old = _sibling(b, "old")
+    os.rename(b, old)
+    try:
+        os.rename(a, b)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.rename(old, b)
         raise
+    os.rename(old, a)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def save_pretrained(model: GPT, path, *, tokenizer=None) -> Path:
     """Write `model` as a Hugging Face model directory (config.json + model.safetensors, plus
     tokenizer.json for a BPE tokenizer) that transformers' `from_pretrained` loads.
 
-    Each file is written atomically. HFError (before anything is written) for a config transformers'
-    GPT-2 or Llama cannot express; OSError for a directory that cannot be written."""
+    The directory holds exactly what this call wrote: it is built beside `path` (a hidden sibling,
+    `.<name>.build-<pid>-<hex>.tmp`), synced, and swapped in by a rename, so no file of an earlier model
+    (an old shard, index, tokenizer or generation config) survives, and a failure or a Ctrl-C at any
+    moment leaves `path` as it was and no sibling behind. `path` may be missing, empty, or a model
+    directory (it holds config.json), which is replaced as a whole; anything else is refused.
+
+    HFError (before anything is written) for a config transformers' GPT-2 or Llama cannot express, or a
+    `path` that is not a model directory; OSError for a directory that cannot be written."""
     config_json = hf_config(model.config)
     _, save_file = _safetensors()
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = hf_state(model)
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    del tensors
-    text = json.dumps(config_json, indent=2, allow_nan=False) + "\n"
-    _atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    tok = tokenizer.to_dict() if tokenizer is not None and not isinstance(tokenizer, dict) else tokenizer
-    if tok is not None and tok.get("kind") == "bpe":
-        _atomic_write(path / "tokenizer.json", lambda tmp: tmp.write_text(tok["tokenizer_json"], encoding="utf-8"))
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise HFError(f"{path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
+        raise HFError(f"{path}: holds files but no {CONFIG_NAME}, so it is not a Hugging Face model directory; "
+                      f"writing replaces the whole directory: choose a new or empty one")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
+    build = _sibling(path, "build")
+    build.mkdir()
+    try:
+        tensors = hf_state(model)
+        save_file(tensors, str(build / WEIGHTS_NAME), metadata={"format": "pt"})
+        del tensors
+        (build / CONFIG_NAME).write_text(json.dumps(config_json, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        tok = tokenizer.to_dict() if tokenizer is not None and not isinstance(tokenizer, dict) else tokenizer
+        if tok is not None and tok.get("kind") == "bpe":
+            (build / "tokenizer.json").write_text(tok["tokenizer_json"], encoding="utf-8")
+        for file in build.iterdir():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(build)
+        from .atomic import _interrupts_held
+        with _interrupts_held():                       # Ctrl-C waits until the swap is done
+            if path.is_dir():
+                _exchange(build, path)                 # build now holds the old directory
+            else:
+                os.rename(build, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)       # the failed build, or the old directory
     return path
