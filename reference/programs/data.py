@@ -172,8 +172,10 @@ class BPETokenizer:
     """A Hugging Face tokenizer (GPT-2's byte-level BPE) run by the ``tokenizers`` library.
 
     Built from a model directory (:meth:`from_dir`): its ``tokenizer.json``, or GPT-2's original pair
-    ``vocab.json`` + ``merges.txt`` (then set up as GPT-2's tokenizer is: a byte-level BPE with no
-    prefix space, decoded by the byte-level decoder). Byte-level BPE maps every UTF-8 text to ids and
+    ``vocab.json`` + ``merges.txt`` (then set up as transformers' GPT2Tokenizer sets it up: a byte-level BPE
+    with no prefix space, decoded by the byte-level decoder, with GPT-2's special token ``<|endoftext|>``
+    and the added and special tokens of ``tokenizer_config.json``, ``added_tokens.json`` and
+    ``special_tokens_map.json``, each one id wherever it appears in a text: ``_add_special_tokens``). Byte-level BPE maps every UTF-8 text to ids and
     back exactly. ``to_dict`` embeds the whole tokenizer (as ``tokenizer.json`` text), so a checkpoint
     or ``meta.json`` that names it needs no other file. The ids are GPT-2's: id ``i`` is the vocabulary
     entry ``i`` of the files, as the model was trained with.
@@ -208,6 +210,7 @@ class BPETokenizer:
             raise ValueError(f"{path}: vocab.json and merges.txt are not a BPE vocabulary: {e}") from None
         tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)   # GPT-2's setup
         tok.decoder = lib.decoders.ByteLevel()
+        _add_special_tokens(lib, tok, path)
         return cls(tok.to_str())
 
     @property
@@ -236,6 +239,72 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+#: transformers' special-token attributes, in the order its tokenizers add them (SPECIAL_TOKENS_ATTRIBUTES).
+SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+#: GPT2Tokenizer's defaults: bos, eos and unk are all <|endoftext|> (transformers' models/gpt2).
+GPT2_SPECIAL = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+
+
+def _read_json(file: Path) -> Any:
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
+def _content(value: Any, where: Path) -> str | None:
+    """A special token as tokenizer_config.json or special_tokens_map.json write it: a string or
+    {"content": ...}."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise ValueError(f"{where}: a special token must be a string or {{\"content\": ...}}, got {value!r}")
+
+
+def _add_special_tokens(lib, tok, path: Path) -> None:
+    """The added and special tokens of a vocab.json + merges.txt directory, as transformers' GPT2Tokenizer
+    sets them up: first the tokens with ids (tokenizer_config.json's added_tokens_decoder, added_tokens.json),
+    in id order; then the special tokens in SPECIAL_ATTRIBUTES order (special_tokens_map.json over
+    tokenizer_config.json over GPT-2's <|endoftext|>) and the additional ones. A token already in the
+    vocabulary keeps its id; a new one takes the next id. ValueError for ids the files contradict."""
+    config = _read_json(path / "tokenizer_config.json") or {}
+    smap = _read_json(path / "special_tokens_map.json") or {}
+    for file, d in (("tokenizer_config.json", config), ("special_tokens_map.json", smap)):
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{path / file}: expected a JSON object, got {type(d).__name__}")
+    with_ids: dict[int, tuple[str, bool, dict]] = {}
+    for key, d in (config.get("added_tokens_decoder") or {}).items():
+        if not (str(key).isdigit() and isinstance(d, Mapping) and isinstance(d.get("content"), str)):
+            raise ValueError(f"{path / 'tokenizer_config.json'}: added_tokens_decoder entry {key!r}: {d!r} is not "
+                             f"an id with a {{\"content\": ...}}")
+        flags = {k: bool(d[k]) for k in ("lstrip", "rstrip", "single_word") if k in d}
+        with_ids[int(key)] = (d["content"], bool(d.get("special", False)), flags)
+    added = _read_json(path / "added_tokens.json") or {}
+    if not isinstance(added, Mapping) or not all(isinstance(i, int) for i in added.values()):
+        raise ValueError(f"{path / 'added_tokens.json'}: expected a JSON object of token -> id")
+    for content, i in added.items():
+        with_ids.setdefault(i, (content, False, {}))
+    for i, (content, special, flags) in sorted(with_ids.items()):
+        token = lib.AddedToken(content, special=special, normalized=not special, **flags)
+        (tok.add_special_tokens if special else tok.add_tokens)([token])
+        if tok.token_to_id(content) != i:
+            raise ValueError(f"{path}: the added token {content!r} has id {i} in the tokenizer files, but "
+                             f"{tok.token_to_id(content)} follows from vocab.json (ids must continue the vocabulary)")
+    specials = []
+    for attr in SPECIAL_ATTRIBUTES:
+        value = _content(smap.get(attr), path / "special_tokens_map.json") \
+            or _content(config.get(attr), path / "tokenizer_config.json") or GPT2_SPECIAL.get(attr)
+        specials.append(value)
+    for source, d in (("special_tokens_map.json", smap), ("tokenizer_config.json", config)):
+        more = d.get("additional_special_tokens") or []
+        specials += [_content(v, path / source) for v in more]
+    for content in dict.fromkeys(v for v in specials if v):
+        tok.add_special_tokens([lib.AddedToken(content, special=True, normalized=False)])
 
 
 Tokenizer = Union[CharTokenizer, ByteTokenizer, BPETokenizer]
