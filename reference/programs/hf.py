@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -339,8 +340,8 @@ def load_weights(model: GPT, path, *, arch: str | None = None) -> None:
     config = model.config
     mapping = key_map(config, arch)
     index = _normalise_keys(_tensor_index(_weight_files(path)), arch)
-    if arch == "gpt2" and config.tie_weights:
-        index.pop("lm_head.weight", None)                    # a tied copy, when a file keeps one
+    if config.tie_weights:
+        index.pop("lm_head.weight", None)                    # a tied copy, when a file keeps one (see untied_head)
     unexpected = sorted(k for k in index if k not in mapping and not IGNORED.search(k))
     if unexpected:
         raise HFError(f"{path}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all) for this "
@@ -375,6 +376,23 @@ def _read(file: Path, key: str, code: str) -> np.ndarray:
     return _bf16_to_f32(bits).reshape(header[key]["shape"])
 
 
+EMBEDDING = {"gpt2": "transformer.wte.weight", "llama": "model.embed_tokens.weight"}
+
+
+def untied_head(path, config: GPTConfig, arch: str) -> bool:
+    """Whether a directory whose config.json ties the embeddings (tie_word_embeddings) also stores an
+    `lm_head.weight` that differs from the embedding. transformers then does not tie them: it loads both
+    and warns ("both are present in the checkpoints with different values, so we will NOT tie them",
+    modeling_utils, transformers 5); a stored head equal to the embedding is a tied copy and is dropped."""
+    if not config.tie_weights:
+        return False
+    index = _normalise_keys(_tensor_index(_weight_files(Path(path))), arch)
+    if "lm_head.weight" not in index or EMBEDDING[arch] not in index:
+        return False
+    head, embedding = (_read(index[k][0], index[k][3], index[k][1]) for k in ("lm_head.weight", EMBEDDING[arch]))
+    return head.shape != embedding.shape or not np.array_equal(head, embedding)
+
+
 def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
     """(our config, "gpt2" | "llama") of a model directory whose config we support and whose weight
     files are all present; nothing is read but config.json (and the shard index). HFError otherwise."""
@@ -388,10 +406,17 @@ def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
 def from_pretrained(path, *, dtype: str = "float32", dropout: float = 0.0, block_size: int | None = None) -> GPT:
     """Our GPT with the weights of the Hugging Face model directory `path` (GPT-2 or Llama).
 
-    dtype: "float32" (default) or "float64"; F16 and BF16 weights are widened exactly. HFError (a
+    dtype: "float32" (default) or "float64"; F16 and BF16 weights are widened exactly. A config that ties
+    the embeddings with a stored lm_head.weight that differs from them loads untied, with a one-line
+    warning on stderr, as transformers loads it (`untied_head`). HFError (a
     ValueError) for a missing, incomplete or unsupported directory; ImportError without safetensors."""
     path = Path(path)
     config, arch = check_dir(path, dtype=dtype, dropout=dropout, block_size=block_size)
+    if untied_head(path, config, arch):
+        print(f"warning: {path}: lm_head.weight differs from {EMBEDDING[arch]} although {CONFIG_NAME} ties them "
+              f"(tie_word_embeddings); loaded untied, as transformers does (set tie_word_embeddings to false in "
+              f"{CONFIG_NAME} to say so)", file=sys.stderr)
+        config = config.replace(tie_weights=False)
     model = GPT(config, seed=None)                     # nothing drawn: the file overwrites every weight
     load_weights(model, path, arch=arch)
     return model
