@@ -10,8 +10,8 @@ Usage (from the repository root)::
 
 Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT;
 uint32 for a BPE vocabulary of more than 65,536 ids)
-and ``meta.json`` (tokenizer, vocab size, dtype, token counts, source,
-SHA-256) into the output directory.  Each file is written atomically, and
+and ``meta.json`` (tokenizer, its digest, vocab size, dtype, token counts,
+source, SHA-256) into the output directory.  Each file is written atomically, and
 ``meta.json`` is written last, so a present ``meta.json`` means a complete
 data set.  The first 90% of the tokens are the training split, the last 10%
 the validation split.
@@ -41,7 +41,8 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
 
 from reference.programs.atomic import atomic_write  # noqa: E402
 from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
-from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
+from reference.programs.data import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
+                                     split_train_val, tokenizer_digest)
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -208,6 +209,7 @@ def prepare(
     dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
     meta = {
         "tokenizer": tok.to_dict(),
+        "tokenizer_digest": tokenizer_digest(tok),
         "vocab_size": tok.vocab_size,
         "dtype": dtype,
         "train_tokens": int(len(train)),

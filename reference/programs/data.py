@@ -12,8 +12,9 @@ Three tokenizers are provided:
   is imported only when a BPE tokenizer is built.
 
 Each serialises to a small JSON-friendly dict (``to_dict``) that
-``data/prepare.py`` stores in ``meta.json``; :func:`tokenizer_from_dict`
-rebuilds the right tokenizer from it.  :func:`load_meta` and
+``data/prepare.py`` stores in ``meta.json``, with its :func:`tokenizer_digest`
+(the identity of its ids: table, or vocabulary, merges and special tokens);
+:func:`tokenizer_from_dict` rebuilds the right tokenizer from it.  :func:`load_meta` and
 :func:`load_split` read what that script wrote, and :func:`get_batch` samples
 random ``(inputs, targets)`` windows from a token array.
 
@@ -23,6 +24,7 @@ are imported at module level.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,6 +41,9 @@ __all__ = [
     "BPETokenizer",
     "Tokenizer",
     "tokenizer_from_dict",
+    "tokenizer_digest",
+    "tokenizer_identity",
+    "describe_tokenizer",
     "get_batch",
     "split_train_val",
     "load_meta",
@@ -218,10 +223,20 @@ class BPETokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> IdArray:
-        """The token ids of ``text`` (no special tokens added)."""
+        """The token ids of ``text`` (no special tokens added; those in the text are one id each).
+        ValueError for text that is not UTF-8 (a lone surrogate), naming the character and its position."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return np.array(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        try:
+            return np.array(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        except TypeError:                                   # the library refuses a str it cannot make UTF-8
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"character {text[e.start]!r} at position {e.start} is not UTF-8 text (a lone "
+                                 f"surrogate: how Python receives bytes that are not UTF-8, as from a shell's "
+                                 f"$'\\xff'); the BPE tokenizer encodes UTF-8 text only") from None
+            raise
 
     def decode(self, ids: Iterable[int] | npt.ArrayLike) -> str:
         """Ids back to text; a cut multi-byte character becomes U+FFFD, as with the byte tokenizer."""
@@ -314,6 +329,38 @@ _TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer] | type[BPEToken
     "byte": ByteTokenizer,
     "bpe": BPETokenizer,
 }
+
+
+def tokenizer_identity(tok: Tokenizer | Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two tokenizers the same ids for the same text: a char tokenizer's table, the byte
+    tokenizer's kind, a BPE's vocabulary, merges and added/special tokens (id, text, special) as its
+    tokenizer.json holds them (merges in one form, "a b", whichever form the file used)."""
+    d = tok if isinstance(tok, Mapping) else tok.to_dict()
+    kind = d.get("kind")
+    if kind == "char":
+        return {"kind": "char", "chars": d["chars"]}
+    if kind != "bpe":
+        return {"kind": kind}
+    j = json.loads(d["tokenizer_json"])
+    model = j.get("model") or {}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    added = sorted((t["id"], t["content"], bool(t.get("special"))) for t in j.get("added_tokens") or [])
+    return {"kind": "bpe", "vocab": sorted((model.get("vocab") or {}).items(), key=lambda kv: kv[1]),
+            "merges": merges, "added_tokens": added}
+
+
+def tokenizer_digest(tok: Tokenizer | Mapping[str, Any]) -> str:
+    """"sha256:<hex>" of `tokenizer_identity(tok)` as canonical JSON: equal for two tokenizers exactly when
+    they have the same table (char), kind (byte), or vocabulary, merges and special tokens (BPE).
+    data/prepare.py records it in meta.json; `train` compares it with the model's or checkpoint's."""
+    text = json.dumps(tokenizer_identity(tok), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def describe_tokenizer(tok: Tokenizer | Mapping[str, Any]) -> str:
+    """"sha256:0123456789ab (bpe, 50,257 ids)": what a mismatch message shows of a tokenizer."""
+    t = tokenizer_from_dict(tok) if isinstance(tok, Mapping) else tok
+    return f"{tokenizer_digest(t)[:19]} ({t.to_dict()['kind']}, {t.vocab_size:,} ids)"
 
 
 def tokenizer_from_dict(d: Mapping[str, Any]) -> Tokenizer:
@@ -422,6 +469,11 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
         dtype = None
     if dtype is None or dtype.kind not in "ui":
         raise ValueError(f"{path}: 'dtype' must name an integer dtype such as 'uint16', got {meta['dtype']!r}")
+    recorded = meta.get("tokenizer_digest")                  # absent in data prepared before it was recorded
+    if recorded is not None and recorded != tokenizer_digest(tokenizer_from_dict(meta["tokenizer"])):
+        raise ValueError(f"{path}: 'tokenizer_digest' {recorded} is not the digest of its 'tokenizer' "
+                         f"({tokenizer_digest(meta['tokenizer'])}): the file was edited or is corrupt; "
+                         f"{_PREPARE_HINT} again")
     return meta
 
 

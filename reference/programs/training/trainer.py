@@ -42,7 +42,8 @@ from ...model import GPT, check_token_ids
 from ...optim import SGD, AdamW, clip_grad_norm_
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
-from ..data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
+from ..data import (describe_tokenizer, get_batch, load_meta, load_split, resolve_data_dir, tokenizer_digest,
+                    tokenizer_from_dict)
 from .memory import check_memory
 from .settings import TrainConfig
 
@@ -106,11 +107,13 @@ class Trainer:
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
+        self.data_source = "the given data"
         if train_data is None:
             data_dir = resolve_data_dir(config.data_dir)
-            meta = load_meta(data_dir)
+            meta = load_meta(data_dir)                       # checks a recorded tokenizer_digest
             tokenizer = tokenizer_from_dict(meta["tokenizer"])
             train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
+            self.data_source = f"the data in {data_dir}"
         self.tokenizer = tokenizer
         if tokenizer is not None:
             vocab_size = tokenizer.vocab_size
@@ -133,6 +136,7 @@ class Trainer:
                 raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
                                  f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
                                  f"python data/prepare.py --tokenizer {init_from}")
+            self._check_model_tokenizer(init_from)
             self.model = use_kernels(from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
                                                      block_size=config.block_size), kernels)
             if self.model.config != self.model_config:
@@ -165,8 +169,28 @@ class Trainer:
     def ckpt_path(self) -> Path | None:
         return self.out_dir / CKPT_NAME if self.out_dir else None
 
+    def _check_model_tokenizer(self, init_from) -> None:
+        """The data's tokenizer is the model directory's (when the directory has tokenizer files): the same
+        vocabulary size is not enough, two tokenizers of one size give other ids for the same text."""
+        from ..data import BPE_FILES, BPETokenizer
+        if self.tokenizer is None or not any((Path(init_from) / f).is_file() for f in BPE_FILES):
+            return
+        theirs = BPETokenizer.from_dir(init_from)
+        if tokenizer_digest(theirs) != tokenizer_digest(self.tokenizer):
+            raise ValueError(f"tokenizer mismatch: {self.data_source} was prepared with tokenizer "
+                             f"{describe_tokenizer(self.tokenizer)}, the model in {init_from} has "
+                             f"{describe_tokenizer(theirs)}; prepare the data with the model's tokenizer: "
+                             f"python data/prepare.py --tokenizer {init_from}")
+
     def _resume(self, ckpt: Checkpoint) -> None:
-        check_compatible(ckpt, self.model_config, self.tokenizer)
+        same = (self.tokenizer is None or ckpt.tokenizer is None
+                or tokenizer_digest(self.tokenizer) == tokenizer_digest(ckpt.tokenizer))
+        if not same and "bpe" in (ckpt.tokenizer.get("kind"), self.tokenizer.to_dict()["kind"]):
+            raise CheckpointError(f"{ckpt.path}: tokenizer mismatch: the checkpoint was trained with tokenizer "
+                                  f"{describe_tokenizer(ckpt.tokenizer)}, {self.data_source} was prepared with "
+                                  f"{describe_tokenizer(self.tokenizer)}; prepare the data with the checkpoint's "
+                                  f"tokenizer, or train a new model")
+        check_compatible(ckpt, self.model_config, None if same else self.tokenizer)
         missing = sorted(set(RNG_ROLES) - set(ckpt.rng))
         if missing:
             raise CheckpointError(f"{ckpt.path}: no saved state for the {missing} generator(s); cannot resume exactly")
