@@ -158,3 +158,21 @@ def test_export_target_is_locked(tmp_path):
     rc = subprocess.run([sys.executable, "-m", "reference", "export", "--ckpt", str(ckpt), "--to", str(target)],
                         env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120).returncode
     assert rc == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors", "hf"]
+
+
+def test_resume_is_refused_before_reading_a_held_checkpoint(data_dir, tmp_path, capsys, monkeypatch):
+    """--resume takes the lock before it reads the checkpoint: a run that waited could otherwise continue
+    from a state another run has since moved past, and overwrite its progress."""
+    from reference.programs import train as train_mod
+    from reference.programs.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--data_dir", str(data_dir), "--out_dir", str(out), *TINY, "--max_iters", "2",
+                 "--eval_interval", "2"]) == 0
+    capsys.readouterr()
+    read = []
+    monkeypatch.setattr(train_mod, "load_checkpoint", lambda path: read.append(path))
+    with lock_directory(out):                                # held by another open file: refused as another run
+        rc = main(["train", "--resume", str(out), "--max_iters", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: {out} is in use by another run (pid {os.getpid()}); one run per directory: "
+                               f"wait for it to end or choose another directory\n") and read == []

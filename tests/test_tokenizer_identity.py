@@ -124,6 +124,12 @@ def test_the_digest_is_the_ids_not_the_file(tmp_path):
     reformatted = {"kind": "bpe", "tokenizer_json": json.dumps(json.loads(d["tokenizer_json"]), indent=4)}
     assert tokenizer_digest(reformatted) == tokenizer_digest(tok) == tokenizer_digest(tokenizer_from_dict(d))
     assert tokenizer_digest(BPETokenizer.from_dir(swapped(tmp_path / "t", tmp_path / "s"))) != tokenizer_digest(tok)
+    merges = tmp_path / "m"                                  # the same vocabulary, two merges in another order
+    shutil.copytree(tmp_path / "t", merges)
+    lines = (merges / "merges.txt").read_text(encoding="utf-8").splitlines()
+    lines[1], lines[2] = lines[2], lines[1]                  # (line 0 is the "#version" header)
+    (merges / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert tokenizer_digest(BPETokenizer.from_dir(merges)) != tokenizer_digest(tok)
     assert tokenizer_digest(CharTokenizer("abc")) != tokenizer_digest(CharTokenizer("acb"))
     assert tokenizer_digest(CharTokenizer("abc")) == tokenizer_digest({"kind": "char", "chars": "abc"})
 

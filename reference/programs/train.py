@@ -153,6 +153,29 @@ def _os_error(e: OSError) -> str:
     return f"{what}{where}{hint}"
 
 
+class _CannotCreate(Exception):
+    """OUT_DIR could not be created or its lock file opened (an OSError of the environment: exit 1)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _take_lock(out_dir: str | None, locks: list[DirectoryLock]) -> None:
+    """One run per directory (reference/programs/lock.py): lock OUT_DIR, creating it, or raise
+    DirectoryLocked naming the holder's pid. Nothing to lock without an out_dir (no files written)."""
+    if not out_dir:
+        return
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
+    try:
+        locks.append(lock_directory(out_dir))
+    except DirectoryLocked:
+        raise
+    except OSError as e:
+        raise _CannotCreate(e) from None
+
+
 def run(args: argparse.Namespace) -> int:
     locks: list[DirectoryLock] = []
     try:
@@ -170,8 +193,9 @@ def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
         resume = None
         if args.resume:
             path = find_checkpoint(args.resume, config.out_dir)
-            ckpt = load_checkpoint(path)                      # FileNotFoundError / CheckpointError
             explicit_out = "out_dir" in source and source["out_dir"] in ("flag", "config file")
+            _take_lock(config.out_dir if explicit_out else str(path.parent), locks)   # before reading it
+            ckpt = load_checkpoint(path)                      # FileNotFoundError / CheckpointError
             config, source = resolve_settings(args, ckpt.train_config)
             if not explicit_out:                               # continue the run where its checkpoint is
                 config = config.replace(out_dir=str(path.parent))
@@ -182,21 +206,12 @@ def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
                 raise ValueError("--init-from starts a new run from a model directory; --resume continues "
                                  f"{path}: give one of them")
         else:
+            _take_lock(config.out_dir, locks)                  # checked under the lock: no run can slip in
             ckpt_path = Path(config.out_dir) / CKPT_NAME
             if ckpt_path.exists() and not args.overwrite:
                 print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
                       "it or --overwrite to start a new run there", file=sys.stderr)
                 return 2
-        if config.out_dir:                                     # one run per directory (reference/programs/lock.py)
-            if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir():
-                raise NotADirectoryError(f"out_dir {config.out_dir} is a file, not a directory")
-            try:
-                locks.append(lock_directory(config.out_dir))
-            except DirectoryLocked:
-                raise
-            except OSError as e:                               # cannot create it: the environment's fault
-                print(f"error: {_os_error(e)}", file=sys.stderr)
-                return 1
         init_from = None if resume else getattr(args, "init_from", None)
         if init_from:
             config = init_config(config, init_from, block_size=getattr(args, "block_size", None), source=source)
@@ -217,6 +232,9 @@ def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
     except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, ImportError, DirectoryLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except _CannotCreate as e:                                 # the environment's fault, not the user's input
+        print(f"error: {_os_error(e.error)}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("error: out of memory while loading the data or building the model; lower batch_size, block_size, "
               "n_layer or n_embd", file=sys.stderr)
