@@ -14,8 +14,12 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from oracle.hf import float64_llama  # noqa: E402
-from oracle.tolerance import FLOAT64_TOL  # noqa: E402
+try:                                                       # the oracle's layout: core and bridge
+    from oracle.bridge.hf import float64_llama
+    from oracle.core.tolerance import FLOAT64_TOL
+except ImportError:                                        # the one-package layout
+    from oracle.hf import float64_llama
+    from oracle.tolerance import FLOAT64_TOL
 from reference.programs import hf  # noqa: E402
 
 transformers.logging.set_verbosity_error()
