@@ -10,14 +10,16 @@ Usage (from the repository root)::
 
 Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT;
 uint32 for a BPE vocabulary of more than 65,536 ids)
-and ``meta.json`` (tokenizer, vocab size, dtype, token counts, source,
-SHA-256) into the output directory.  Each file is written atomically, and
+and ``meta.json`` (tokenizer, its digest, vocab size, dtype, token counts,
+source, SHA-256) into the output directory.  Each file is written atomically, and
 ``meta.json`` is written last, so a present ``meta.json`` means a complete
 data set.  The first 90% of the tokens are the training split, the last 10%
 the validation split.
 
 Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
-are reported as one line on stderr with a non-zero exit code.
+are reported as one line on stderr with a non-zero exit code.  The output
+directory is locked while it is written (reference/programs/lock.py): a second
+run on it is refused at start, naming the holder's pid (exit code 2).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
     sys.path.insert(0, str(_REPO_ROOT))
 
 from reference.programs.atomic import atomic_write  # noqa: E402
-from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
+from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
+from reference.programs.data import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
+                                     split_train_val, tokenizer_digest)
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -205,6 +209,7 @@ def prepare(
     dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
     meta = {
         "tokenizer": tok.to_dict(),
+        "tokenizer_digest": tokenizer_digest(tok),
         "vocab_size": tok.vocab_size,
         "dtype": dtype,
         "train_tokens": int(len(train)),
@@ -263,6 +268,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
+    try:
+        lock = lock_directory(out_dir) if out_dir.is_dir() or not out_dir.exists() else None
+    except DirectoryLocked as exc:                # one run per directory (reference/programs/lock.py)
+        print(f"prepare.py: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"prepare.py: error: cannot write to {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        return _main(args, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main(args: argparse.Namespace, out_dir: Path) -> int:
     replacing = previous_source(out_dir)
     try:
         if args.src:

@@ -5,6 +5,7 @@ pair of files, vocab.json and merges.txt (or tokenizer.json)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def make_bpe_files(path: Path, vocab_size: int = 320, tokenizer_json: bool = Fal
         tok.save(str(path / "tokenizer.json"))
     else:
         tok.save_model(str(path))
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        vocab["<|endoftext|>"] = len(vocab)                  # GPT-2's files end with it (id 50256)
+        (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     return path
 
 

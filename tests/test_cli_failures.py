@@ -101,7 +101,15 @@ def test_a_directory_that_refuses_writes(data_dir, tmp_path, capsys, monkeypatch
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *a, **k)
 
+    real_os_open = os.open
+
+    def refusing_os_open(path, *a, **k):                     # the lock file and log.jsonl are opened with os.open
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_os_open(path, *a, **k)
+
     monkeypatch.setattr("builtins.open", refusing)
+    monkeypatch.setattr("os.open", refusing_os_open)
     rc, _, err = run(capsys, "train", "--data_dir", data_dir, "--out_dir", tmp_path / "ro", "--max_iters", 1, *TINY)
     assert rc == 1
     one_error_line(err, "Permission denied", "choose a writable --out_dir")

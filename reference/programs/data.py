@@ -12,8 +12,9 @@ Three tokenizers are provided:
   is imported only when a BPE tokenizer is built.
 
 Each serialises to a small JSON-friendly dict (``to_dict``) that
-``data/prepare.py`` stores in ``meta.json``; :func:`tokenizer_from_dict`
-rebuilds the right tokenizer from it.  :func:`load_meta` and
+``data/prepare.py`` stores in ``meta.json``, with its :func:`tokenizer_digest`
+(the identity of its ids: table, or vocabulary, merges and special tokens);
+:func:`tokenizer_from_dict` rebuilds the right tokenizer from it.  :func:`load_meta` and
 :func:`load_split` read what that script wrote, and :func:`get_batch` samples
 random ``(inputs, targets)`` windows from a token array.
 
@@ -23,6 +24,7 @@ are imported at module level.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,6 +41,9 @@ __all__ = [
     "BPETokenizer",
     "Tokenizer",
     "tokenizer_from_dict",
+    "tokenizer_digest",
+    "tokenizer_identity",
+    "describe_tokenizer",
     "get_batch",
     "split_train_val",
     "load_meta",
@@ -172,8 +177,10 @@ class BPETokenizer:
     """A Hugging Face tokenizer (GPT-2's byte-level BPE) run by the ``tokenizers`` library.
 
     Built from a model directory (:meth:`from_dir`): its ``tokenizer.json``, or GPT-2's original pair
-    ``vocab.json`` + ``merges.txt`` (then set up as GPT-2's tokenizer is: a byte-level BPE with no
-    prefix space, decoded by the byte-level decoder). Byte-level BPE maps every UTF-8 text to ids and
+    ``vocab.json`` + ``merges.txt`` (then set up as transformers' GPT2Tokenizer sets it up: a byte-level BPE
+    with no prefix space, decoded by the byte-level decoder, with GPT-2's special token ``<|endoftext|>``
+    and the added and special tokens of ``tokenizer_config.json``, ``added_tokens.json`` and
+    ``special_tokens_map.json``, each one id wherever it appears in a text: ``_add_special_tokens``). Byte-level BPE maps every UTF-8 text to ids and
     back exactly. ``to_dict`` embeds the whole tokenizer (as ``tokenizer.json`` text), so a checkpoint
     or ``meta.json`` that names it needs no other file. The ids are GPT-2's: id ``i`` is the vocabulary
     entry ``i`` of the files, as the model was trained with.
@@ -208,6 +215,7 @@ class BPETokenizer:
             raise ValueError(f"{path}: vocab.json and merges.txt are not a BPE vocabulary: {e}") from None
         tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)   # GPT-2's setup
         tok.decoder = lib.decoders.ByteLevel()
+        _add_special_tokens(lib, tok, path)
         return cls(tok.to_str())
 
     @property
@@ -215,10 +223,20 @@ class BPETokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> IdArray:
-        """The token ids of ``text`` (no special tokens added)."""
+        """The token ids of ``text`` (no special tokens added; those in the text are one id each).
+        ValueError for text that is not UTF-8 (a lone surrogate), naming the character and its position."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return np.array(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        try:
+            return np.array(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        except TypeError:                                   # the library refuses a str it cannot make UTF-8
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"character {text[e.start]!r} at position {e.start} is not UTF-8 text (a lone "
+                                 f"surrogate: how Python receives bytes that are not UTF-8, as from a shell's "
+                                 f"$'\\xff'); the BPE tokenizer encodes UTF-8 text only") from None
+            raise
 
     def decode(self, ids: Iterable[int] | npt.ArrayLike) -> str:
         """Ids back to text; a cut multi-byte character becomes U+FFFD, as with the byte tokenizer."""
@@ -238,6 +256,72 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
+#: transformers' special-token attributes, in the order its tokenizers add them (SPECIAL_TOKENS_ATTRIBUTES).
+SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+#: GPT2Tokenizer's defaults: bos, eos and unk are all <|endoftext|> (transformers' models/gpt2).
+GPT2_SPECIAL = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+
+
+def _read_json(file: Path) -> Any:
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
+def _content(value: Any, where: Path) -> str | None:
+    """A special token as tokenizer_config.json or special_tokens_map.json write it: a string or
+    {"content": ...}."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise ValueError(f"{where}: a special token must be a string or {{\"content\": ...}}, got {value!r}")
+
+
+def _add_special_tokens(lib, tok, path: Path) -> None:
+    """The added and special tokens of a vocab.json + merges.txt directory, as transformers' GPT2Tokenizer
+    sets them up: first the tokens with ids (tokenizer_config.json's added_tokens_decoder, added_tokens.json),
+    in id order; then the special tokens in SPECIAL_ATTRIBUTES order (special_tokens_map.json over
+    tokenizer_config.json over GPT-2's <|endoftext|>) and the additional ones. A token already in the
+    vocabulary keeps its id; a new one takes the next id. ValueError for ids the files contradict."""
+    config = _read_json(path / "tokenizer_config.json") or {}
+    smap = _read_json(path / "special_tokens_map.json") or {}
+    for file, d in (("tokenizer_config.json", config), ("special_tokens_map.json", smap)):
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{path / file}: expected a JSON object, got {type(d).__name__}")
+    with_ids: dict[int, tuple[str, bool, dict]] = {}
+    for key, d in (config.get("added_tokens_decoder") or {}).items():
+        if not (str(key).isdigit() and isinstance(d, Mapping) and isinstance(d.get("content"), str)):
+            raise ValueError(f"{path / 'tokenizer_config.json'}: added_tokens_decoder entry {key!r}: {d!r} is not "
+                             f"an id with a {{\"content\": ...}}")
+        flags = {k: bool(d[k]) for k in ("lstrip", "rstrip", "single_word") if k in d}
+        with_ids[int(key)] = (d["content"], bool(d.get("special", False)), flags)
+    added = _read_json(path / "added_tokens.json") or {}
+    if not isinstance(added, Mapping) or not all(isinstance(i, int) for i in added.values()):
+        raise ValueError(f"{path / 'added_tokens.json'}: expected a JSON object of token -> id")
+    for content, i in added.items():
+        with_ids.setdefault(i, (content, False, {}))
+    for i, (content, special, flags) in sorted(with_ids.items()):
+        token = lib.AddedToken(content, special=special, normalized=not special, **flags)
+        (tok.add_special_tokens if special else tok.add_tokens)([token])
+        if tok.token_to_id(content) != i:
+            raise ValueError(f"{path}: the added token {content!r} has id {i} in the tokenizer files, but "
+                             f"{tok.token_to_id(content)} follows from vocab.json (ids must continue the vocabulary)")
+    specials = []
+    for attr in SPECIAL_ATTRIBUTES:
+        value = _content(smap.get(attr), path / "special_tokens_map.json") \
+            or _content(config.get(attr), path / "tokenizer_config.json") or GPT2_SPECIAL.get(attr)
+        specials.append(value)
+    for source, d in (("special_tokens_map.json", smap), ("tokenizer_config.json", config)):
+        more = d.get("additional_special_tokens") or []
+        specials += [_content(v, path / source) for v in more]
+    for content in dict.fromkeys(v for v in specials if v):
+        tok.add_special_tokens([lib.AddedToken(content, special=True, normalized=False)])
+
+
 Tokenizer = Union[CharTokenizer, ByteTokenizer, BPETokenizer]
 
 _TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer] | type[BPETokenizer]] = {
@@ -245,6 +329,38 @@ _TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer] | type[BPEToken
     "byte": ByteTokenizer,
     "bpe": BPETokenizer,
 }
+
+
+def tokenizer_identity(tok: Tokenizer | Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two tokenizers the same ids for the same text: a char tokenizer's table, the byte
+    tokenizer's kind, a BPE's vocabulary, merges and added/special tokens (id, text, special) as its
+    tokenizer.json holds them (merges in one form, "a b", whichever form the file used)."""
+    d = tok if isinstance(tok, Mapping) else tok.to_dict()
+    kind = d.get("kind")
+    if kind == "char":
+        return {"kind": "char", "chars": d["chars"]}
+    if kind != "bpe":
+        return {"kind": kind}
+    j = json.loads(d["tokenizer_json"])
+    model = j.get("model") or {}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    added = sorted((t["id"], t["content"], bool(t.get("special"))) for t in j.get("added_tokens") or [])
+    return {"kind": "bpe", "vocab": sorted((model.get("vocab") or {}).items(), key=lambda kv: kv[1]),
+            "merges": merges, "added_tokens": added}
+
+
+def tokenizer_digest(tok: Tokenizer | Mapping[str, Any]) -> str:
+    """"sha256:<hex>" of `tokenizer_identity(tok)` as canonical JSON: equal for two tokenizers exactly when
+    they have the same table (char), kind (byte), or vocabulary, merges and special tokens (BPE).
+    data/prepare.py records it in meta.json; `train` compares it with the model's or checkpoint's."""
+    text = json.dumps(tokenizer_identity(tok), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def describe_tokenizer(tok: Tokenizer | Mapping[str, Any]) -> str:
+    """"sha256:0123456789ab (bpe, 50,257 ids)": what a mismatch message shows of a tokenizer."""
+    t = tokenizer_from_dict(tok) if isinstance(tok, Mapping) else tok
+    return f"{tokenizer_digest(t)[:19]} ({t.to_dict()['kind']}, {t.vocab_size:,} ids)"
 
 
 def tokenizer_from_dict(d: Mapping[str, Any]) -> Tokenizer:
@@ -353,6 +469,11 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
         dtype = None
     if dtype is None or dtype.kind not in "ui":
         raise ValueError(f"{path}: 'dtype' must name an integer dtype such as 'uint16', got {meta['dtype']!r}")
+    recorded = meta.get("tokenizer_digest")                  # absent in data prepared before it was recorded
+    if recorded is not None and recorded != tokenizer_digest(tokenizer_from_dict(meta["tokenizer"])):
+        raise ValueError(f"{path}: 'tokenizer_digest' {recorded} is not the digest of its 'tokenizer' "
+                         f"({tokenizer_digest(meta['tokenizer'])}): the file was edited or is corrupt; "
+                         f"{_PREPARE_HINT} again")
     return meta
 
 

@@ -25,9 +25,13 @@ a bfloat16 is the top half of a float32's bits, so the widening is exact).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import secrets
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -336,8 +340,8 @@ def load_weights(model: GPT, path, *, arch: str | None = None) -> None:
     config = model.config
     mapping = key_map(config, arch)
     index = _normalise_keys(_tensor_index(_weight_files(path)), arch)
-    if arch == "gpt2" and config.tie_weights:
-        index.pop("lm_head.weight", None)                    # a tied copy, when a file keeps one
+    if config.tie_weights:
+        index.pop("lm_head.weight", None)                    # a tied copy, when a file keeps one (see untied_head)
     unexpected = sorted(k for k in index if k not in mapping and not IGNORED.search(k))
     if unexpected:
         raise HFError(f"{path}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all) for this "
@@ -372,6 +376,23 @@ def _read(file: Path, key: str, code: str) -> np.ndarray:
     return _bf16_to_f32(bits).reshape(header[key]["shape"])
 
 
+EMBEDDING = {"gpt2": "transformer.wte.weight", "llama": "model.embed_tokens.weight"}
+
+
+def untied_head(path, config: GPTConfig, arch: str) -> bool:
+    """Whether a directory whose config.json ties the embeddings (tie_word_embeddings) also stores an
+    `lm_head.weight` that differs from the embedding. transformers then does not tie them: it loads both
+    and warns ("both are present in the checkpoints with different values, so we will NOT tie them",
+    modeling_utils, transformers 5); a stored head equal to the embedding is a tied copy and is dropped."""
+    if not config.tie_weights:
+        return False
+    index = _normalise_keys(_tensor_index(_weight_files(Path(path))), arch)
+    if "lm_head.weight" not in index or EMBEDDING[arch] not in index:
+        return False
+    head, embedding = (_read(index[k][0], index[k][3], index[k][1]) for k in ("lm_head.weight", EMBEDDING[arch]))
+    return head.shape != embedding.shape or not np.array_equal(head, embedding)
+
+
 def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
     """(our config, "gpt2" | "llama") of a model directory whose config we support and whose weight
     files are all present; nothing is read but config.json (and the shard index). HFError otherwise."""
@@ -385,10 +406,17 @@ def check_dir(path, **config_options) -> tuple[GPTConfig, str]:
 def from_pretrained(path, *, dtype: str = "float32", dropout: float = 0.0, block_size: int | None = None) -> GPT:
     """Our GPT with the weights of the Hugging Face model directory `path` (GPT-2 or Llama).
 
-    dtype: "float32" (default) or "float64"; F16 and BF16 weights are widened exactly. HFError (a
+    dtype: "float32" (default) or "float64"; F16 and BF16 weights are widened exactly. A config that ties
+    the embeddings with a stored lm_head.weight that differs from them loads untied, with a one-line
+    warning on stderr, as transformers loads it (`untied_head`). HFError (a
     ValueError) for a missing, incomplete or unsupported directory; ImportError without safetensors."""
     path = Path(path)
     config, arch = check_dir(path, dtype=dtype, dropout=dropout, block_size=block_size)
+    if untied_head(path, config, arch):
+        print(f"warning: {path}: lm_head.weight differs from {EMBEDDING[arch]} although {CONFIG_NAME} ties them "
+              f"(tie_word_embeddings); loaded untied, as transformers does (set tie_word_embeddings to false in "
+              f"{CONFIG_NAME} to say so)", file=sys.stderr)
+        config = config.replace(tie_weights=False)
     model = GPT(config, seed=None)                     # nothing drawn: the file overwrites every weight
     load_weights(model, path, arch=arch)
     return model
@@ -409,34 +437,107 @@ def hf_state(model: GPT) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+def _sibling(path: Path, role: str) -> Path:
+    """A fresh hidden directory name beside `path`: `.<name>.<role>-<pid>-<8 hex>.tmp`."""
+    return path.with_name(f".{path.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove what an export killed with SIGKILL left beside `path` (its build or old directory): the
+    names of `_sibling` whose writer process is gone. A live writer's directory is never touched."""
+    from .atomic import _alive
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(build|old)-(\d+)-[0-9a-f]{{8}}\.tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and not _alive(int(m[2])) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the directories `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE); where that call
+    is missing, two renames, the first undone if the second fails (a kill between them leaves the old
+    directory under its `.old` name)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(b))
+    old = _sibling(b, "old")
+    os.rename(b, old)
+    try:
+        os.rename(a, b)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.rename(old, b)
         raise
+    os.rename(old, a)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def save_pretrained(model: GPT, path, *, tokenizer=None) -> Path:
     """Write `model` as a Hugging Face model directory (config.json + model.safetensors, plus
     tokenizer.json for a BPE tokenizer) that transformers' `from_pretrained` loads.
 
-    Each file is written atomically. HFError (before anything is written) for a config transformers'
-    GPT-2 or Llama cannot express; OSError for a directory that cannot be written."""
+    The directory holds exactly what this call wrote: it is built beside `path` (a hidden sibling,
+    `.<name>.build-<pid>-<hex>.tmp`), synced, and swapped in by a rename, so no file of an earlier model
+    (an old shard, index, tokenizer or generation config) survives, and a failure or a Ctrl-C at any
+    moment leaves `path` as it was and no sibling behind. `path` may be missing, empty, or a model
+    directory (it holds config.json), which is replaced as a whole; anything else is refused.
+
+    HFError (before anything is written) for a config transformers' GPT-2 or Llama cannot express, or a
+    `path` that is not a model directory; OSError for a directory that cannot be written."""
     config_json = hf_config(model.config)
     _, save_file = _safetensors()
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = hf_state(model)
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    del tensors
-    text = json.dumps(config_json, indent=2, allow_nan=False) + "\n"
-    _atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    tok = tokenizer.to_dict() if tokenizer is not None and not isinstance(tokenizer, dict) else tokenizer
-    if tok is not None and tok.get("kind") == "bpe":
-        _atomic_write(path / "tokenizer.json", lambda tmp: tmp.write_text(tok["tokenizer_json"], encoding="utf-8"))
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise HFError(f"{path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
+        raise HFError(f"{path}: holds files but no {CONFIG_NAME}, so it is not a Hugging Face model directory; "
+                      f"writing replaces the whole directory: choose a new or empty one")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
+    build = _sibling(path, "build")
+    build.mkdir()
+    try:
+        tensors = hf_state(model)
+        save_file(tensors, str(build / WEIGHTS_NAME), metadata={"format": "pt"})
+        del tensors
+        (build / CONFIG_NAME).write_text(json.dumps(config_json, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        tok = tokenizer.to_dict() if tokenizer is not None and not isinstance(tokenizer, dict) else tokenizer
+        if tok is not None and tok.get("kind") == "bpe":
+            (build / "tokenizer.json").write_text(tok["tokenizer_json"], encoding="utf-8")
+        for file in build.iterdir():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(build)
+        from .atomic import _interrupts_held
+        with _interrupts_held():                       # Ctrl-C waits until the swap is done
+            if path.is_dir():
+                _exchange(build, path)                 # build now holds the old directory
+            else:
+                os.rename(build, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)       # the failed build, or the old directory
     return path

@@ -14,7 +14,7 @@ relative `data_dir` that does not exist from the current directory is looked up 
 
 Failures of the environment or of user input end the command with one line on stderr and a non-zero
 exit: bad values (2), a run that cannot fit in memory (2, checked before allocating, see
-training/memory.py), a disk that fills up or a directory that cannot be written (1), divergence (1), and
+training/memory.py), an OUT_DIR another run is using (2: one run per directory, reference/programs/lock.py), a disk that fills up or a directory that cannot be written (1), divergence (1), and
 Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import CHOICES
 from .checkpoint import CheckpointError, load_checkpoint
+from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from .options import add_kernels_argument
 from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_optimizer_flags,
                                 describe_settings, init_config, resolve_settings)
@@ -152,15 +153,49 @@ def _os_error(e: OSError) -> str:
     return f"{what}{where}{hint}"
 
 
+class _CannotCreate(Exception):
+    """OUT_DIR could not be created or its lock file opened (an OSError of the environment: exit 1)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _take_lock(out_dir: str | None, locks: list[DirectoryLock]) -> None:
+    """One run per directory (reference/programs/lock.py): lock OUT_DIR, creating it, or raise
+    DirectoryLocked naming the holder's pid. Nothing to lock without an out_dir (no files written)."""
+    if not out_dir:
+        return
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
+    try:
+        locks.append(lock_directory(out_dir))
+    except DirectoryLocked:
+        raise
+    except OSError as e:
+        raise _CannotCreate(e) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    locks: list[DirectoryLock] = []
+    try:
+        return _run(args, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
+    """The command; the lock of OUT_DIR it takes goes into `locks`, released by `run` however this ends."""
     progress = not args.no_progress
     try:
         config, source = resolve_settings(args)
         resume = None
         if args.resume:
             path = find_checkpoint(args.resume, config.out_dir)
-            ckpt = load_checkpoint(path)                      # FileNotFoundError / CheckpointError
             explicit_out = "out_dir" in source and source["out_dir"] in ("flag", "config file")
+            _take_lock(config.out_dir if explicit_out else str(path.parent), locks)   # before reading it
+            ckpt = load_checkpoint(path)                      # FileNotFoundError / CheckpointError
             config, source = resolve_settings(args, ckpt.train_config)
             if not explicit_out:                               # continue the run where its checkpoint is
                 config = config.replace(out_dir=str(path.parent))
@@ -171,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--init-from starts a new run from a model directory; --resume continues "
                                  f"{path}: give one of them")
         else:
+            _take_lock(config.out_dir, locks)                  # checked under the lock: no run can slip in
             ckpt_path = Path(config.out_dir) / CKPT_NAME
             if ckpt_path.exists() and not args.overwrite:
                 print(f"error: {config.out_dir} already holds a checkpoint ({ckpt_path}); pass --resume to continue "
@@ -193,9 +229,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         for line in schedule_warnings(config):
             print(line, file=sys.stderr)
-    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, ImportError) as e:
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, ImportError, DirectoryLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except _CannotCreate as e:                                 # the environment's fault, not the user's input
+        print(f"error: {_os_error(e.error)}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("error: out of memory while loading the data or building the model; lower batch_size, block_size, "
               "n_layer or n_embd", file=sys.stderr)

@@ -234,8 +234,10 @@ def init_config(config: TrainConfig, path, *, block_size: int | None = None,
     model setting given as a flag or in a config file that the model contradicts is a ValueError naming
     both values (dtype, dropout and a shorter block_size are ours to choose); the fields taken from the
     model are marked "init-from" in it."""
-    from ..hf import check_dir
-    model, _ = check_dir(path, dtype=config.dtype, dropout=config.dropout, block_size=block_size)
+    from ..hf import check_dir, untied_head
+    model, arch = check_dir(path, dtype=config.dtype, dropout=config.dropout, block_size=block_size)
+    if untied_head(path, model, arch):                   # loaded untied, as from_pretrained does
+        model = model.replace(tie_weights=False)
     new = config.replace(**{k: getattr(model, k) for k in MODEL_FIELDS})
     if source is not None:
         for k in MODEL_FIELDS:

@@ -18,7 +18,7 @@ are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupt
 Checkpoints go to `out_dir/ckpt.safetensors` (see reference/programs/checkpoint.py) after an evaluation whose
 val loss is the best so far (nanoGPT's `always_save_checkpoint = False` for shakespeare_char), or after
 every evaluation with `always_save_checkpoint`; never at step 0, never with non-finite weights.
-Logs: one JSON object per line in `out_dir/log.jsonl`: `{"event": "train", "step", "loss", "lr",
+Logs: one JSON object per line in `out_dir/log.jsonl`, each line one whole append (`LogFile`): `{"event": "train", "step", "loss", "lr",
 "grad_norm", "dt_s", "tokens_per_s"}` for every log_interval-th step, `{"event": "eval", "step",
 "train_loss", "val_loss", "lr", "best_val_loss", "saved"}` per evaluation, plus "start", "end" and
 "diverged" records. A non-finite loss, gradient norm, weight or eval loss stops training with
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ from ...model import GPT, check_token_ids
 from ...optim import SGD, AdamW, clip_grad_norm_
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
-from ..data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
+from ..data import (describe_tokenizer, get_batch, load_meta, load_split, resolve_data_dir, tokenizer_digest,
+                    tokenizer_from_dict)
 from .memory import check_memory
 from .settings import TrainConfig
 
@@ -105,11 +107,13 @@ class Trainer:
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
+        self.data_source = "the given data"
         if train_data is None:
             data_dir = resolve_data_dir(config.data_dir)
-            meta = load_meta(data_dir)
+            meta = load_meta(data_dir)                       # checks a recorded tokenizer_digest
             tokenizer = tokenizer_from_dict(meta["tokenizer"])
             train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
+            self.data_source = f"the data in {data_dir}"
         self.tokenizer = tokenizer
         if tokenizer is not None:
             vocab_size = tokenizer.vocab_size
@@ -132,6 +136,7 @@ class Trainer:
                 raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
                                  f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
                                  f"python data/prepare.py --tokenizer {init_from}")
+            self._check_model_tokenizer(init_from)
             self.model = use_kernels(from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
                                                      block_size=config.block_size), kernels)
             if self.model.config != self.model_config:
@@ -164,8 +169,28 @@ class Trainer:
     def ckpt_path(self) -> Path | None:
         return self.out_dir / CKPT_NAME if self.out_dir else None
 
+    def _check_model_tokenizer(self, init_from) -> None:
+        """The data's tokenizer is the model directory's (when the directory has tokenizer files): the same
+        vocabulary size is not enough, two tokenizers of one size give other ids for the same text."""
+        from ..data import BPE_FILES, BPETokenizer
+        if self.tokenizer is None or not any((Path(init_from) / f).is_file() for f in BPE_FILES):
+            return
+        theirs = BPETokenizer.from_dir(init_from)
+        if tokenizer_digest(theirs) != tokenizer_digest(self.tokenizer):
+            raise ValueError(f"tokenizer mismatch: {self.data_source} was prepared with tokenizer "
+                             f"{describe_tokenizer(self.tokenizer)}, the model in {init_from} has "
+                             f"{describe_tokenizer(theirs)}; prepare the data with the model's tokenizer: "
+                             f"python data/prepare.py --tokenizer {init_from}")
+
     def _resume(self, ckpt: Checkpoint) -> None:
-        check_compatible(ckpt, self.model_config, self.tokenizer)
+        same = (self.tokenizer is None or ckpt.tokenizer is None
+                or tokenizer_digest(self.tokenizer) == tokenizer_digest(ckpt.tokenizer))
+        if not same and "bpe" in (ckpt.tokenizer.get("kind"), self.tokenizer.to_dict()["kind"]):
+            raise CheckpointError(f"{ckpt.path}: tokenizer mismatch: the checkpoint was trained with tokenizer "
+                                  f"{describe_tokenizer(ckpt.tokenizer)}, {self.data_source} was prepared with "
+                                  f"{describe_tokenizer(self.tokenizer)}; prepare the data with the checkpoint's "
+                                  f"tokenizer, or train a new model")
+        check_compatible(ckpt, self.model_config, None if same else self.tokenizer)
         missing = sorted(set(RNG_ROLES) - set(ckpt.rng))
         if missing:
             raise CheckpointError(f"{ckpt.path}: no saved state for the {missing} generator(s); cannot resume exactly")
@@ -314,14 +339,13 @@ class Trainer:
         if self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.out_dir / LOG_NAME, "a" if self.resumed_from is not None else "w", encoding="utf-8")
+        return LogFile(self.out_dir / LOG_NAME, append=self.resumed_from is not None)
 
     @staticmethod
     def _log(log, record: dict) -> None:
         if log is not None:
             record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             log.write(json.dumps(record) + "\n")
-            log.flush()
 
     def _progress_bar(self, target: int):
         if not self.progress:
@@ -333,6 +357,26 @@ class Trainer:
                   file=sys.stderr)
             return None
         return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+
+class LogFile:
+    """log.jsonl opened O_APPEND: each `write(line)` is one os.write of the whole line, so lines from two
+    writers never interleave inside a line (POSIX appends each write at the end, in one piece)."""
+
+    def __init__(self, path: Path, *, append: bool):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+    def write(self, line: str) -> None:
+        data = line.encode("utf-8")
+        written = os.write(self.fd, data)
+        while written < len(data):                   # a short write (a full disk): finish it or raise ENOSPC
+            written += os.write(self.fd, data[written:])
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def train(config: TrainConfig, **kwargs) -> dict:
