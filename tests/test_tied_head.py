@@ -14,12 +14,8 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-try:                                                       # the oracle's layout: core and bridge
-    from oracle.bridge.hf import float64_llama
-    from oracle.core.tolerance import FLOAT64_TOL
-except ImportError:                                        # the one-package layout
-    from oracle.hf import float64_llama
-    from oracle.tolerance import FLOAT64_TOL
+from oracle.bridge.hf import float64_llama
+from oracle.core.tolerance import FLOAT64_TOL
 from reference.programs import hf  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -54,7 +50,7 @@ def test_a_stored_head_loads_as_transformers_loads_it(tmp_path, capsys, arch, he
     err = capsys.readouterr().err
     theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
     if arch == "llama":
-        float64_llama(theirs)                                # every step in float64 (oracle/hf.py)
+        float64_llama(theirs)                                # every step in float64 (oracle/bridge/hf.py)
     assert (theirs.lm_head.weight is theirs.get_input_embeddings().weight) == (head == "equal")
     x = np.random.default_rng(0).integers(0, V, (2, 8))
     with torch.no_grad():
