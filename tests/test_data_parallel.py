@@ -271,3 +271,38 @@ def test_a_hostfile_naming_this_machine_twice(data_dir, one_process, tmp_path):
     assert rc == 0, err
     diff = differences(tmp_path / "dp", one_process)
     assert all(v <= RTOL for v in diff.values()), diff
+
+
+def test_against_torch_ddp_and_zero_redundancy_optimizer(data_dir, tmp_path):
+    """The twin (tests/ddp_twin.py): torch.distributed (gloo), DistributedDataParallel and
+    ZeroRedundancyOptimizer on the same shards, against our N=2 ZeRO-1 run; float64, the tolerances of
+    tests/test_trajectory.py's float64 trajectory (loss 1e-9, weights and moments 1e-8)."""
+    pytest.importorskip("torch.distributed")
+    import torch.distributed as tdist
+    if not tdist.is_available() or not tdist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    args = ["--batch_size", "6", "--dropout", "0.0", *STEPS]
+    rc, err = train(2, data_dir, tmp_path / "ours", *args, "--zero_stage", "1")
+    assert rc == 0, err
+    ckpt = load_checkpoint(tmp_path / "ours" / "ckpt.safetensors")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "twin.npz"
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "ddp_twin.py"), str(data_dir), str(out), "20",
+                               json.dumps(ckpt.train_config)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                              env={**ENV, "RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)})
+             for r in range(2)]
+    for p in procs:
+        _, perr = p.communicate(timeout=300)
+        assert p.returncode == 0, perr
+    twin = np.load(out)
+    ours = losses(tmp_path / "ours")
+    assert np.max(np.abs(ours - twin["losses"]) / np.abs(twin["losses"])) <= 1e-9
+    for name, w in ckpt.model_state.items():
+        if f"w.{name}" not in twin:
+            continue                                               # a tied weight, saved under its other name
+        assert rel(w, twin[f"w.{name}"]) <= 1e-8, name
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert rel(ckpt.optimizer["state"][name][key], twin[f"{key}.{name}"]) <= 1e-8, (name, key)
