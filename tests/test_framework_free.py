@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted((ROOT / "reference").rglob("*.py"))
 FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx"}
 # Optional conveniences that a command may import lazily, inside a function, with a clear message if absent.
-LAZY_OPTIONAL = {"tqdm", "matplotlib", "tokenizers"}
+LAZY_OPTIONAL = {"tqdm", "matplotlib", "tokenizers", "mpi4py"}
 # Well-kept file-format libraries, core dependencies (pyproject.toml), allowed at module level.
 FILE_FORMATS = {"safetensors"}
 

@@ -169,8 +169,15 @@ def run(args: argparse.Namespace) -> int:
     import io
     captured, state = io.StringIO(), {}
     quiet = contextlib.redirect_stderr(captured) if comm.rank else contextlib.nullcontext()
-    with quiet:
-        code = _run(args, comm, state)
+    try:
+        with quiet:
+            code = _run(args, comm, state)
+    except BaseException:                                      # a bug: its traceback, then no rank left waiting
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.abort(1)
+        raise
     if "ready" not in state:                                   # failed before the meeting: tell the others there
         lines = captured.getvalue().strip().splitlines()
         comm.allgather((code, lines[-1] if lines else "", None))
