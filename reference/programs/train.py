@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import CHOICES
 from .checkpoint import CheckpointError, load_checkpoint
+from .distributed import DataParallel, world_comm
 from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from .options import add_kernels_argument
 from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_optimizer_flags,
@@ -161,10 +162,11 @@ class _CannotCreate(Exception):
         self.error = error
 
 
-def _take_lock(out_dir: str | None, locks: list[DirectoryLock]) -> None:
+def _take_lock(out_dir: str | None, locks: list[DirectoryLock] | None) -> None:
     """One run per directory (reference/programs/lock.py): lock OUT_DIR, creating it, or raise
-    DirectoryLocked naming the holder's pid. Nothing to lock without an out_dir (no files written)."""
-    if not out_dir:
+    DirectoryLocked naming the holder's pid. Nothing to lock without an out_dir (no files written), nor on
+    the ranks above 0 of a data-parallel run (`locks` None): rank 0 writes and holds the lock for all."""
+    if not out_dir or locks is None:
         return
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
@@ -177,17 +179,75 @@ def _take_lock(out_dir: str | None, locks: list[DirectoryLock]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    locks: list[DirectoryLock] = []
+    """The command. Under `mpiexec -n N` (N > 1) every rank runs it with the same flags: rank 0 prints and
+    writes, the others stay quiet; the ranks meet once after setting up (`_ranks_ready`), so a rank that
+    failed to start stops every rank with its own error line, and any later failure of one rank alone
+    ends the whole run (MPI_Abort) rather than leave the others waiting."""
     try:
-        return _run(args, locks)
+        comm = world_comm()
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    locks: list[DirectoryLock] | None = [] if comm.rank == 0 else None     # rank 0 holds OUT_DIR's lock
+    try:
+        return _run_ranks(args, comm, locks)
     finally:
-        for lock in locks:
+        for lock in locks or ():
             lock.release()
 
 
-def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
-    """The command; the lock of OUT_DIR it takes goes into `locks`, released by `run` however this ends."""
-    progress = not args.no_progress
+def _run_ranks(args: argparse.Namespace, comm, locks: list[DirectoryLock] | None) -> int:
+    if comm.size == 1:
+        return _run(args, comm, {}, locks)
+    import contextlib
+    import io
+    captured, state = io.StringIO(), {}
+    quiet = contextlib.redirect_stderr(captured) if comm.rank else contextlib.nullcontext()
+    try:
+        with quiet:
+            code = _run(args, comm, state, locks)
+    except BaseException:                                      # a bug: its traceback, then no rank left waiting
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.abort(1)
+        raise
+    if "ready" not in state:                                   # failed before the meeting: tell the others there
+        lines = captured.getvalue().strip().splitlines()
+        comm.allgather((code, lines[-1] if lines else "", None))
+    elif code not in (0, 130) and state.get("alone"):
+        sys.stderr.flush()
+        comm.abort(code)
+    return code
+
+
+def _ranks_ready(comm, trainer: Trainer, state: dict) -> int:
+    """The ranks' meeting after setup: each says it is ready (with what it must share with the others) or
+    why it failed. 0 when all are ready with the same settings and data; else the first failure's exit
+    code, its line printed by rank 0."""
+    import os
+    import socket
+    every = comm.allgather((0, "", {**trainer.dist.check_digests(trainer.fingerprint()),
+                                    "where": (socket.gethostname(), os.getpid())}))
+    state["ready"] = True
+    failed = [(r, code, line) for r, (code, line, _) in enumerate(every) if code != 0]
+    if failed:
+        r, code, line = failed[0]
+        print(f"rank {r}: {line}" if line else f"error: rank {r} failed to start (exit code {code})", file=sys.stderr)
+        return code
+    trainer.dist.where = [d.pop("where") if d else None for _, _, d in every]     # for the "start" record
+    try:
+        trainer.dist.compare_digests([d for _, _, d in every])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock] | None) -> int:
+    """The command on one rank; the lock of OUT_DIR it takes (rank 0 only: `locks` is None on the others)
+    goes into `locks`, released by `run` however this ends."""
+    progress = not args.no_progress and comm.rank == 0
     try:
         config, source = resolve_settings(args)
         resume = None
@@ -218,11 +278,16 @@ def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
         config.model_config(1)                                 # model settings checked before reading any data
         check_optimizer_flags(config, source)
         kernels = getattr(args, "kernels", "fast")
-        print(describe_settings(config, source, kernels=kernels), file=sys.stderr)
+        dist = DataParallel(comm, config.zero_stage)
+        line = describe_settings(config, source, kernels=kernels)
+        if comm.size > 1 or config.gradient_accumulation_steps > 1 or config.zero_stage:
+            line += "; " + dist.describe(config.batch_size * config.gradient_accumulation_steps, config.batch_size,
+                                         config.block_size)
+        print(line, file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
-        trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from, kernels=kernels)
+        trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from, kernels=kernels, dist=dist)
         if resume is not None and resume.step >= config.max_iters:
             print(f"nothing to train: the checkpoint {resume.path} is at step {resume.step} and max_iters is "
                   f"{config.max_iters}; pass --max_iters N with N > {resume.step} to train further", file=sys.stderr)
@@ -242,6 +307,11 @@ def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
     except OSError as e:
         print(f"error: {_os_error(e)}", file=sys.stderr)
         return 1
+    if comm.size > 1:
+        code = _ranks_ready(comm, trainer, state)
+        if code:
+            return code
+        trainer.dist.catch_interrupts()
     if progress:
         print(f"model: {trainer.model.num_parameters():,} parameters, {trainer.model_config.dtype}; "
               f"data: {len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens; "
@@ -255,10 +325,12 @@ def _run(args: argparse.Namespace, locks: list[DirectoryLock]) -> int:
         print(f"interrupted at step {trainer.step}; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
         return 130
     except MemoryError:
+        state["alone"] = True                                  # one rank's failure: MPI_Abort ends the others
         print(f"error: out of memory at step {trainer.step} (about {trainer.memory['total'] / 2**30:.1f} GiB "
               f"estimated); lower batch_size or block_size; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
         return 1
     except OSError as e:
+        state["alone"] = True
         print(f"error: writing to {config.out_dir} failed: {_os_error(e)}; {_checkpoint_state(trainer.ckpt_path)}",
               file=sys.stderr)
         return 1

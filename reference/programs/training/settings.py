@@ -77,6 +77,8 @@ class TrainConfig:
     momentum: float = 0.9           # SGD only (torch.optim.SGD's momentum; torch's default is 0)
     dampening: float = 0.0          # SGD only
     nesterov: bool = False          # SGD only: needs momentum > 0 and dampening 0
+    gradient_accumulation_steps: int = 1   # a step's batch: batch_size x this many rows, in micro-batches
+    zero_stage: int = 0             # 1: AdamW's moments split over the MPI ranks (llm.c's ZeRO-1)
     # evaluation, logging, checkpoints
     eval_interval: int = 250
     eval_iters: int = 20
@@ -96,6 +98,9 @@ class TrainConfig:
         if self.optimizer == "sgd" and self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD), "
                              f"got momentum={self.momentum!r}, dampening={self.dampening!r}")
+        if self.zero_stage == 1 and self.optimizer != "adamw":
+            raise ValueError(f"zero_stage 1 splits AdamW's moments over the ranks; optimizer {self.optimizer!r} "
+                             "has none to split: pass --zero_stage 0 or --optimizer adamw")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
@@ -125,7 +130,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_CHOICES = {"optimizer": ("adamw", "sgd")}
 # (fields, kind, ok, what it must be): TrainConfig's checks, in the order they run.
 FIELD_RULES = (
-    (("batch_size", "eval_interval", "eval_iters", "log_interval"), int, lambda v: v >= 1, ">= 1"),
+    (("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps"), int,
+     lambda v: v >= 1, ">= 1"),
+    (("zero_stage",), int, lambda v: v in (0, 1), "0 or 1"),
     (("max_iters", "warmup_iters", "lr_decay_iters", "seed"), int, lambda v: v >= 0, ">= 0"),
     (("learning_rate",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
     (("min_lr", "weight_decay", "eps", "grad_clip"), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
@@ -140,6 +147,9 @@ FIELD_HELP = {
     "momentum": "SGD's momentum factor, >= 0 (0: plain SGD)",
     "dampening": "SGD's dampening of the momentum buffer's gradient term",
     "nesterov": "SGD with Nesterov momentum (needs momentum > 0 and dampening 0)",
+    "gradient_accumulation_steps": "nanoGPT's name: a step's batch is batch_size x this many rows, run in "
+                                   "micro-batches of at most batch_size rows (over all MPI ranks together)",
+    "zero_stage": "llm.c's name: 1 splits AdamW's moments over the MPI ranks (ZeRO-1), 0 keeps them whole",
 }
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name in FIELDS)
 OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}

@@ -11,6 +11,11 @@ The loop is nanoGPT's train.py, step for step, in NumPy:
         AdamW step (or SGD, --optimizer sgd)           weight decay on the matrices (ndim >= 2) only
     evaluate once more after the last step (as nanoGPT's eval at iter_num == max_iters)
 
+A step's batch is batch_size x gradient_accumulation_steps rows, run in micro-batches of at most batch_size
+rows whose gradients are weighted by their count of target tokens, so the step's gradient is the whole
+batch's mean; under `mpiexec -n N` the rows are shared over the ranks and the gradients all-reduced
+(`self.dist`, reference/programs/distributed.py; one process with K = 1 runs the plain code above).
+
 Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, evaluation batches and
 dropout masks come from three Generators seeded `[seed, 1]`, `[seed, 2]`, `[seed, 3]`. All three states
 are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupted one.
@@ -39,11 +44,12 @@ import numpy as np
 from ...fast import use_kernels
 from ...layers import DropoutMasks
 from ...model import GPT, check_token_ids
-from ...optim import SGD, AdamW, clip_grad_norm_
+from ...optim import SGD, AdamW
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
 from ..data import (describe_tokenizer, get_batch, load_meta, load_split, resolve_data_dir, tokenizer_digest,
                     tokenizer_from_dict)
+from ..distributed import DataParallel, data_digest
 from .memory import check_memory
 from .settings import TrainConfig
 
@@ -99,11 +105,12 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
                  vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
-                 kernels: str = "fast"):
+                 kernels: str = "fast", dist: DataParallel | None = None):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
         settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
         "fast" or "textbook" (reference/fast/kernels.py); the "start" log record names it, checkpoints do not
-        (either path resumes either's run)."""
+        (either path resumes either's run). `dist`: this process's part in a data-parallel run
+        (reference/programs/distributed.py; default: one process, with config.zero_stage)."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -146,6 +153,8 @@ class Trainer:
         self.kernels = kernels
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
+        self.dist = dist if dist is not None else DataParallel(zero_stage=config.zero_stage)
+        self.dist.attach(self.params, self.optimizer)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
         self.step = 0                       # optimizer steps done
         self.best_val_loss: float | None = None
@@ -158,6 +167,12 @@ class Trainer:
         self.last_batch = self.last_masks = None
         if resume is not None:
             self._resume(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume))
+        self.dist.adopt_optimizer_state(self.optimizer)
+
+    def fingerprint(self) -> dict:
+        """What every rank of a data-parallel run must share: settings, data and the step it starts at."""
+        return {"settings": self.config.to_dict(), "train data": data_digest(self.train_data),
+                "val data": data_digest(self.val_data), "resumed step": self.step}
 
     # ---------------------------------------------------------------------------------------- state
 
@@ -210,10 +225,22 @@ class Trainer:
         if not _finite_params(self.model):
             raise TrainingDiverged(self.step, f"non-finite weights after step {self.step - 1}; "
                                               f"not saving over {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, self.model, self.optimizer, step=self.step, tokenizer=self.tokenizer,
-                        train_config=self.config.to_dict(), rng=self.rng, best_val_loss=self.best_val_loss,
-                        extra={"last_eval_step": self.last_eval_step})
+        self.dist.full_optimizer_state(self.optimizer)            # ZeRO-1: the slices gathered on rank 0
+        error = None
+        try:
+            if self.dist.is_main:                                   # rank 0 writes; the others wait for its word
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(path, self.model, self.optimizer, step=self.step, tokenizer=self.tokenizer,
+                                train_config=self.config.to_dict(), rng=self.rng, best_val_loss=self.best_val_loss,
+                                extra={"last_eval_step": self.last_eval_step})
+        except (OSError, ValueError) as e:
+            error = e
+            raise
+        finally:
+            self.dist.release_optimizer_state(self.optimizer)
+            told = self.dist.agree(None if error is None else str(error))
+            if told is not None and error is None:
+                raise OSError(f"rank 0 could not write {path}: {told}")
         return path
 
     # ------------------------------------------------------------------------------------- one step
@@ -228,21 +255,22 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(self.train_data, cfg.batch_size, cfg.block_size, self.rng["train"])
+        x, y = get_batch(self.train_data, cfg.batch_size * cfg.gradient_accumulation_steps, cfg.block_size,
+                         self.rng["train"])
         masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 else None
         if self.record:
             self.last_batch, self.last_masks = (x, y), masks
         self.model.zero_grad()
         with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
-            loss = self.model.loss_and_backward(x, y, masks)
-            norm = clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            loss = self.dist.forward_backward(self.model, x, y, masks, cfg.batch_size)   # micro-batches, ranks
+            norm = self.dist.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, f"non-finite loss ({loss}) at step {step} (lr {lr:.3g}); training stopped")
         if not math.isfinite(norm):
             raise TrainingDiverged(step, f"non-finite gradient norm ({norm}) at step {step} (loss {loss:.4f}, "
                                          f"lr {lr:.3g}); training stopped")
         with np.errstate(over="ignore", invalid="ignore"):   # non-finite weights: caught by the next loss
-            self.optimizer.step()
+            self.dist.step(self.optimizer)
         self.step += 1
         dt = time.perf_counter() - t0
         self.train_time += dt
@@ -253,9 +281,8 @@ class Trainer:
         cfg, out = self.config, {}
         for split, data in (("train", self.train_data), ("val", self.val_data)):
             with np.errstate(over="ignore", invalid="ignore"):     # a non-finite mean stops the run
-                losses = [float(self.model.loss(*get_batch(data, cfg.batch_size, cfg.block_size, self.rng["eval"]))[0])
-                          for _ in range(cfg.eval_iters)]
-            out[split] = float(np.mean(losses))
+                out[split] = self.dist.eval_loss(self.model, data, cfg.batch_size, cfg.block_size, self.rng["eval"],
+                                                 cfg.eval_iters)
         return out
 
     # ---------------------------------------------------------------------------------------- loop
@@ -267,11 +294,11 @@ class Trainer:
         target = cfg.max_iters if until is None else min(until, cfg.max_iters)
         log = self._open_log()
         bar = self._progress_bar(target)
-        tokens_per_step = cfg.batch_size * cfg.block_size
+        tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.block_size
         t_start, steps_start, ema = time.perf_counter(), self.step, None
         try:
             self._log(log, {"event": "start", "step": self.step, "resumed": self.resumed_from is not None,
-                            "params": self.model.num_parameters(), "kernels": self.kernels,
+                            "params": self.model.num_parameters(), "kernels": self.kernels, "ranks": self.dist.ranks(),
                             "model": self.model_config.to_dict(),
                             "train_config": cfg.to_dict()})
             while True:
@@ -336,7 +363,7 @@ class Trainer:
             bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
 
     def _open_log(self):
-        if self.out_dir is None:
+        if self.out_dir is None or not self.dist.is_main:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return LogFile(self.out_dir / LOG_NAME, append=self.resumed_from is not None)

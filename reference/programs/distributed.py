@@ -1,0 +1,494 @@
+"""Data-parallel training on MPI: the communicator, the shard arithmetic, the ring all-reduce, ZeRO-1.
+
+    mpiexec -n N python -m reference train ...          the same flags as one process
+
+One step of a run with N ranks and `gradient_accumulation_steps` K (docs/data-parallel.md derives each line):
+
+    x, y = get_batch(train, batch_size * K)            every rank draws the whole batch: the one-process draw
+    rows of rank r = shard_bounds(G, N)[r]             contiguous, sizes differ by at most one row
+    for each micro-batch of <= batch_size rows:        forward and backward; the loss's gradient weighted
+        grad += (n_i / n) d(mean loss_i)               by its count of target tokens n_i (n: the batch's)
+    ring all-reduce of the flat gradient               sum_i (n_i / n) g_i: exactly the full-batch mean
+    clip by the global norm; AdamW step                every rank the same step (ZeRO-1: its slice only,
+                                                       then the parameters all-gathered)
+
+The reduction order is fixed (the ring's: chunk c is summed starting at rank c + 1), so every rank holds
+the same bits, and ZeRO-1 equals plain data parallel bit for bit. Against one process the sums run in
+another order: equal to round-off (tests/test_data_parallel.py, tests/test_grad_accum.py).
+
+mpi4py is imported only when the environment says this process is one of several MPI ranks
+(`world_comm`), so one-process training never loads it. Install it with the `dist` extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+
+from ..optim import clip_grad_norm_
+from .data import get_batch
+
+__all__ = ["LocalComm", "MPIComm", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
+           "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
+
+# The environment variables MPI launchers set for each rank (MPICH/Hydra and Open MPI).
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+
+
+def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """`n` items split into `parts` contiguous ranges [a, b), in order, sizes differing by at most one (the
+    first n % parts ranges one longer). Rows of a batch over ranks, a shard over micro-batches, the flat
+    parameters over ZeRO-1's owners and over the ring's chunks all use it."""
+    base, extra = divmod(n, parts)
+    out, a = [], 0
+    for i in range(parts):
+        b = a + base + (1 if i < extra else 0)
+        out.append((a, b))
+        a = b
+    return out
+
+
+# ------------------------------------------------------------------------------------- communicators
+
+
+class LocalComm:
+    """One process: rank 0 of 1. Every collective is the identity."""
+
+    rank, size = 0, 1
+
+    def allgather(self, obj) -> list:
+        return [obj]
+
+    def bcast(self, obj, root: int = 0):
+        return obj
+
+    def sendrecv(self, send: np.ndarray, dest: int, recv: np.ndarray, source: int) -> None:
+        raise RuntimeError("one process has no peer to exchange with")
+
+    def gather_array(self, part: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        return part.copy()
+
+    def abort(self, code: int) -> None:
+        raise SystemExit(code)
+
+
+class MPIComm:
+    """mpi4py's COMM_WORLD behind the few operations training needs: Python objects (allgather, bcast) and
+    NumPy buffers (sendrecv, gather), plus abort (MPI_Abort: the launcher ends every rank)."""
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI                                     # the dist extra
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def allgather(self, obj) -> list:
+        return self.comm.allgather(obj)
+
+    def bcast(self, obj, root: int = 0):
+        return self.comm.bcast(obj, root=root)
+
+    def sendrecv(self, send: np.ndarray, dest: int, recv: np.ndarray, source: int) -> None:
+        self.comm.Sendrecv(sendbuf=send, dest=dest, recvbuf=recv, source=source)
+
+    def gather_array(self, part: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        """The ranks' 1-D parts, concatenated in rank order, on rank 0 (None elsewhere)."""
+        out = np.empty(sum(counts), part.dtype) if self.rank == 0 else None
+        self.comm.Gatherv(part, [out, counts] if self.rank == 0 else None, root=0)
+        return out
+
+    def abort(self, code: int) -> None:
+        self.comm.Abort(code)
+
+
+def world_size_from_env(environ=os.environ) -> int:
+    """How many ranks the MPI launcher started (1 when not under mpiexec)."""
+    for var in _SIZE_VARS:
+        if environ.get(var, "").isdigit():
+            return int(environ[var])
+    return 1
+
+
+def world_comm():
+    """This process's communicator: MPI's COMM_WORLD when started by mpiexec with N > 1 ranks (ImportError
+    with the install line when mpi4py is missing), else LocalComm."""
+    if world_size_from_env() > 1:
+        try:
+            return MPIComm()
+        except ImportError:
+            raise ImportError("this process was started by mpiexec with several ranks but mpi4py is not "
+                              "installed; pip install -e '.[dist]' (mpi4py and mpich)") from None
+    return LocalComm()
+
+
+# ------------------------------------------------------------------------------------- the ring
+
+
+def ring_reduce_scatter(comm, flat: np.ndarray, chunks: list[tuple[int, int]]) -> None:
+    """Sum `flat` over the ranks, in place, for this rank's own chunk only: afterwards flat[chunks[r]] on rank
+    r is the sum over every rank. N - 1 steps; in step s rank r sends chunk (r - s - 1) mod N to rank r + 1
+    and adds the chunk (r - s - 2) mod N it receives from rank r - 1 into its own copy. Each chunk's sum
+    starts at rank c + 1 and goes once round the ring, the same order on every run: bits are reproducible.
+    Each rank sends (N - 1)/N of the vector."""
+    r, n = comm.rank, comm.size
+    longest = max(b - a for a, b in chunks)
+    recv = np.empty(longest, flat.dtype)
+    for s in range(n - 1):
+        sa, sb = chunks[(r - s - 1) % n]
+        ra, rb = chunks[(r - s - 2) % n]
+        comm.sendrecv(flat[sa:sb], (r + 1) % n, recv[:rb - ra], (r - 1) % n)
+        flat[ra:rb] += recv[:rb - ra]
+
+
+def ring_allgather(comm, flat: np.ndarray, chunks: list[tuple[int, int]]) -> None:
+    """Every rank's own chunk copied to every rank, in place: N - 1 steps, in step s rank r passes chunk
+    (r - s) mod N to rank r + 1. Each rank sends (N - 1)/N of the vector."""
+    r, n = comm.rank, comm.size
+    for s in range(n - 1):
+        sa, sb = chunks[(r - s) % n]
+        ra, rb = chunks[(r - s - 1) % n]
+        comm.sendrecv(flat[sa:sb], (r + 1) % n, flat[ra:rb], (r - 1) % n)
+
+
+def ring_allreduce(comm, flat: np.ndarray, chunks: list[tuple[int, int]]) -> None:
+    """The sum over ranks of `flat`, in place, the same bits on every rank: reduce-scatter, then
+    all-gather. Each rank sends and receives 2 (N - 1)/N of the vector (docs/data-parallel.md)."""
+    ring_reduce_scatter(comm, flat, chunks)
+    ring_allgather(comm, flat, chunks)
+
+
+# ------------------------------------------------------------------------------------- flat views
+
+
+class FlatParams:
+    """The model's parameters seen as one vector, in `params` order: copy gradients and values in and out."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.dtype = self.params[0].data.dtype
+        self.bounds, a = [], 0
+        for p in self.params:
+            self.bounds.append((a, a + p.data.size))
+            a += p.data.size
+        self.size = a
+
+    def grads(self) -> np.ndarray:
+        return np.concatenate([p.grad.ravel() for p in self.params])
+
+    def set_grads(self, flat: np.ndarray) -> None:
+        for p, (a, b) in zip(self.params, self.bounds):
+            p.grad[...] = flat[a:b].reshape(p.grad.shape)
+
+    def values(self) -> np.ndarray:
+        return np.concatenate([p.data.ravel() for p in self.params])
+
+    def set_values(self, flat: np.ndarray) -> None:
+        for p, (a, b) in zip(self.params, self.bounds):
+            p.data[...] = flat[a:b].reshape(p.data.shape)
+
+
+class _StepMasks:
+    """Dropout masks for micro-batches: each layer's mask is drawn once per step for the whole batch (the
+    draw one process makes, in the same order) and every micro-batch takes its rows."""
+
+    def __init__(self, source, rows: int):
+        self.source, self.rows, self.full = source, rows, {}
+
+    def rows_of(self, a: int, b: int):
+        def draw(name, shape, p, dtype):
+            if name not in self.full:
+                self.full[name] = self.source(name, (self.rows, *shape[1:]), p, dtype)
+            return self.full[name][a:b]
+        return draw
+
+
+# ------------------------------------------------------------------------------------- data parallel
+
+
+class DataParallel:
+    """How one rank of N takes part in a step. One process (LocalComm) with K = 1 runs exactly the
+    one-process code: loss_and_backward's arithmetic, clip_grad_norm_, optimizer.step().
+
+    `zero_stage` 1: the AdamW moments live in slices, this rank's being flat[own] of the flattened parameters
+    (`shard_bounds(P, N)[rank]`); see `attach`."""
+
+    def __init__(self, comm=None, zero_stage: int = 0):
+        self.comm = comm if comm is not None else LocalComm()
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.zero_stage = zero_stage
+        self.flat: FlatParams | None = None
+        self.where: list | None = None                          # each rank's (host, pid), once they have met
+        self.zero: ZeroAdamW | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs, prints and writes checkpoints."""
+        return self.rank == 0
+
+    def ranks(self) -> list[dict]:
+        """Each rank's host and pid, for the log's "start" record (a launcher names a lost rank by pid)."""
+        where = self.where or [(None, os.getpid())]
+        return [{"rank": r, "host": w[0] if w else None, "pid": w[1] if w else None} for r, w in enumerate(where)]
+
+    @property
+    def plain(self) -> bool:
+        """One process, no ZeRO: the one-process code path, unchanged."""
+        return self.size == 1 and self.zero_stage == 0
+
+    def attach(self, params, optimizer) -> None:
+        """Set up the flat views (and ZeRO-1's slice of the moments) for `params` and their `optimizer`."""
+        self.flat = FlatParams(params)
+        self.chunks = shard_bounds(self.flat.size, self.size)
+        if self.zero_stage == 1:
+            self.zero = ZeroAdamW(optimizer, self.flat, self.chunks[self.rank])
+
+    # ---- the batch
+
+    def rows(self, batch: int) -> tuple[int, int]:
+        """This rank's rows [a, b) of a step's batch of `batch` rows."""
+        return shard_bounds(batch, self.size)[self.rank]
+
+    def micro_batches(self, batch: int, micro: int) -> list[tuple[int, int]]:
+        """This rank's micro-batches of at most `micro` rows, as row ranges of the step's batch."""
+        a, b = self.rows(batch)
+        count = max(1, -(-(b - a) // micro))
+        return [(a + c, a + d) for c, d in shard_bounds(b - a, count) if d > c]
+
+    def describe(self, batch: int, micro: int, block_size: int) -> str:
+        """The settings line's part: N, the shard sizes and the micro-batches."""
+        shards = [b - a for a, b in shard_bounds(batch, self.size)]
+        per = [max(1, -(-s // micro)) for s in shards]
+        return (f"data parallel: {self.size} rank(s), a step's batch {batch} rows ({batch * block_size} tokens) "
+                f"in shards of {shards} rows, {per} micro-batch(es) of <= {micro} rows per rank"
+                + (", ZeRO-1 (AdamW moments split over the ranks)" if self.zero_stage == 1 else ""))
+
+    # ---- one step
+
+    def forward_backward(self, model, x: np.ndarray, y: np.ndarray, masks, micro: int) -> float:
+        """Forward and backward of this rank's micro-batches, gradients weighted by target-token counts and
+        summed over ranks (ZeRO-1: only this rank's slice is summed, in `self.zero.grad`); returns the
+        batch's mean loss, the same float on every rank. `masks`: a DropoutMasks or None."""
+        pieces = self.micro_batches(len(x), micro)
+        if self.size == 1 and pieces == [(0, len(x))] and self.zero_stage == 0:
+            return model.loss_and_backward(x, y, masks)            # one process, one batch: unchanged
+        ignore = model.criterion.ignore_index
+        n_total = int((y != ignore).sum())                         # every rank holds the whole batch
+        step_masks = _StepMasks(masks, len(x)) if masks is not None else None
+        local = 0.0
+        for a, b in pieces:
+            n = int((y[a:b] != ignore).sum())
+            if n == 0:
+                continue                                           # no targets: no loss, no gradient
+            w = n / n_total                                        # this piece's share of the mean
+            loss, _, (cache, c_loss) = model.loss(x[a:b], y[a:b], step_masks.rows_of(a, b) if step_masks else None)
+            model.backward(model.criterion.backward(w, c_loss), cache)
+            local += w * float(loss)
+        total = sum(self._gather_checking_interrupts(local))      # rank order: the same float everywhere
+        if n_total == 0:
+            total = math.nan
+        self._reduce_gradients()
+        return float(total)
+
+    def _reduce_gradients(self) -> None:
+        if self.size == 1 and self.zero is None:
+            return
+        g = self.flat.grads()
+        if self.zero is not None:
+            ring_reduce_scatter(self.comm, g, self.chunks)        # only this rank's slice is summed
+            lo, hi = self.chunks[self.rank]
+            self.zero.grad = g[lo:hi].copy()
+        else:
+            ring_allreduce(self.comm, g, self.chunks)
+            self.flat.set_grads(g)
+
+    def clip_grad_norm_(self, params, max_norm: float) -> float:
+        """The global L2 norm of the summed gradient, clipped as torch does (reference.optim.clip_grad_norm_);
+        with several ranks or ZeRO-1: each rank's sum of squares over its own chunk, added in rank order."""
+        if self.plain:
+            return clip_grad_norm_(params, max_norm)
+        lo, hi = self.chunks[self.rank]
+        if self.zero is not None:
+            own = self.zero.grad
+        else:
+            own = self.flat.grads()[lo:hi]
+        total = math.sqrt(sum(self.comm.allgather(float(np.vdot(own, own)))))
+        coef = max_norm / (total + 1e-6)
+        if not coef >= 1.0:
+            if self.zero is not None:
+                self.zero.grad *= coef
+            else:
+                for p in params:
+                    p.grad *= coef
+        return total
+
+    def step(self, optimizer) -> None:
+        """The optimizer step: every rank the whole step, or (ZeRO-1) its slice and then the all-gather."""
+        if self.zero is None:
+            optimizer.step()
+            return
+        values = self.flat.values()
+        lo, hi = self.chunks[self.rank]
+        own = values[lo:hi]
+        self.zero.step(own)
+        ring_allgather(self.comm, values, self.chunks)
+        self.flat.set_values(values)
+
+    # ---- evaluation
+
+    def eval_loss(self, model, data, batch_size: int, block_size: int, rng, iters: int) -> float:
+        """nanoGPT's estimate_loss on one split, the batches shared round-robin over the ranks: every rank
+        draws every batch (the generator stays in step), computes those i with i % N == rank, and the
+        means are gathered in batch order: the one-process number, bit for bit."""
+        mine = []
+        for i in range(iters):
+            x, y = get_batch(data, batch_size, block_size, rng)
+            if i % self.size == self.rank:
+                mine.append((i, float(model.loss(x, y)[0])))
+        losses = [v for _, v in sorted(p for part in self._gather_checking_interrupts(mine) for p in part)]
+        return float(np.mean(losses))
+
+    # ---- agreement
+
+    def catch_interrupts(self) -> None:
+        """With several ranks, Ctrl-C (SIGINT) and SIGTERM only raise a flag: a rank that stopped at once would
+        leave the others waiting in a collective. The ranks compare flags at their next exchange (each
+        step's loss, each evaluation) and all raise KeyboardInterrupt there, at the same point."""
+        if self.size == 1:
+            return
+        import signal
+
+        def note(signum, frame):
+            self.interrupted = True
+        signal.signal(signal.SIGINT, note)
+        signal.signal(signal.SIGTERM, note)
+
+    interrupted = False
+
+    def _gather_checking_interrupts(self, value) -> list:
+        every = self.comm.allgather((value, self.interrupted))
+        if any(flag for _, flag in every):
+            raise KeyboardInterrupt
+        return [v for v, _ in every]
+
+    @staticmethod
+    def check_digests(what: dict[str, object]) -> dict[str, str]:
+        """Short digests of what every rank must share ({"settings": ..., "train data": ...})."""
+        return {k: hashlib.blake2b(json.dumps(v, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+                for k, v in what.items()}
+
+    def compare_digests(self, every: list[dict[str, str] | None]) -> None:
+        """ValueError when the ranks were started with different settings or data (`every`: each rank's
+        `check_digests`, in rank order; None for a rank that stopped before training)."""
+        for r, theirs in enumerate(every):
+            if theirs is None:
+                raise ValueError(f"rank {r} stopped before training while rank 0 did not")
+            for k in every[0]:
+                if theirs.get(k) != every[0][k]:
+                    raise ValueError(f"rank {r} was started with other {k} than rank 0; start every rank with the "
+                                     f"same flags and the same data (mpiexec -n {self.size} python -m reference "
+                                     "train ...)")
+
+    def agree(self, error: str | None) -> str | None:
+        """Rank 0's outcome of something only it did (writing a checkpoint), told to every rank."""
+        return self.comm.bcast(error, root=0) if self.size > 1 else error
+
+    # ---- checkpoints
+
+    def full_optimizer_state(self, optimizer) -> None:
+        """ZeRO-1 before a checkpoint: the moment slices gathered into `optimizer.state` on rank 0 (the
+        one-process layout, so any run resumes on any N); a collective, every rank calls it."""
+        if self.zero is not None:
+            self.zero.gather_into(optimizer, self.comm, self.chunks)
+
+    def release_optimizer_state(self, optimizer) -> None:
+        """ZeRO-1 after a checkpoint, or after resuming: the full state dropped, only the slice kept."""
+        if self.zero is not None:
+            optimizer.state = {}
+
+    def adopt_optimizer_state(self, optimizer) -> None:
+        """ZeRO-1 after resuming: this rank's slice of the full state restore_optimizer put in `optimizer`."""
+        if self.zero is not None:
+            self.zero.take_slice(optimizer)
+            optimizer.state = {}
+
+
+class ZeroAdamW:
+    """AdamW (reference.optim.AdamW's update, operation for operation) on one contiguous slice [lo, hi) of the
+    flattened parameters: m and v for that slice only, so each rank holds 1/N of the optimizer state. The
+    per-element weight-decay factor comes from the parameter's group; lr, betas and eps are the groups'
+    (equal in every group the trainer builds)."""
+
+    def __init__(self, optimizer, flat: FlatParams, bounds: tuple[int, int]):
+        from ..optim import AdamW
+        if not isinstance(optimizer, AdamW):
+            raise ValueError(f"zero_stage 1 splits AdamW's moments; the optimizer is {type(optimizer).__name__}")
+        self.optimizer, self.flat = optimizer, flat
+        self.lo, self.hi = bounds
+        n = self.hi - self.lo
+        self.exp_avg = np.zeros(n, flat.dtype)
+        self.exp_avg_sq = np.zeros(n, flat.dtype)
+        self.t = 0
+        self.grad = np.zeros(n, flat.dtype)
+        self.group_of = np.empty(flat.size, np.int64)               # which param group each element is in
+        index = {id(p): i for i, p in enumerate(flat.params)}
+        for gi, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                a, b = flat.bounds[index[id(p)]]
+                self.group_of[a:b] = gi
+        self.group_of = self.group_of[self.lo:self.hi]
+
+    def nbytes(self) -> int:
+        return self.exp_avg.nbytes + self.exp_avg_sq.nbytes
+
+    def step(self, p: np.ndarray) -> None:
+        """One AdamW step of the slice `p` (a view, updated in place) with gradient self.grad."""
+        self.t += 1
+        t = self.t
+        g, m, v = self.grad, self.exp_avg, self.exp_avg_sq
+        groups = self.optimizer.param_groups
+        lr, (b1, b2), eps = groups[0]["lr"], groups[0]["betas"], groups[0]["eps"]
+        for gi, group in enumerate(groups):
+            if group["lr"] != lr or tuple(group["betas"]) != (b1, b2) or group["eps"] != eps:
+                raise ValueError("zero_stage 1 needs the same lr, betas and eps in every param group")
+            wd = group["weight_decay"]
+            if wd != 0:
+                sel = self.group_of == gi
+                p[sel] *= 1.0 - lr * wd                          # AdamW: decay the weights, apart from g
+        m *= b1
+        m += (1.0 - b1) * g                                      # m = b1 m + (1 - b1) g
+        v *= b2
+        v += (1.0 - b2) * (g * g)                                # v = b2 v + (1 - b2) g^2
+        step_size = lr / (1.0 - b1**t)
+        denom = np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
+        p -= step_size * (m / denom)
+
+    def gather_into(self, optimizer, comm, chunks) -> None:
+        counts = [b - a for a, b in chunks]
+        m = comm.gather_array(self.exp_avg, counts)
+        v = comm.gather_array(self.exp_avg_sq, counts)
+        if comm.rank != 0 or self.t == 0:
+            return
+        for p, (a, b) in zip(self.flat.params, self.flat.bounds):
+            optimizer.state[id(p)] = {"step": self.t, "exp_avg": m[a:b].reshape(p.data.shape).copy(),
+                                      "exp_avg_sq": v[a:b].reshape(p.data.shape).copy()}
+
+    def take_slice(self, optimizer) -> None:
+        states = [optimizer.state.get(id(p)) for p in self.flat.params]
+        if all(s is None for s in states):
+            return
+        steps = {int(s["step"]) for s in states if s is not None}
+        if None in states or len(steps) != 1:
+            raise ValueError("zero_stage 1 resumes only a run whose every parameter took the same number of "
+                             f"steps; this checkpoint holds steps {sorted(steps)}")
+        self.t = steps.pop()
+        self.exp_avg[:] = np.concatenate([s["exp_avg"].ravel() for s in states])[self.lo:self.hi]
+        self.exp_avg_sq[:] = np.concatenate([s["exp_avg_sq"].ravel() for s in states])[self.lo:self.hi]
+
+
+def data_digest(data: np.ndarray) -> str:
+    """A short digest of a token array, to check that every rank reads the same data."""
+    return hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).hexdigest()
