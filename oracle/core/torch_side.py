@@ -17,6 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from . import masks as _masks
+from .dropout import RecordedDropout
 from .params import Param
 from .report import CheckError
 from .subject import Subject
@@ -217,7 +218,7 @@ def run_torch(reference, subject: Subject, mapping: ParamMapping, values: dict[s
     if isinstance(masks, _masks.Draws):
         masks.cursor = 0                                   # each run takes the draws from the first
     for path, sub in fn.named_modules() if module else ():
-        if hasattr(sub, "draws_at_zero") and sub.name == "dropout" and path:   # a RecordedDropout: named by its path
+        if isinstance(sub, RecordedDropout) and sub.name == "dropout" and path:   # named by its path in errors
             sub.name = path
     where = Where(fn)
     call = f"reference({shapes_text(tin)}{', masks=...' if 'masks' in kwargs else ''})"
