@@ -128,6 +128,9 @@ def test_every_draw_is_recorded_replayed_and_counted():
     assert report.draws == "random draws: 2 recorded (np.random.rand x1, TwoDraws.rng.random x1), 2 used by the reference, 0 left over"
     assert np.array_equal(np.random.get_state()[1], state[1]) and layer.rng.bit_generator.state == gen_state
     assert directional_check(forward, layer.backward, (x,), masks=NumpyRandomReplay(seed=2, within=layer)).passed
+    bound = TwoDraws(0.3)                                                  # layer.forward: its own rng found
+    bound.backward = lambda dy: dy * bound.m2 * (1 - np.tanh(x * bound.m1) ** 2) * bound.m1
+    assert check(bound.forward, bound.backward, two_draws(0.3), (x,), masks=NumpyRandomReplay(seed=2)).passed
     # planted: the reference keeps by another rule, takes one draw too few, or one too many
     assert "output" in failing(check(forward, layer.backward, two_draws(0.3, keep="rand > p"), (x,),
                                      masks=NumpyRandomReplay(seed=2, within=layer)))

@@ -186,7 +186,8 @@ class NumpyRandomReplay(MaskTape):
     Recorded: calls of `np.random.<fn>` (rand, random, uniform, binomial, randn, normal, randint, choice,
     ...) through the module, seeded with `seed`; and the draws of every numpy `Generator` created
     during the forward (`np.random.default_rng(...)`) or found on `within` (an object walked like
-    `params_of`: `NumpyRandomReplay(within=model)` for a model that keeps `self.rng`). The global NumPy
+    `params_of`: `NumpyRandomReplay(within=model)` for a model that keeps `self.rng`; by default the
+    object whose bound method the forward is). The global NumPy
     random state and each Generator's state are restored afterwards. The code must call np.random's
     functions through the module, not through names it imported before the check."""
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .masks import MaskTape, _put, mask_tape
+from .masks import MaskTape, NumpyRandomReplay, _put, mask_tape
 from .params import Param, as_param, tie
 from .report import CheckError
 
@@ -162,7 +162,10 @@ def make_subject(forward, backward, inputs, *, params=None, grad_inputs=None, in
             raise CheckError(f"input {input_names[g]!r} has dtype {arrays[g].dtype}: only floating inputs carry gradients")
         resolved.append(g)
     params = tie({name: as_param(name, spec) for name, spec in (params or {}).items()})
-    return Subject(forward, backward, inputs, params, tuple(resolved), input_names, mask_tape(masks), zero_grad)
+    tape = mask_tape(masks)
+    if isinstance(tape, NumpyRandomReplay) and tape.within is None:       # layer.forward: its Generators too
+        tape.within = getattr(forward, "__self__", None)
+    return Subject(forward, backward, inputs, params, tuple(resolved), input_names, tape, zero_grad)
 
 
 def random_dout(out: np.ndarray, seed: int, avoid=()) -> np.ndarray:
