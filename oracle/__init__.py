@@ -31,7 +31,8 @@ _EXPORTS = {
     "directional_check": "core.fd", "jacobian_check": "core.fd", "sampled_check": "core.fd",
     "CheckError": "core.report", "Report": "core.report", "TensorCheck": "core.report", "rel_error": "core.report",
     "MaskTape": "core.masks", "NumpyRandomReplay": "core.masks", "Param": "core.params", "params_of": "core.params",
-    "check": "core.check", "consistency_check": "core.consistency",
+    "check": "core.check", "check_loss": "core.check", "consistency_check": "core.consistency",
+    "Params": "core.params", "Draws": "core.masks", "RecordedDropout": "core.dropout", "replay_dropout": "core.dropout",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,7 +22,7 @@ from oracle.core.check import check
 from oracle.core.consistency import consistency_check
 from oracle.core.params import Param
 from oracle.core.report import CheckError, Report
-from oracle.core.subject import random_dout
+from oracle.core.subject import seeded_dout
 
 from .twins import load_reference_state
 from .twins import name_dropouts as name_twin_dropouts
@@ -33,7 +33,8 @@ def layer_arguments(ref, inputs: tuple, *, seed: int = 0, dropout: bool = False)
 
     The first input carries the gradient when it is floating (the protocol's backward returns dx for
     the first input only); parameters are the layer's `named_parameters()` with their `.grad` buffers;
-    dropout masks come from `DropoutMasks(default_rng(seed + 1))`, recorded by dropout name."""
+    dropout masks come from `DropoutMasks(default_rng(seed + 1))`, recorded by dropout name; the upstream
+    gradient from default_rng(seed) (`seeded_dout`: the registered examples were found with it)."""
     name_dropouts(ref)
     caches: list = []
 
@@ -49,7 +50,8 @@ def layer_arguments(ref, inputs: tuple, *, seed: int = 0, dropout: bool = False)
     return dict(forward=forward, backward=backward, inputs=tuple(inputs),
                 params={n: Param(p.data, p.grad) for n, p in ref.named_parameters()},
                 grad_inputs=(0,) if first_float else (), input_names=("input",) + tuple(f"input{i}" for i in range(1, len(inputs))),
-                masks=DropoutMasks(np.random.default_rng(seed + 1)) if dropout else None, seed=seed)
+                masks=DropoutMasks(np.random.default_rng(seed + 1)) if dropout else None, seed=seed,
+                dout=lambda out: seeded_dout(out, seed))
 
 
 def compare(ref, twin, inputs: tuple, *, case: str = "layer", seed: int = 0, dropout: bool = False,
@@ -124,7 +126,7 @@ def run_reference(ref, inputs: tuple, dout_seed: int, masks=None):
     """Forward, a random upstream gradient, backward: (output, dout, input grad, {name: grad})."""
     ref.zero_grad()
     out, cache = ref.forward(*inputs, masks=masks) if masks is not None else ref.forward(*inputs)
-    dout = random_dout(out, dout_seed)
+    dout = seeded_dout(out, dout_seed)
     dx = ref.backward(dout.copy(), cache)
     return np.asarray(out), dout, dx, {name: p.grad for name, p in ref.named_parameters()}
 

@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from oracle.core.report import Report
+from oracle.core.report import CheckError, Report
 
 from . import cases as _cases  # noqa: F401  (fills the registry)
 from .adapters import compare, consistency, directional_check, finite_difference_check, jacobian_check
@@ -190,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
                     report, fd = run_case(name, dtype, args.seed, dims, kernels)
                     extra = gradchecks(name, dtype, args.seed, dims, kernels)
                 except Exception as e:                         # a case that crashes is a failed row, not a traceback
+                    if isinstance(e, CheckError) and e.__cause__ is not None:
+                        e = e.__cause__                        # the layer's own error: named with its line below
                     rows.append((name, dtype, kernels, *["-"] * (len(HEADER) - 4), "ERROR"))
                     failures.append(f"[{kernels} path] {name} [{dtype}]: raised {type(e).__name__}: {e}{_where(e)}")
                     continue

@@ -1,11 +1,12 @@
 """The oracle's core: checks anyone's NumPy code, and imports nothing from `reference`.
 
-- `check` (check.py): a NumPy forward and backward against a torch function or module; `torch_side.py`
-  runs the torch side.
+- `check`, `check_loss` (check.py): a NumPy forward and backward (or a loss returning (loss, dlogits))
+  against a torch function or module; `torch_side.py` runs the torch side.
 - `consistency_check` (consistency.py): backward twice, non-contiguous inputs; no torch.
 - `sampled_check`, `jacobian_check`, `directional_check` (fd.py): float64 central differences; no torch.
-- `Report`, `TensorCheck`, `rel_error`, `CheckError` (report.py); `Param`, `params_of` (params.py);
-  `MaskTape`, `NumpyRandomReplay` (masks.py); `Subject`, `make_subject` (subject.py); the tolerance
+- `Report`, `TensorCheck`, `rel_error`, `CheckError` (report.py); `Param`, `params_of`, `Params`
+  (params.py); `MaskTape`, `NumpyRandomReplay`, `Draws` (masks.py); `RecordedDropout`, `replay_dropout`
+  (dropout.py: nn.Dropout's drop-in that replays the NumPy draws); `Subject`, `make_subject` (subject.py); the tolerance
   policy (tolerance.py, docs/tolerance.md).
 
 The project's own layers, twins and registered cases are in oracle.bridge, which builds on this package.
@@ -14,13 +15,14 @@ The project's own layers, twins and registered cases are in oracle.bridge, which
 from __future__ import annotations
 
 from . import tolerance
-from .check import check
+from .check import check, check_loss
 from .consistency import consistency_check
+from .dropout import RecordedDropout, replay_dropout
 from .fd import directional_check, jacobian_check, sampled_check
-from .masks import MaskTape, NumpyRandomReplay
-from .params import Param, params_of
+from .masks import Draws, MaskTape, NumpyRandomReplay
+from .params import Param, Params, params_of
 from .report import CheckError, Report, TensorCheck, rel_error, tensor_check
 
-__all__ = ["CheckError", "MaskTape", "NumpyRandomReplay", "Param", "Report", "TensorCheck", "check",
-           "consistency_check", "directional_check", "jacobian_check", "params_of", "rel_error", "sampled_check",
-           "tensor_check", "tolerance"]
+__all__ = ["CheckError", "Draws", "MaskTape", "NumpyRandomReplay", "Param", "Params", "RecordedDropout", "Report",
+           "TensorCheck", "check", "check_loss", "consistency_check", "directional_check", "jacobian_check",
+           "params_of", "rel_error", "replay_dropout", "sampled_check", "tensor_check", "tolerance"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .report import CheckError, Report, TensorCheck, tensor_check
-from .subject import Subject, grad_name, make_subject, random_dout
+from .subject import Subject, grad_name, make_subject, upstream
 from .tolerance import FD_STEP, FD_TOL, gradient_floors
 
 
@@ -42,11 +42,12 @@ def _subject(forward, backward, inputs, params, grad_inputs, input_names, masks,
     return subject
 
 
-def _analytic(subject: Subject, seed: int):
+def _analytic(subject: Subject, seed: int, dout=None):
     """One forward (recording any dropout masks), dout, one backward: (dout, {leaf: gradient})."""
     subject.zero()
     out = subject.run_forward()
-    dout = random_dout(out, seed).astype(np.float64)
+    dout = upstream(out, seed, dout, avoid=[*subject.inputs, *(p.value for p in subject.params.values())]
+                    ).astype(np.float64)
     dx, grads = subject.run_backward(dout.copy())
     analytic = {}
     for (name, kind, array), g in zip(subject.leaves(), [*dx, *grads.values()]):
@@ -62,14 +63,30 @@ def _arrays(subject: Subject) -> list[tuple[str, str, np.ndarray]]:
             for name, kind, _ in subject.leaves()]
 
 
+def _in_code_order(subject: Subject, report: Report) -> list[str] | None:
+    """The leaves in the order the code's forward first touches them (Subject.touch_order): the report
+    then says "the code's order"; None, and no ordering claim, when that order cannot be recorded."""
+    order = subject.touch_order()
+    report.order = "code" if order is not None else ""
+    return order
+
+
+def _sorted(checks: list, order: list[str] | None, names: list[str]) -> list:
+    if order is None:
+        return checks
+    rank = {n: k for k, n in enumerate(order)}
+    return [c for _, c in sorted(zip(names, checks), key=lambda t: rank.get(t[0], len(rank)))]
+
+
 def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
                   zero_grad=None, seed: int = 0, case: str = "check", coords: int = 12,
-                  step: float = FD_STEP) -> Report:
+                  step: float = FD_STEP, dout=None) -> Report:
     """Analytic gradients against central differences at `coords` random coordinates of every input that
-    carries a gradient and of every parameter, float64. One report line per tensor: `<name> (fd)`."""
+    carries a gradient and of every parameter, float64. One report line per tensor: `<name> (fd)`, in
+    the order the code first touches them (or no ordering claim, `Report.order`). `dout` as for `check`."""
     report = Report(case, "float64 (finite differences)")
     subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
-    dout, analytic = _analytic(subject, seed)
+    dout, analytic = _analytic(subject, seed, dout)
     arrays = _arrays(subject)
     floors = dict(zip(analytic, gradient_floors([k for _, k, _ in arrays], list(analytic.values()))))
 
@@ -100,12 +117,13 @@ def sampled_check(forward, backward, inputs, *, params=None, grad_inputs=None, i
                                          float(sampled[worst]) if diff.size else 0.0,
                                          float(numeric[worst]) if diff.size else 0.0, FD_TOL,
                                          sampled, numeric, floor))
+    report.checks = _sorted(report.checks, _in_code_order(subject, report), [n for n, _, _ in arrays])
     return report
 
 
 def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
                    zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP,
-                   max_size: int = 20_000) -> Report:
+                   max_size: int = 20_000, dout=None) -> Report:
     """The full Jacobian d output / d leaf of every input that carries a gradient and every parameter,
     float64: numerically, column by column (2 forwards per coordinate), against the backward run once
     per output element with a one-hot upstream gradient. Each tensor's error is
@@ -147,18 +165,21 @@ def jacobian_check(forward, backward, inputs, *, params=None, grad_inputs=None, 
     for (name, kind, _), floor in zip(leaves, floors):
         report.checks.append(tensor_check(f"{grad_name(name, kind)} (jacobian)", kind, rows[name], numeric[name],
                                           FD_TOL, floor))
+    report.checks = _sorted(report.checks, _in_code_order(subject, report), [n for n, _, _ in leaves])
     return report
 
 
 def directional_check(forward, backward, inputs, *, params=None, grad_inputs=None, input_names=None, masks=None,
-                      zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP) -> Report:
+                      zero_grad=None, seed: int = 0, case: str = "check", step: float = FD_STEP,
+                      dout=None) -> Report:
     """Directional derivatives, float64: with dout and a direction v ~ N(0, 1) over every input that carries
     a gradient and every parameter, (L(θ+hv) - L(θ-hv)) / 2h for L = sum(f * dout) against
     sum over tensors of <gradient, v>, relative to the norm of the gradient (the scale of that sum).
-    One line for all tensors moved together, then one per tensor moved alone."""
+    One line per tensor moved alone, in the order the code first touches them (or no ordering claim,
+    `Report.order`), then one for all of them moved together (kind "directional")."""
     subject = _subject(forward, backward, inputs, params, grad_inputs, input_names, masks, zero_grad)
     report = Report(case, "float64 (directional)")
-    dout, analytic = _analytic(subject, seed)
+    dout, analytic = _analytic(subject, seed, dout)
     rng = np.random.default_rng(seed + 3)
     leaves = _arrays(subject)
     direction = {name: rng.standard_normal(a.shape) for name, _, a in leaves}
@@ -179,8 +200,9 @@ def directional_check(forward, backward, inputs, *, params=None, grad_inputs=Non
             a[...] = s
         return (up - down) / (2 * step)
 
-    groups = [("all gradients", "directional", [n for n, *_ in leaves])]
-    groups += [(grad_name(n, kind), kind, [n]) for n, kind, _ in leaves]
+    order = _in_code_order(subject, report)
+    singles = _sorted([(grad_name(n, kind), kind, [n]) for n, kind, _ in leaves], order, [n for n, *_ in leaves])
+    groups = singles + [("all gradients", "directional", [n for n, *_ in leaves])]
     norm = float(np.sqrt(sum(float(np.sum(g * g)) for g in analytic.values())))
     for label, kind, names in groups:
         numeric = derivative(names)

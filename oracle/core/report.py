@@ -56,29 +56,60 @@ class TensorCheck:
     ours_array: np.ndarray | None = field(default=None, repr=False)
     expected_array: np.ndarray | None = field(default=None, repr=False)
     floor: float = 0.0          # the absolute floor the error was measured with
+    defect: str = ""            # what makes the row fail whatever its error: a wrong shape, dtype, no gradient
+    note: str = ""              # the harness's reading of a failure (a tied weight's missing share, ...)
 
     @property
     def passed(self) -> bool:
-        return bool(self.err <= self.tol)
+        return not self.defect and bool(self.err <= self.tol)
 
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
-        return (f"  {mark} {self.name:<44} err {self.err:9.2e} (tol {self.tol:8.1e})  max|diff| {self.max_abs:9.2e}"
-                f"  at {self.where}: ours {self.ours:+.10g} theirs {self.theirs:+.10g}")
+        if self.defect and not np.isfinite(self.err):
+            text = f"  {mark} {self.name:<44} {self.defect}"
+        else:
+            text = (f"  {mark} {self.name:<44} err {self.err:9.2e} (tol {self.tol:8.1e})  max|diff| {self.max_abs:9.2e}"
+                    f"  at {self.where}: ours {self.ours:+.10g} theirs {self.theirs:+.10g}")
+            text += f"  [{self.defect}]" if self.defect else ""
+        return text + (f"\n         {self.note}" if self.note else "")
+
+    def worst_element(self) -> str:
+        """One line: where the worst element is, ours against the expected value there."""
+        if self.defect and not np.isfinite(self.err):
+            return f"{self.name}: {self.defect}"
+        return (f"{self.name}: worst element at {self.where}: ours {self.ours:+.10g}, expected {self.theirs:+.10g} "
+                f"(err {self.err:.2e}, tol {self.tol:.1e})" + (f"; {self.defect}" if self.defect else ""))
 
 
 @dataclass
 class Report:
     """Everything one comparison found; `passed` only when every tensor passed and nothing was left out.
 
-    `checks` are in forward order: the output first, then the gradients in the order their tensors
-    are first used by the reference's forward (inputs and parameters), then any extra checks."""
+    `checks` are in the order `order` names: "forward" (check: the output first, then the gradients in
+    the order their tensors are first used by the reference's forward), "code" (the order the code
+    under test first touches them, recorded), or "" (no ordering claim); then any extra checks.
+    `draws` says how many random draws were recorded, used by the reference and left over."""
 
     case: str
     dtype: str
     checks: list[TensorCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     dout: np.ndarray | None = field(default=None, repr=False)
+    order: str = "forward"
+    draws: str = ""
+
+    def assert_ok(self) -> None:
+        """For pytest: nothing when the report passed; otherwise an AssertionError that prints the table,
+        the first failing tensor and its worst element."""
+        if self.passed:
+            return
+        first = self.first_failure
+        lines = [str(self)]
+        if first is not None:
+            lines.append(f"first failing tensor: {first.worst_element()}")
+        elif self.problems:
+            lines.append(f"first problem: {self.problems[0]}")
+        raise AssertionError("\n".join(lines))
 
     @property
     def passed(self) -> bool:
@@ -113,10 +144,13 @@ class Report:
     def __str__(self) -> str:
         head = f"{self.case} [{self.dtype}]: {'PASS' if self.passed else 'FAIL'}"
         first, last = self.first_failure, self.last_failure
-        tail = [f"  first failure in forward order: {first.name}"] if first is not None and not self.problems else []
+        what = {"forward": "forward order", "code": "the code's order"}.get(self.order)
+        tail = [f"  first failure in {what}: {first.name}"] if what and first is not None and not self.problems else []
         if tail and last is not None and last is not first:
-            tail.append(f"  last failing gradient in forward order: {last.name} (a backward bug usually sits just after it)")
-        return "\n".join([head, *(f"  PROBLEM {p}" for p in self.problems), *(c.line() for c in self.checks), *tail])
+            tail.append(f"  last failing gradient in {what}: {last.name} (a backward bug usually sits just after it)")
+        draws = [f"  {self.draws}"] if self.draws else []
+        return "\n".join([head, *(f"  PROBLEM {p}" for p in self.problems), *(c.line() for c in self.checks),
+                          *draws, *tail])
 
 
 def value_at(a: np.ndarray, where: tuple) -> float:
