@@ -7,6 +7,8 @@ Usage (from the repository root)::
     python data/prepare.py --from my.txt --out data/mine
     python data/prepare.py --from my.txt --tokenizer path/to/gpt2 --out data/mine_gpt2
                                                  # a Hugging Face model directory's BPE (hf extra)
+    python data/prepare.py --sft examples.jsonl --out data/mine_sft
+                                                 # supervised fine-tuning data: ids and a loss mask
 
 Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT;
 uint32 for a BPE vocabulary of more than 65,536 ids)
@@ -15,6 +17,11 @@ SHA-256) into the output directory.  Each file is written atomically, and
 ``meta.json`` is written last, so a present ``meta.json`` means a complete
 data set.  The first 90% of the tokens are the training split, the last 10%
 the validation split.
+
+With ``--sft FILE.jsonl`` (reference/programs/sft.py: the format and the chat template), the
+examples are split by example (the last 10%, at least one, for validation), packed, and written as
+``train.bin`` / ``val.bin`` with ``train_mask.bin`` / ``val_mask.bin`` (uint8, 1 on response tokens:
+the loss is computed on those only); ``meta.json`` gets an ``"sft"`` key.
 
 Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
 are reported as one line on stderr with a non-zero exit code.
@@ -38,6 +45,7 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
     sys.path.insert(0, str(_REPO_ROOT))
 
 from reference.programs.atomic import atomic_write  # noqa: E402
+from reference.programs import sft  # noqa: E402
 from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
@@ -227,6 +235,49 @@ def prepare(
     return meta
 
 
+def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_fraction: float = VAL_FRACTION
+                ) -> dict[str, Any]:
+    """Read a JSONL of SFT examples, tokenise, split by example, write ids, masks and meta; return the meta.
+    The char tokenizer's alphabet is every character of every prompt and response (template included)."""
+    try:
+        examples = sft.read_examples(path)
+    except sft.SFTError as exc:
+        raise PrepareError(str(exc)) from None
+    if len(examples) < 2:
+        raise PrepareError(f"{path} holds {len(examples)} example; expected at least 2 (one for validation)")
+    text = "".join(p + r for p, r in examples).encode("utf-8")
+    _, tok = tokenize(text, kind)
+    n_val = max(1, round(len(examples) * val_fraction))
+    splits = {"train": examples[:-n_val], "val": examples[-n_val:]}
+    encoded = {}
+    for split, exs in splits.items():
+        try:
+            encoded[split] = sft.encode(exs, tok, where=f"{path}: {split} example")
+        except sft.SFTError as exc:
+            raise PrepareError(str(exc)) from None
+    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
+    raw = Path(path).read_bytes()
+    meta = {
+        "tokenizer": tok.to_dict(), "vocab_size": tok.vocab_size, "dtype": dtype,
+        "train_tokens": int(encoded["train"][0].size), "val_tokens": int(encoded["val"][0].size),
+        "val_fraction": val_fraction, "source": str(path), "sha256": sha256_hex(raw), "num_bytes": len(raw),
+        "sft": {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
+                "masks": sft.MASK_FILES, "ignore_index": sft.IGNORE_INDEX,
+                "response_tokens": {k: int(m.sum()) for k, (_, m) in encoded.items()}},
+    }
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)
+        for split, (ids, mask) in encoded.items():
+            atomic_write_bytes(out / f"{split}.bin", ids.astype(dtype).tobytes())
+            atomic_write_bytes(out / sft.MASK_FILES[split], mask.astype(np.uint8).tobytes())
+        atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    return meta
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in --help (unless its help already says it)."""
 
@@ -252,6 +303,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="char: one id per character (default); byte: one id per UTF-8 byte; DIR: the BPE "
                         "of a Hugging Face model directory (tokenizer.json, or vocab.json + merges.txt; "
                         "needs the hf extra), for fine-tuning that model")
+    p.add_argument("--sft", metavar="FILE.jsonl", default=None,
+                   help="supervised fine-tuning examples, one JSON object a line: {\"prompt\", \"response\"} or "
+                        "{\"messages\": [...]}; writes ids and a loss mask (default: a text corpus)")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
                    help="download timeout in seconds, > 0")
     args = p.parse_args(argv)
@@ -265,6 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
     replacing = previous_source(out_dir)
     try:
+        if args.sft:
+            if args.src:
+                raise PrepareError("give --sft FILE.jsonl or --from PATH, not both")
+            meta = prepare_sft(args.sft, Path(args.out) if args.out else DATA_DIR / "sft", kind=args.tokenizer)
+            out_dir = Path(args.out) if args.out else DATA_DIR / "sft"
+            sizes = meta["sft"]
+            print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
+            print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "
+                  f"({sizes['response_tokens']['train']:,} in responses); val: {sizes['val_examples']} examples, "
+                  f"{meta['val_tokens']:,} tokens ({sizes['response_tokens']['val']:,} in responses)")
+            print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, meta.json")
+            return 0
         if args.src:
             raw = read_source(args.src)
             source = str(args.src)

@@ -41,6 +41,7 @@ from ...model import GPT, check_token_ids
 from ...optim import SGD, AdamW, clip_grad_norm_
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
+from .. import sft
 from ..data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
 from .memory import check_memory
 from .settings import TrainConfig
@@ -97,11 +98,13 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
                  vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
-                 kernels: str = "fast"):
+                 kernels: str = "fast", loss_masks: tuple | None = None):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
         settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
         "fast" or "textbook" (reference/fast/kernels.py); the "start" log record names it, checkpoints do not
-        (either path resumes either's run)."""
+        (either path resumes either's run). `loss_masks`: (train mask, val mask) for SFT data given as
+        arrays (reference/programs/sft.py: 1 on response tokens, the only targets counted); SFT data in
+        `config.data_dir` brings its own."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -110,6 +113,9 @@ class Trainer:
             meta = load_meta(data_dir)
             tokenizer = tokenizer_from_dict(meta["tokenizer"])
             train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
+            if meta.get("sft"):
+                loss_masks = tuple(sft.load_mask(data_dir, k, len(d)) for k, d in (("train", train_data),
+                                                                                   ("val", val_data)))
         self.tokenizer = tokenizer
         if tokenizer is not None:
             vocab_size = tokenizer.vocab_size
@@ -123,6 +129,18 @@ class Trainer:
                 raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
                                  f"block_size {config.block_size} (+1 target); use a smaller block_size")
             _check_split_ids(split, data, vocab_size)
+        self.loss_masks = None if loss_masks is None else dict(zip(("train", "val"), loss_masks))
+        self.window_starts = None
+        if self.loss_masks is not None:
+            self.window_starts = {k: sft.window_starts(np.asarray(m), config.block_size)
+                                  for k, m in self.loss_masks.items()}
+            for k, starts in self.window_starts.items():
+                if len(self.loss_masks[k]) != len(self.train_data if k == "train" else self.val_data):
+                    raise ValueError(f"the {k} loss mask has {len(self.loss_masks[k])} entries for "
+                                     f"{len(self.train_data if k == 'train' else self.val_data)} tokens: expected one per token")
+                if starts.size == 0:
+                    raise ValueError(f"no window of block_size {config.block_size} in the {k} split holds a response "
+                                     "token: every target would be ignored (expected SFT data with responses)")
         self.model_config = config.model_config(vocab_size)
         self.memory = check_memory(config, vocab_size)       # before the model and its arrays exist
         if init_from is not None:
@@ -196,6 +214,15 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return self.config.lr_at(step)
 
+    def get_batch(self, split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) windows of `split`; for SFT data, y is IGNORE_INDEX on prompt tokens (sft.get_batch)."""
+        cfg = self.config
+        data = self.train_data if split == "train" else self.val_data
+        if self.loss_masks is None:
+            return get_batch(data, cfg.batch_size, cfg.block_size, rng)
+        return sft.get_batch(data, self.loss_masks[split], cfg.batch_size, cfg.block_size, rng,
+                             self.window_starts[split])
+
     def train_step(self) -> dict:
         """One optimizer step at `self.step`: returns {"step", "loss", "lr", "grad_norm", "dt_s"}."""
         cfg, step = self.config, self.step
@@ -203,7 +230,7 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(self.train_data, cfg.batch_size, cfg.block_size, self.rng["train"])
+        x, y = self.get_batch("train", self.rng["train"])
         masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 else None
         if self.record:
             self.last_batch, self.last_masks = (x, y), masks
@@ -226,9 +253,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Mean loss over eval_iters batches of each split, without dropout (nanoGPT's estimate_loss)."""
         cfg, out = self.config, {}
-        for split, data in (("train", self.train_data), ("val", self.val_data)):
+        for split in ("train", "val"):
             with np.errstate(over="ignore", invalid="ignore"):     # a non-finite mean stops the run
-                losses = [float(self.model.loss(*get_batch(data, cfg.batch_size, cfg.block_size, self.rng["eval"]))[0])
+                losses = [float(self.model.loss(*self.get_batch(split, self.rng["eval"]))[0])
                           for _ in range(cfg.eval_iters)]
             out[split] = float(np.mean(losses))
         return out
