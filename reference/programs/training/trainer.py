@@ -98,13 +98,15 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
                  vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
-                 kernels: str = "fast", loss_masks: tuple | None = None):
+                 kernels: str = "fast", loss_masks: tuple | None = None, objective=None):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
         settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
         "fast" or "textbook" (reference/fast/kernels.py); the "start" log record names it, checkpoints do not
         (either path resumes either's run). `loss_masks`: (train mask, val mask) for SFT data given as
         arrays (reference/programs/sft.py: 1 on response tokens, the only targets counted); SFT data in
-        `config.data_dir` brings its own."""
+        `config.data_dir` brings its own. `objective`: another training objective than next-token
+        cross-entropy (reference/programs/dpo.py::DPOObjective): its `prepare(model)` runs once the model
+        is built, and its `get_batch`, `loss_and_backward` and `loss` replace the language model's."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -157,6 +159,9 @@ class Trainer:
         else:
             self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
         self.kernels = kernels
+        self.objective = objective
+        if objective is not None:
+            objective.prepare(self.model)                     # e.g. DPO's reference log-probs, from these weights
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
@@ -214,14 +219,22 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return self.config.lr_at(step)
 
-    def get_batch(self, split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) windows of `split`; for SFT data, y is IGNORE_INDEX on prompt tokens (sft.get_batch)."""
+    def get_batch(self, split: str, rng: np.random.Generator) -> tuple:
+        """(x, y) windows of `split`; for SFT data, y is IGNORE_INDEX on prompt tokens (sft.get_batch); with
+        an objective, its batch."""
         cfg = self.config
+        if self.objective is not None:
+            return self.objective.get_batch(split, cfg.batch_size, rng)
         data = self.train_data if split == "train" else self.val_data
         if self.loss_masks is None:
             return get_batch(data, cfg.batch_size, cfg.block_size, rng)
         return sft.get_batch(data, self.loss_masks[split], cfg.batch_size, cfg.block_size, rng,
                              self.window_starts[split])
+
+    def _eval_loss(self, batch) -> float:
+        if self.objective is not None:
+            return float(self.objective.loss(self.model, batch))
+        return float(self.model.loss(*batch)[0])
 
     def train_step(self) -> dict:
         """One optimizer step at `self.step`: returns {"step", "loss", "lr", "grad_norm", "dt_s"}."""
@@ -230,13 +243,14 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self.get_batch("train", self.rng["train"])
+        batch = self.get_batch("train", self.rng["train"])
         masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 else None
         if self.record:
-            self.last_batch, self.last_masks = (x, y), masks
+            self.last_batch, self.last_masks = batch, masks
         self.model.zero_grad()
         with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
-            loss = self.model.loss_and_backward(x, y, masks)
+            loss = (self.model.loss_and_backward(*batch, masks) if self.objective is None
+                    else self.objective.loss_and_backward(self.model, batch, masks))
             norm = clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, f"non-finite loss ({loss}) at step {step} (lr {lr:.3g}); training stopped")
@@ -255,7 +269,7 @@ class Trainer:
         cfg, out = self.config, {}
         for split in ("train", "val"):
             with np.errstate(over="ignore", invalid="ignore"):     # a non-finite mean stops the run
-                losses = [float(self.model.loss(*self.get_batch(split, self.rng["eval"]))[0])
+                losses = [self._eval_loss(self.get_batch(split, self.rng["eval"]))
                           for _ in range(cfg.eval_iters)]
             out[split] = float(np.mean(losses))
         return out
