@@ -33,7 +33,7 @@ def pairs(n: int, seed: int = 0):
     out = []
     for _ in range(n):
         w = "".join(rng.choice(list("abcd"), size=int(rng.integers(2, 5))))
-        w = w if w != w[::-1] else w + "a"
+        w = w if w != w[::-1] else w + ("b" if w[0] == "a" else "a")
         out.append((f"{w}=", f"{w[::-1]}.", f"{w}."))
     return out
 
@@ -196,3 +196,69 @@ def test_chosen_equal_rejected_warned_and_empty_refused(tmp_path):
         dpo.encode_pairs([("aaaaaaaaa", "b", "a")], tok, 4)
     with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         dpo.DPOObjective([], [], beta=0)
+
+
+# ------------------------------------------------------------------------------ the command line
+
+
+def write_pairs(path, n=24):
+    path.write_text("\n".join(json.dumps(dict(zip(dpo.KEYS, p))) for p in pairs(n)) + "\n")
+    return path
+
+
+def cli(capsys, *args):
+    from reference.programs.cli import main
+    rc = main(["train", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.err
+
+
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "12", "--batch_size", "4",
+        "--eval_iters", "2", "--warmup_iters", "1", "--lr_decay_iters", "8", "--learning_rate", "3e-3",
+        "--dropout", "0.1", "--no-progress", "--objective", "dpo", "--beta", "0.5", "--dtype", "float64"]
+
+
+@pytest.mark.parametrize("kernels", ["fast", "textbook"])
+def test_train_objective_dpo_resumes_bit_identical(tmp_path, capsys, kernels):
+    """prepare.py --dpo, then train --objective dpo: straight to 6 steps equals 3 steps and a resume to 6."""
+    from test_sft import prepare
+    from reference.programs.safetensors_io import load_file
+    assert prepare.main(["--dpo", str(write_pairs(tmp_path / "p.jsonl")), "--out", str(tmp_path / "d")]) == 0
+    common = ("--data_dir", tmp_path / "d", "--eval_interval", 3, "--always_save_checkpoint", "--kernels", kernels,
+              *TINY)
+    assert cli(capsys, "--out_dir", tmp_path / "a", "--max_iters", 6, *common)[0] == 0
+    assert cli(capsys, "--out_dir", tmp_path / "b", "--max_iters", 3, *common)[0] == 0
+    rc, err = cli(capsys, "--out_dir", tmp_path / "b", "--resume", "--max_iters", 6, "--no-progress", "--kernels", kernels)
+    assert rc == 0, err
+    a, _ = load_file(tmp_path / "a" / "ckpt.safetensors")
+    b, _ = load_file(tmp_path / "b" / "ckpt.safetensors")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r["event"] == "eval"]
+    assert abs(evals[0]["train_loss"] - math.log(2)) < 1e-9   # step 0: the policy is the reference
+
+
+def test_train_objective_and_data_must_agree(tmp_path, capsys):
+    from test_sft import prepare
+    assert prepare.main(["--dpo", str(write_pairs(tmp_path / "p.jsonl")), "--out", str(tmp_path / "d")]) == 0
+    args = [a for a in TINY if a not in ("--objective", "dpo")]
+    rc, err = cli(capsys, "--data_dir", tmp_path / "d", "--out_dir", tmp_path / "o", "--max_iters", 1, *args)
+    assert rc == 2 and "is preference pairs but the objective is lm" in err and len(err.strip().splitlines()) >= 1
+    assert "Traceback" not in err
+    rc, err = cli(capsys, "--data_dir", tmp_path / "d", "--out_dir", tmp_path / "o", "--max_iters", 1,
+                  *[a if a != "12" else "4" for a in TINY])
+    assert rc == 2 and "prompt + chosen is" in err and "longer than block_size + 1 = 5" in err
+    rc, err = cli(capsys, "--data_dir", tmp_path / "d", "--out_dir", tmp_path / "o", "--max_iters", 1, *TINY[:-2],
+                  "--beta", "0")
+    assert rc == 2 and "beta" in err and "> 0" in err
+
+
+def test_prepare_dpo_warns_chosen_equal_rejected(tmp_path, capsys):
+    from test_sft import prepare
+    f = write_pairs(tmp_path / "p.jsonl", 4)
+    f.write_text(f.read_text() + json.dumps({"prompt": "ab=", "chosen": "ba.", "rejected": "ba."}) + "\n")
+    assert prepare.main(["--dpo", str(f), "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"prepare.py: warning: {f}: chosen equals rejected on line(s) 5: such a pair teaches nothing "
+                   "(loss log 2, gradient 0)"]

@@ -160,6 +160,37 @@ def reference_logprobs(model, encoded, batch_size: int = 8) -> np.ndarray:
     return out
 
 
+PAIR_FILES = {"train": "train_pairs.bin", "val": "val_pairs.bin"}
+
+
+def split_stream(ids: np.ndarray, lengths: np.ndarray, where: str = "pairs") -> list[tuple[np.ndarray, ...]]:
+    """The (prompt, chosen, rejected) ids of each pair from a stream of them one after another and their
+    (n, 3) lengths (data/prepare.py --dpo); ValueError when the lengths do not add up to the stream."""
+    if lengths.ndim != 2 or lengths.shape[1] != 3 or (lengths < 0).any() or lengths.sum() != ids.size:
+        raise ValueError(f"{where}: the pair lengths do not describe the {ids.size} tokens (expected (n, 3) "
+                         "lengths adding up to them): the data is corrupt, re-run python data/prepare.py --dpo")
+    bounds = np.concatenate([[0], np.cumsum(lengths.reshape(-1))])
+    parts = [ids[bounds[j]:bounds[j + 1]].astype(np.int64) for j in range(lengths.size)]
+    return [tuple(parts[3 * k:3 * k + 3]) for k in range(lengths.shape[0])]
+
+
+def load_pairs(data_dir, split: str, ids: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    path = Path(data_dir) / PAIR_FILES[split]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the data's meta.json says preference pairs; re-run "
+                                "python data/prepare.py --dpo FILE.jsonl")
+    return split_stream(ids, np.fromfile(path, dtype=np.int64).reshape(-1, 3), str(path))
+
+
+def check_lengths(encoded, block_size: int, where: str = "pair") -> None:
+    """DPOError naming the first pair whose prompt + response is longer than block_size + 1 tokens."""
+    for k, (p, c, r) in enumerate(encoded, 1):
+        for name, resp in (("chosen", c), ("rejected", r)):
+            if p.size + resp.size > block_size + 1:
+                raise DPOError(f"{where} {k}: prompt + {name} is {p.size + resp.size} tokens, longer than "
+                               f"block_size + 1 = {block_size + 1} (expected shorter pairs or a larger block_size)")
+
+
 class DPOObjective:
     """What `Trainer` calls for `--objective dpo`: batches of pairs and the loss. Pairs per split,
     the reference's log-probabilities computed once by `prepare(model)` (or given)."""
@@ -174,6 +205,19 @@ class DPOObjective:
     def prepare(self, model) -> None:
         if self.reference is None:
             self.reference = {k: reference_logprobs(model, v) for k, v in self.pairs.items()}
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the reference's log-probabilities (JSON floats round-trip exactly), so a
+        resumed run compares with the weights its run started from, whatever the resumed model was built from."""
+        return {"kind": "dpo", "reference": {k: v.tolist() for k, v in self.reference.items()}}
+
+    def load_state_dict(self, state, where="the checkpoint") -> None:
+        ok = isinstance(state, dict) and state.get("kind") == "dpo" and isinstance(state.get("reference"), dict)
+        ref = {k: np.asarray(v, np.float64) for k, v in state["reference"].items()} if ok else {}
+        if not ok or {k: v.shape for k, v in ref.items()} != {k: (len(p), 2) for k, p in self.pairs.items()}:
+            raise ValueError(f"{where} holds no DPO reference log-probabilities for these pairs: expected a run "
+                             "trained with --objective dpo on the same data")
+        self.reference = ref
 
     def get_batch(self, split: str, batch_size: int, rng: np.random.Generator):
         idx = rng.integers(0, len(self.pairs[split]), size=batch_size)

@@ -82,6 +82,9 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 1
     always_save_checkpoint: bool = False
+    # objective
+    objective: str = "lm"           # lm: next-token cross-entropy (SFT data: on responses); dpo: preference pairs
+    beta: float = 0.1               # DPO's beta (reference/programs/dpo.py)
 
     def __post_init__(self):
         """The optimisation and logging fields' kinds and ranges (the model fields are GPTConfig's to
@@ -122,7 +125,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-TRAIN_CHOICES = {"optimizer": ("adamw", "sgd")}
+TRAIN_CHOICES = {"optimizer": ("adamw", "sgd"), "objective": ("lm", "dpo")}
 # (fields, kind, ok, what it must be): TrainConfig's checks, in the order they run.
 FIELD_RULES = (
     (("batch_size", "eval_interval", "eval_iters", "log_interval"), int, lambda v: v >= 1, ">= 1"),
@@ -134,12 +137,18 @@ FIELD_RULES = (
     (("optimizer",), str, lambda v: v in TRAIN_CHOICES["optimizer"], f"one of {TRAIN_CHOICES['optimizer']}"),
     (("momentum",), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
     (("dampening",), float, math.isfinite, "finite"),
+    (("objective",), str, lambda v: v in TRAIN_CHOICES["objective"], f"one of {TRAIN_CHOICES['objective']}"),
+    (("beta",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
 )
 FIELD_HELP = {
     "optimizer": "adamw (uses beta1, beta2, eps) or sgd (torch.optim.SGD; uses momentum, dampening, nesterov)",
     "momentum": "SGD's momentum factor, >= 0 (0: plain SGD)",
     "dampening": "SGD's dampening of the momentum buffer's gradient term",
     "nesterov": "SGD with Nesterov momentum (needs momentum > 0 and dampening 0)",
+    "objective": "lm: next-token cross-entropy (on response tokens only for data/prepare.py --sft data); "
+                 "dpo: direct preference optimisation on data/prepare.py --dpo pairs, the starting weights as "
+                 "the frozen reference",
+    "beta": "DPO's beta, > 0: how far the policy may move from the reference",
 }
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name in FIELDS)
 OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}

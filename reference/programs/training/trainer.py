@@ -41,7 +41,7 @@ from ...model import GPT, check_token_ids
 from ...optim import SGD, AdamW, clip_grad_norm_
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
-from .. import sft
+from .. import dpo, sft
 from ..data import get_batch, load_meta, load_split, resolve_data_dir, tokenizer_from_dict
 from .memory import check_memory
 from .settings import TrainConfig
@@ -118,6 +118,15 @@ class Trainer:
             if meta.get("sft"):
                 loss_masks = tuple(sft.load_mask(data_dir, k, len(d)) for k, d in (("train", train_data),
                                                                                    ("val", val_data)))
+            if bool(meta.get("dpo")) != (config.objective == "dpo"):
+                raise ValueError(f"the data in {data_dir} is {'preference pairs' if meta.get('dpo') else 'not preference pairs'}"
+                                 f" but the objective is {config.objective}: expected --objective dpo with data from "
+                                 "python data/prepare.py --dpo FILE.jsonl, and --objective lm with any other")
+            if meta.get("dpo") and objective is None:
+                pairs = {k: dpo.load_pairs(data_dir, k, d) for k, d in (("train", train_data), ("val", val_data))}
+                for k, enc in pairs.items():
+                    dpo.check_lengths(enc, config.block_size, where=f"{data_dir}: {k} pair")
+                objective = dpo.DPOObjective(pairs["train"], pairs["val"], config.beta)
         self.tokenizer = tokenizer
         if tokenizer is not None:
             vocab_size = tokenizer.vocab_size
@@ -198,6 +207,8 @@ class Trainer:
         self.step = ckpt.step
         self.best_val_loss = ckpt.best_val_loss
         self.last_eval_step = ckpt.extra.get("last_eval_step")
+        if self.objective is not None:                         # DPO: the reference of the run's start, not ours
+            self.objective.load_state_dict(ckpt.extra.get("objective"), ckpt.path)
         self.resumed_from = ckpt.step
 
     def save(self, path=None) -> Path:
@@ -211,7 +222,8 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, self.model, self.optimizer, step=self.step, tokenizer=self.tokenizer,
                         train_config=self.config.to_dict(), rng=self.rng, best_val_loss=self.best_val_loss,
-                        extra={"last_eval_step": self.last_eval_step})
+                        extra={"last_eval_step": self.last_eval_step,
+                               **({"objective": self.objective.state_dict()} if self.objective is not None else {})})
         return path
 
     # ------------------------------------------------------------------------------------- one step
