@@ -262,3 +262,21 @@ def test_prepare_dpo_warns_chosen_equal_rejected(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"prepare.py: warning: {f}: chosen equals rejected on line(s) 5: such a pair teaches nothing "
                    "(loss log 2, gradient 0)"]
+
+
+def test_resume_keeps_the_runs_reference(tmp_path):
+    """The reference is the weights the run started from, kept in the checkpoint: a resumed Trainer whose own
+    starting weights differ (another seed here; a model directory given again, in practice) uses the saved one."""
+    _, tok, enc, _ = setup(n=12)
+    stream = np.concatenate([np.concatenate(e) for e in enc])
+    cfg = TrainConfig(out_dir=str(tmp_path), seed=1, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2,
+                      max_iters=2, warmup_iters=0, eval_iters=1, dtype="float64", objective="dpo")
+    a = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok, objective=dpo.DPOObjective(enc[:8], enc[8:], BETA))
+    a.train_step()
+    path = a.save()
+    b = Trainer(cfg.replace(seed=2), train_data=stream, val_data=stream, tokenizer=tok,
+                objective=dpo.DPOObjective(enc[:8], enc[8:], BETA), resume=path)
+    assert all(np.array_equal(a.objective.reference[k], b.objective.reference[k]) for k in ("train", "val"))
+    c = Trainer(cfg.replace(seed=2), train_data=stream, val_data=stream, tokenizer=tok,
+                objective=dpo.DPOObjective(enc[:8], enc[8:], BETA))
+    assert not np.array_equal(c.objective.reference["train"], a.objective.reference["train"])
