@@ -137,12 +137,14 @@ def lora_parameters(model: Module) -> dict[str, Parameter]:
 
 
 def _set_child(model: Module, name: str, child: Module) -> None:
+    """Put `child` where the module called `name` is: an attribute of its parent, or an item of a list."""
+    modules = dict(model.named_modules())
     parent_name, _, attr = name.rpartition(".")
-    parent = dict(model.named_modules())[parent_name] if parent_name else model
-    if attr.isdigit():
-        getattr(parent, parent_name.rpartition(".")[2])[int(attr)] = child   # pragma: no cover (lists hold Blocks)
+    if attr.isdigit():                                         # `owner.items.3`: item 3 of a list attribute
+        owner_name, _, items = parent_name.rpartition(".")
+        getattr(modules[owner_name], items)[int(attr)] = child
     else:
-        setattr(parent, attr, child)
+        setattr(modules[parent_name], attr, child)
 
 
 def apply_lora(model: Module, rank: int, alpha: float, dropout: float = 0.0,

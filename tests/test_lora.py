@@ -178,3 +178,18 @@ def test_model_paths_agree(kw):
     assert abs(lt - lf) <= FLOAT64_TOL * abs(lt)
     worst = max((err(gf[n], gt[n]), n) for n in gt)
     assert worst[0] <= FLOAT64_TOL, worst
+
+
+def test_apply_lora_on_any_module_tree():
+    """Linear layers held in lists are adapted in place too (apply_lora knows no GPT)."""
+    from reference.module import Module
+
+    class Stack(Module):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.items = [Linear(4, 4, rng=rng), Linear(4, 3, rng=rng)]
+            self.head = Linear(3, 2, rng=rng)
+
+    m = Stack()
+    assert apply_lora(m, 1, 2, targets=["items.1", "head"]) == ["items.1", "head"]
+    assert isinstance(m.items[1], LoRALinear) and isinstance(m.head, LoRALinear) and type(m.items[0]) is Linear
