@@ -7,6 +7,10 @@ Usage (from the repository root)::
     python data/prepare.py --from my.txt --out data/mine
     python data/prepare.py --from my.txt --tokenizer path/to/gpt2 --out data/mine_gpt2
                                                  # a Hugging Face model directory's BPE (hf extra)
+    python data/prepare.py --sft examples.jsonl --out data/mine_sft
+                                                 # supervised fine-tuning data: ids and a loss mask
+    python data/prepare.py --dpo pairs.jsonl --out data/mine_dpo
+                                                 # preference pairs for train --objective dpo
 
 Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT;
 uint32 for a BPE vocabulary of more than 65,536 ids)
@@ -15,6 +19,14 @@ source, SHA-256) into the output directory.  Each file is written atomically, an
 ``meta.json`` is written last, so a present ``meta.json`` means a complete
 data set.  The first 90% of the tokens are the training split, the last 10%
 the validation split.
+
+With ``--sft FILE.jsonl`` (reference/programs/sft.py: the format and the chat template), the
+examples are split by example (the last 10%, at least one, for validation), packed, and written as
+``train.bin`` / ``val.bin`` with ``train_mask.bin`` / ``val_mask.bin`` (uint8, 1 on response tokens:
+the loss is computed on those only); ``meta.json`` gets an ``"sft"`` key. With ``--dpo FILE.jsonl``
+(reference/programs/dpo.py), each pair's prompt, chosen and rejected ids are written one after another
+in ``train.bin`` / ``val.bin``, their lengths in ``train_pairs.bin`` / ``val_pairs.bin`` (int64, n x 3),
+and ``meta.json`` gets a ``"dpo"`` key.
 
 Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
 are reported as one line on stderr with a non-zero exit code.  The output
@@ -30,6 +42,7 @@ import json
 import os
 import sys
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +53,10 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
     sys.path.insert(0, str(_REPO_ROOT))
 
 from reference.programs.atomic import atomic_write  # noqa: E402
-from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
+from reference.programs import dpo, sft  # noqa: E402
 from reference.programs.data import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
                                      split_train_val, tokenizer_digest)
+from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -232,6 +246,91 @@ def prepare(
     return meta
 
 
+def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_fraction: float = VAL_FRACTION
+                ) -> dict[str, Any]:
+    """Read a JSONL of SFT examples, tokenise, split by example, write ids, masks and meta; return the meta.
+    The char tokenizer's alphabet is every character of every prompt and response (template included)."""
+    try:
+        examples = sft.read_examples(path)
+    except sft.SFTError as exc:
+        raise PrepareError(str(exc)) from None
+    if len(examples) < 2:
+        raise PrepareError(f"{path} holds {len(examples)} example; expected at least 2 (one for validation)")
+    text = "".join(p + r for p, r in examples).encode("utf-8")
+    _, tok = tokenize(text, kind)
+    n_val = max(1, round(len(examples) * val_fraction))
+    splits = {"train": examples[:-n_val], "val": examples[-n_val:]}
+    encoded = {}
+    for split, exs in splits.items():
+        try:
+            encoded[split] = sft.encode(exs, tok, where=f"{path}: {split} example")
+        except sft.SFTError as exc:
+            raise PrepareError(str(exc)) from None
+    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
+    raw = Path(path).read_bytes()
+    meta = {
+        "tokenizer": tok.to_dict(), "vocab_size": tok.vocab_size, "dtype": dtype,
+        "train_tokens": int(encoded["train"][0].size), "val_tokens": int(encoded["val"][0].size),
+        "val_fraction": val_fraction, "source": str(path), "sha256": sha256_hex(raw), "num_bytes": len(raw),
+        "sft": {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
+                "masks": sft.MASK_FILES, "ignore_index": sft.IGNORE_INDEX,
+                "response_tokens": {k: int(m.sum()) for k, (_, m) in encoded.items()}},
+    }
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)
+        for split, (ids, mask) in encoded.items():
+            atomic_write_bytes(out / f"{split}.bin", ids.astype(dtype).tobytes())
+            atomic_write_bytes(out / sft.MASK_FILES[split], mask.astype(np.uint8).tobytes())
+        atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    return meta
+
+
+def prepare_dpo(path: str | Path, out_dir: str | Path, kind: str = "char", val_fraction: float = VAL_FRACTION
+                ) -> dict[str, Any]:
+    """Read a JSONL of preference pairs, tokenise, split by pair, write ids, lengths and meta; return the meta."""
+    try:
+        pairs = dpo.read_pairs(path)
+    except dpo.DPOError as exc:
+        raise PrepareError(str(exc)) from None
+    if len(pairs) < 2:
+        raise PrepareError(f"{path} holds {len(pairs)} pair; expected at least 2 (one for validation)")
+    _, tok = tokenize("".join("".join(p) for p in pairs).encode("utf-8"), kind)
+    n_val = max(1, round(len(pairs) * val_fraction))
+    splits = {"train": pairs[:-n_val], "val": pairs[-n_val:]}
+    encoded = {}
+    for split, ps in splits.items():
+        try:
+            encoded[split] = dpo.encode_pairs(ps, tok, block_size=1 << 62, where=f"{path}: {split} pair")
+        except dpo.DPOError as exc:
+            raise PrepareError(str(exc)) from None
+    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
+    raw = Path(path).read_bytes()
+    streams = {k: np.concatenate([np.concatenate(e) for e in enc]) for k, enc in encoded.items()}
+    meta = {
+        "tokenizer": tok.to_dict(), "vocab_size": tok.vocab_size, "dtype": dtype,
+        "train_tokens": int(streams["train"].size), "val_tokens": int(streams["val"].size),
+        "val_fraction": val_fraction, "source": str(path), "sha256": sha256_hex(raw), "num_bytes": len(raw),
+        "dpo": {"train_pairs": len(splits["train"]), "val_pairs": len(splits["val"]), "pairs": dpo.PAIR_FILES,
+                "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc))},
+    }
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)
+        for split, enc in encoded.items():
+            atomic_write_bytes(out / f"{split}.bin", streams[split].astype(dtype).tobytes())
+            lengths = np.array([[p.size, c.size, r.size] for p, c, r in enc], np.int64)
+            atomic_write_bytes(out / dpo.PAIR_FILES[split], lengths.tobytes())
+        atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    return meta
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in --help (unless its help already says it)."""
 
@@ -257,6 +356,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="char: one id per character (default); byte: one id per UTF-8 byte; DIR: the BPE "
                         "of a Hugging Face model directory (tokenizer.json, or vocab.json + merges.txt; "
                         "needs the hf extra), for fine-tuning that model")
+    p.add_argument("--sft", metavar="FILE.jsonl", default=None,
+                   help="supervised fine-tuning examples, one JSON object a line: {\"prompt\", \"response\"} or "
+                        "{\"messages\": [...]}; writes ids and a loss mask (default: a text corpus)")
+    p.add_argument("--dpo", metavar="FILE.jsonl", default=None,
+                   help="preference pairs, one JSON object a line: {\"prompt\", \"chosen\", \"rejected\"}; for "
+                        "train --objective dpo (default: a text corpus)")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
                    help="download timeout in seconds, > 0")
     args = p.parse_args(argv)
@@ -286,6 +391,33 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, out_dir: Path) -> int:
     replacing = previous_source(out_dir)
     try:
+        if args.dpo:
+            if args.src or args.sft:
+                raise PrepareError("give one of --dpo FILE.jsonl, --sft FILE.jsonl and --from PATH")
+            out_dir = Path(args.out) if args.out else DATA_DIR / "dpo"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                meta = prepare_dpo(args.dpo, out_dir, kind=args.tokenizer)
+            for w in caught:
+                print(f"prepare.py: warning: {w.message}", file=sys.stderr)
+            sizes = meta["dpo"]
+            print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
+            print(f"train: {sizes['train_pairs']} pairs, val: {sizes['val_pairs']} pairs; the longest prompt + "
+                  f"response is {sizes['longest']} tokens (block_size must be at least {sizes['longest'] - 1})")
+            print(f"wrote {out_dir}/train.bin, val.bin, train_pairs.bin, val_pairs.bin, meta.json")
+            return 0
+        if args.sft:
+            if args.src:
+                raise PrepareError("give --sft FILE.jsonl or --from PATH, not both")
+            meta = prepare_sft(args.sft, Path(args.out) if args.out else DATA_DIR / "sft", kind=args.tokenizer)
+            out_dir = Path(args.out) if args.out else DATA_DIR / "sft"
+            sizes = meta["sft"]
+            print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
+            print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "
+                  f"({sizes['response_tokens']['train']:,} in responses); val: {sizes['val_examples']} examples, "
+                  f"{meta['val_tokens']:,} tokens ({sizes['response_tokens']['val']:,} in responses)")
+            print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, meta.json")
+            return 0
         if args.src:
             raw = read_source(args.src)
             source = str(args.src)

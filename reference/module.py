@@ -29,7 +29,7 @@ def as_dtype(dtype) -> np.dtype:
 
 
 class Parameter:
-    """A trainable array and the gradient accumulated into it."""
+    """An array and the gradient accumulated into it (grad None: frozen, no gradient kept)."""
 
     __slots__ = ("data", "grad")
 
@@ -74,7 +74,8 @@ class Module:
 
     def zero_grad(self) -> None:
         for p in self.parameters():
-            p.grad.fill(0)
+            if p.grad is not None:                             # None: frozen (reference/lora.py), no gradient
+                p.grad.fill(0)
 
     def num_parameters(self) -> int:
         return sum(p.data.size for p in self.parameters())

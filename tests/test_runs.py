@@ -169,7 +169,7 @@ def test_prepare_script_shows_every_default(prepare_module, monkeypatch, capsys)
         prepare_module.parse_args(["--help"])
     text = capsys.readouterr().out
     entries = re.split(r"\n  (?=-)", text.split("options:")[1])[1:]
-    assert [e.split()[0] for e in entries] == ["-h,", "--from", "--out", "--tokenizer", "--timeout"]
+    assert [e.split()[0] for e in entries] == ["-h,", "--from", "--out", "--tokenizer", "--sft", "--dpo", "--timeout"]
     for entry in entries[1:]:
         assert "default" in entry, entry
 

@@ -30,7 +30,6 @@ import os
 import numpy as np
 
 from ..optim import clip_grad_norm_
-from .data import get_batch
 
 __all__ = ["LocalComm", "MPIComm", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
            "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
@@ -339,15 +338,15 @@ class DataParallel:
 
     # ---- evaluation
 
-    def eval_loss(self, model, data, batch_size: int, block_size: int, rng, iters: int) -> float:
+    def eval_loss(self, draw, loss, iters: int) -> float:
         """nanoGPT's estimate_loss on one split, the batches shared round-robin over the ranks: every rank
-        draws every batch (the generator stays in step), computes those i with i % N == rank, and the
-        means are gathered in batch order: the one-process number, bit for bit."""
+        draws every batch (`draw()`, so the generator stays in step), computes `loss(batch)` for those i with
+        i % N == rank, and the means are gathered in batch order: the one-process number, bit for bit."""
         mine = []
         for i in range(iters):
-            x, y = get_batch(data, batch_size, block_size, rng)
+            batch = draw()
             if i % self.size == self.rank:
-                mine.append((i, float(model.loss(x, y)[0])))
+                mine.append((i, float(loss(batch))))
         losses = [v for _, v in sorted(p for part in self._gather_checking_interrupts(mine) for p in part)]
         return float(np.mean(losses))
 

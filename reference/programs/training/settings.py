@@ -84,6 +84,9 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 1
     always_save_checkpoint: bool = False
+    # objective
+    objective: str = "lm"           # lm: next-token cross-entropy (SFT data: on responses); dpo: preference pairs
+    beta: float = 0.1               # DPO's beta (reference/programs/dpo.py)
 
     def __post_init__(self):
         """The optimisation and logging fields' kinds and ranges (the model fields are GPTConfig's to
@@ -127,7 +130,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-TRAIN_CHOICES = {"optimizer": ("adamw", "sgd")}
+TRAIN_CHOICES = {"optimizer": ("adamw", "sgd"), "objective": ("lm", "dpo")}
 # (fields, kind, ok, what it must be): TrainConfig's checks, in the order they run.
 FIELD_RULES = (
     (("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps"), int,
@@ -141,6 +144,8 @@ FIELD_RULES = (
     (("optimizer",), str, lambda v: v in TRAIN_CHOICES["optimizer"], f"one of {TRAIN_CHOICES['optimizer']}"),
     (("momentum",), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
     (("dampening",), float, math.isfinite, "finite"),
+    (("objective",), str, lambda v: v in TRAIN_CHOICES["objective"], f"one of {TRAIN_CHOICES['objective']}"),
+    (("beta",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
 )
 FIELD_HELP = {
     "optimizer": "adamw (uses beta1, beta2, eps) or sgd (torch.optim.SGD; uses momentum, dampening, nesterov)",
@@ -150,6 +155,10 @@ FIELD_HELP = {
     "gradient_accumulation_steps": "nanoGPT's name: a step's batch is batch_size x this many rows, run in "
                                    "micro-batches of at most batch_size rows (over all MPI ranks together)",
     "zero_stage": "llm.c's name: 1 splits AdamW's moments over the MPI ranks (ZeRO-1), 0 keeps them whole",
+    "objective": "lm: next-token cross-entropy (on response tokens only for data/prepare.py --sft data); "
+                 "dpo: direct preference optimisation on data/prepare.py --dpo pairs, the starting weights as "
+                 "the frozen reference",
+    "beta": "DPO's beta, > 0: how far the policy may move from the reference",
 }
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name in FIELDS)
 OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}

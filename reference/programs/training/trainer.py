@@ -47,6 +47,7 @@ from ...model import GPT, check_token_ids
 from ...optim import SGD, AdamW
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
+from .. import dpo, sft
 from ..data import (describe_tokenizer, get_batch, load_meta, load_split, resolve_data_dir, tokenizer_digest,
                     tokenizer_from_dict)
 from ..distributed import DataParallel, data_digest
@@ -105,12 +106,18 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
                  vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
-                 kernels: str = "fast", dist: DataParallel | None = None):
+                 kernels: str = "fast", dist: DataParallel | None = None, loss_masks: tuple | None = None,
+                 objective=None):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
         settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
         "fast" or "textbook" (reference/fast/kernels.py); the "start" log record names it, checkpoints do not
         (either path resumes either's run). `dist`: this process's part in a data-parallel run
-        (reference/programs/distributed.py; default: one process, with config.zero_stage)."""
+        (reference/programs/distributed.py; default: one process, with config.zero_stage). `loss_masks`:
+        (train mask, val mask) for SFT data given as arrays (reference/programs/sft.py: 1 on response
+        tokens, the only targets counted); SFT data in `config.data_dir` brings its own. `objective`:
+        another training objective than next-token cross-entropy (reference/programs/dpo.py::DPOObjective):
+        its `prepare(model)` runs once the model is built, and its `get_batch`, `loss_and_backward` and
+        `loss` replace the language model's (one process, no gradient accumulation)."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -121,6 +128,18 @@ class Trainer:
             tokenizer = tokenizer_from_dict(meta["tokenizer"])
             train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
             self.data_source = f"the data in {data_dir}"
+            if meta.get("sft"):
+                loss_masks = tuple(sft.load_mask(data_dir, k, len(d)) for k, d in (("train", train_data),
+                                                                                   ("val", val_data)))
+            if bool(meta.get("dpo")) != (config.objective == "dpo"):
+                raise ValueError(f"the data in {data_dir} is {'preference pairs' if meta.get('dpo') else 'not preference pairs'}"
+                                 f" but the objective is {config.objective}: expected --objective dpo with data from "
+                                 "python data/prepare.py --dpo FILE.jsonl, and --objective lm with any other")
+            if meta.get("dpo") and objective is None:
+                pairs = {k: dpo.load_pairs(data_dir, k, d) for k, d in (("train", train_data), ("val", val_data))}
+                for k, enc in pairs.items():
+                    dpo.check_lengths(enc, config.block_size, where=f"{data_dir}: {k} pair")
+                objective = dpo.DPOObjective(pairs["train"], pairs["val"], config.beta)
         self.tokenizer = tokenizer
         if tokenizer is not None:
             vocab_size = tokenizer.vocab_size
@@ -134,6 +153,18 @@ class Trainer:
                 raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
                                  f"block_size {config.block_size} (+1 target); use a smaller block_size")
             _check_split_ids(split, data, vocab_size)
+        self.loss_masks = None if loss_masks is None else dict(zip(("train", "val"), loss_masks))
+        self.window_starts = None
+        if self.loss_masks is not None:
+            self.window_starts = {k: sft.window_starts(np.asarray(m), config.block_size)
+                                  for k, m in self.loss_masks.items()}
+            for k, starts in self.window_starts.items():
+                if len(self.loss_masks[k]) != len(self.train_data if k == "train" else self.val_data):
+                    raise ValueError(f"the {k} loss mask has {len(self.loss_masks[k])} entries for "
+                                     f"{len(self.train_data if k == 'train' else self.val_data)} tokens: expected one per token")
+                if starts.size == 0:
+                    raise ValueError(f"no window of block_size {config.block_size} in the {k} split holds a response "
+                                     "token: every target would be ignored (expected SFT data with responses)")
         self.model_config = config.model_config(vocab_size)
         self.memory = check_memory(config, vocab_size)       # before the model and its arrays exist
         if init_from is not None:
@@ -151,9 +182,16 @@ class Trainer:
         else:
             self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
         self.kernels = kernels
+        self.objective = objective
+        if objective is not None:
+            objective.prepare(self.model)                     # e.g. DPO's reference log-probs, from these weights
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.dist = dist if dist is not None else DataParallel(zero_stage=config.zero_stage)
+        if objective is not None and (self.dist.size > 1 or config.gradient_accumulation_steps > 1):
+            raise ValueError(f"objective {config.objective} runs in one process without gradient accumulation: "
+                             f"expected one rank and gradient_accumulation_steps 1, got {self.dist.size} ranks and "
+                             f"gradient_accumulation_steps {config.gradient_accumulation_steps}")
         self.dist.attach(self.params, self.optimizer)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
         self.step = 0                       # optimizer steps done
@@ -215,6 +253,8 @@ class Trainer:
         self.step = ckpt.step
         self.best_val_loss = ckpt.best_val_loss
         self.last_eval_step = ckpt.extra.get("last_eval_step")
+        if self.objective is not None:                         # DPO: the reference of the run's start, not ours
+            self.objective.load_state_dict(ckpt.extra.get("objective"), ckpt.path)
         self.resumed_from = ckpt.step
 
     def save(self, path=None) -> Path:
@@ -232,7 +272,9 @@ class Trainer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(path, self.model, self.optimizer, step=self.step, tokenizer=self.tokenizer,
                                 train_config=self.config.to_dict(), rng=self.rng, best_val_loss=self.best_val_loss,
-                                extra={"last_eval_step": self.last_eval_step})
+                                extra={"last_eval_step": self.last_eval_step,
+                                       **({"objective": self.objective.state_dict()} if self.objective is not None
+                                          else {})})
         except (OSError, ValueError) as e:
             error = e
             raise
@@ -248,6 +290,23 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return self.config.lr_at(step)
 
+    def get_batch(self, split: str, rng: np.random.Generator, rows: int | None = None) -> tuple:
+        """`rows` (default batch_size) (x, y) windows of `split`; for SFT data, y is IGNORE_INDEX on prompt
+        tokens (sft.get_batch); with an objective, its batch."""
+        cfg = self.config
+        rows = cfg.batch_size if rows is None else rows
+        if self.objective is not None:
+            return self.objective.get_batch(split, rows, rng)
+        data = self.train_data if split == "train" else self.val_data
+        if self.loss_masks is None:
+            return get_batch(data, rows, cfg.block_size, rng)
+        return sft.get_batch(data, self.loss_masks[split], rows, cfg.block_size, rng, self.window_starts[split])
+
+    def _eval_loss(self, batch) -> float:
+        if self.objective is not None:
+            return float(self.objective.loss(self.model, batch))
+        return float(self.model.loss(*batch)[0])
+
     def train_step(self) -> dict:
         """One optimizer step at `self.step`: returns {"step", "loss", "lr", "grad_norm", "dt_s"}."""
         cfg, step = self.config, self.step
@@ -255,14 +314,16 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(self.train_data, cfg.batch_size * cfg.gradient_accumulation_steps, cfg.block_size,
-                         self.rng["train"])
+        batch = self.get_batch("train", self.rng["train"], cfg.batch_size * cfg.gradient_accumulation_steps)
         masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 else None
         if self.record:
-            self.last_batch, self.last_masks = (x, y), masks
+            self.last_batch, self.last_masks = batch, masks
         self.model.zero_grad()
         with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
-            loss = self.dist.forward_backward(self.model, x, y, masks, cfg.batch_size)   # micro-batches, ranks
+            if self.objective is None:                            # micro-batches, ranks; SFT: ignored targets
+                loss = self.dist.forward_backward(self.model, *batch, masks, cfg.batch_size)
+            else:
+                loss = self.objective.loss_and_backward(self.model, batch, masks)
             norm = self.dist.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, f"non-finite loss ({loss}) at step {step} (lr {lr:.3g}); training stopped")
@@ -279,9 +340,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Mean loss over eval_iters batches of each split, without dropout (nanoGPT's estimate_loss)."""
         cfg, out = self.config, {}
-        for split, data in (("train", self.train_data), ("val", self.val_data)):
+        for split in ("train", "val"):
             with np.errstate(over="ignore", invalid="ignore"):     # a non-finite mean stops the run
-                out[split] = self.dist.eval_loss(self.model, data, cfg.batch_size, cfg.block_size, self.rng["eval"],
+                out[split] = self.dist.eval_loss(lambda: self.get_batch(split, self.rng["eval"]), self._eval_loss,
                                                  cfg.eval_iters)
         return out
 

@@ -1,0 +1,235 @@
+"""Direct preference optimisation (DPO): preference pairs, sequence log-probabilities over response tokens,
+and the DPO loss with its gradient. Derived in docs/dpo.md.
+
+Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward
+Model", eq. 7, as TRL's DPOTrainer computes it (loss_type "sigmoid"):
+
+    loss = -log sigmoid(beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r))))
+
+averaged over the pairs, where log pi(s) sums the policy's log-probabilities of the response tokens of
+sequence s (prompt + response) and ref is the frozen reference model: the starting weights, whose
+log-probabilities are computed once (`reference_logprobs`).
+
+A JSONL file holds one pair a line: {"prompt": ..., "chosen": ..., "rejected": ...}. A batch of B
+pairs is 2B rows, the chosen sequences then the rejected ones, right-padded with id 0 to the longest;
+targets are IGNORE_INDEX on prompt tokens and padding, so each row's log-probability is over its
+response only.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .sft import IGNORE_INDEX, SFTError
+
+KEYS = ("prompt", "chosen", "rejected")
+
+
+class DPOError(SFTError):
+    """A bad preference file or pair: one line naming the file, the line and what was expected."""
+
+
+def read_pairs(path) -> list[tuple[str, str, str]]:
+    """Every (prompt, chosen, rejected) of a JSONL file, blank lines skipped. DPOError for a bad line; a
+    pair whose chosen equals its rejected is kept and warned about (its loss is log 2, its gradient 0)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DPOError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DPOError(f"{path}: cannot read it as UTF-8 text ({e})") from None
+    out, same = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DPOError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DPOError(f"{where}: expected a JSON object with \"prompt\", \"chosen\" and \"rejected\", "
+                           f"got {type(obj).__name__}")
+        missing = [k for k in KEYS if k not in obj]
+        if missing:
+            raise DPOError(f"{where}: no {' and no '.join(repr(k) for k in missing)} key (it has {sorted(obj)}); "
+                           "expected {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}")
+        bad = [k for k in KEYS if not isinstance(obj[k], str)]
+        if bad:
+            raise DPOError(f"{where}: {bad[0]!r} must be a string, got {type(obj[bad[0]]).__name__}")
+        if obj["chosen"] == obj["rejected"]:
+            same.append(n)
+        out.append(tuple(obj[k] for k in KEYS))
+    if not out:
+        raise DPOError(f"{path} holds no pair: expected one JSON object per line")
+    if same:
+        warnings.warn(f"{path}: chosen equals rejected on line(s) {', '.join(map(str, same[:5]))}"
+                      f"{' ...' if len(same) > 5 else ''}: such a pair teaches nothing (loss log 2, gradient 0)",
+                      stacklevel=2)
+    return out
+
+
+def encode_pairs(pairs, tokenizer, block_size: int, where: str = "pair") -> list[tuple[np.ndarray, ...]]:
+    """(prompt ids, chosen ids, rejected ids) of each pair. DPOError for a response empty after
+    tokenisation, or a prompt + response longer than block_size + 1 tokens."""
+    out = []
+    for k, (p, c, r) in enumerate(pairs, 1):
+        ids = tuple(np.asarray(tokenizer.encode(s), np.int64) for s in (p, c, r))
+        for name, resp in (("chosen", ids[1]), ("rejected", ids[2])):
+            if resp.size == 0:
+                raise DPOError(f"{where} {k}: the {name} response is empty after tokenisation: its log-probability "
+                               "would be over no token (expected at least one response token)")
+            if ids[0].size + resp.size > block_size + 1:
+                raise DPOError(f"{where} {k}: prompt + {name} is {ids[0].size + resp.size} tokens, longer than "
+                               f"block_size + 1 = {block_size + 1} (expected shorter pairs or a larger block_size)")
+        out.append(ids)
+    return out
+
+
+def make_batch(encoded, indices) -> tuple[np.ndarray, np.ndarray]:
+    """x (2B, T) and y (2B, T) int64 for the pairs `indices`: rows 0..B-1 chosen, B..2B-1 rejected, each
+    prompt + response right-padded with 0; y is the next token on response tokens, IGNORE_INDEX elsewhere."""
+    seqs = [(encoded[i][0], encoded[i][1]) for i in indices] + [(encoded[i][0], encoded[i][2]) for i in indices]
+    T = max(p.size + r.size for p, r in seqs) - 1
+    x = np.zeros((len(seqs), T), np.int64)
+    y = np.full((len(seqs), T), IGNORE_INDEX, np.int64)
+    for row, (p, r) in enumerate(seqs):
+        s = np.concatenate([p, r])
+        x[row, :s.size - 1] = s[:-1]
+        y[row, p.size - 1:s.size - 1] = r                      # position t predicts token t + 1
+    return x, y
+
+
+def sequence_logprobs(logits: np.ndarray, y: np.ndarray):
+    """log p(response) of each row: sum over t with y[t] != IGNORE_INDEX of log softmax(logits[t])[y[t]].
+    logits (R, T, V), y (R, T) -> ((R,), cache)."""
+    shifted = logits - logits.max(-1, keepdims=True)           # (R, T, V): exp cannot overflow
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))   # log softmax
+    valid = y != IGNORE_INDEX                                  # (R, T)
+    yv = np.where(valid, y, 0)
+    token = np.take_along_axis(logp, yv[..., None], -1)[..., 0]     # (R, T)
+    return (token * valid).sum(1), (logp, yv, valid)
+
+
+def sequence_logprobs_backward(dlp: np.ndarray, cache) -> np.ndarray:
+    """dL/dlogits (R, T, V) from dL/dlp (R,): on each counted position, dlp * (onehot(y) - softmax)."""
+    logp, yv, valid = cache
+    dz = -np.exp(logp)                                         # -softmax
+    np.put_along_axis(dz, yv[..., None], np.take_along_axis(dz, yv[..., None], -1) + 1.0, -1)
+    return dz * (dlp[:, None] * valid)[..., None]
+
+
+def dpo_loss(lp: np.ndarray, ref_lp: np.ndarray, beta: float):
+    """The DPO loss of 2B rows (B chosen then B rejected) and its gradient with respect to lp:
+    (loss, dlp (2B,), stats). h = beta ((pc - rc) - (pr - rr)); loss = mean softplus(-h);
+    dL/dh = -sigmoid(-h) / B; dL/dpc = beta dL/dh, dL/dpr = -beta dL/dh."""
+    B = lp.shape[0] // 2
+    reward = beta * (lp - ref_lp)                              # (2B,): the implicit rewards
+    h = reward[:B] - reward[B:]                                # (B,) margins
+    loss = np.logaddexp(0.0, -h).mean()                        # -log sigmoid(h), without overflow
+    dh = -np.exp(-np.logaddexp(0.0, h)) / B                    # -sigmoid(-h) / B
+    dlp = beta * np.concatenate([dh, -dh])
+    stats = {"reward_chosen": float(reward[:B].mean()), "reward_rejected": float(reward[B:].mean()),
+             "accuracy": float((h > 0).mean())}
+    return float(loss), dlp, stats
+
+
+def dpo_loss_and_backward(model, x: np.ndarray, y: np.ndarray, ref_lp: np.ndarray, beta: float, masks=None):
+    """Forward, DPO loss and backward through `model` (gradients accumulate): (loss, stats)."""
+    logits, cache = model.forward(x, masks)
+    lp, c_lp = sequence_logprobs(logits, y)
+    loss, dlp, stats = dpo_loss(lp, ref_lp, beta)
+    model.backward(sequence_logprobs_backward(dlp, c_lp).astype(logits.dtype), cache)
+    return loss, stats
+
+
+def reference_logprobs(model, encoded, batch_size: int = 8) -> np.ndarray:
+    """(n, 2) log-probabilities of every pair's chosen and rejected response under `model` (no dropout):
+    the frozen reference, computed once from the starting weights."""
+    out = np.empty((len(encoded), 2))
+    for lo in range(0, len(encoded), batch_size):
+        idx = list(range(lo, min(lo + batch_size, len(encoded))))
+        x, y = make_batch(encoded, idx)
+        lp, _ = sequence_logprobs(model.forward(x)[0], y)
+        out[idx, 0], out[idx, 1] = lp[:len(idx)], lp[len(idx):]
+    return out
+
+
+PAIR_FILES = {"train": "train_pairs.bin", "val": "val_pairs.bin"}
+
+
+def split_stream(ids: np.ndarray, lengths: np.ndarray, where: str = "pairs") -> list[tuple[np.ndarray, ...]]:
+    """The (prompt, chosen, rejected) ids of each pair from a stream of them one after another and their
+    (n, 3) lengths (data/prepare.py --dpo); ValueError when the lengths do not add up to the stream."""
+    if lengths.ndim != 2 or lengths.shape[1] != 3 or (lengths < 0).any() or lengths.sum() != ids.size:
+        raise ValueError(f"{where}: the pair lengths do not describe the {ids.size} tokens (expected (n, 3) "
+                         "lengths adding up to them): the data is corrupt, re-run python data/prepare.py --dpo")
+    bounds = np.concatenate([[0], np.cumsum(lengths.reshape(-1))])
+    parts = [ids[bounds[j]:bounds[j + 1]].astype(np.int64) for j in range(lengths.size)]
+    return [tuple(parts[3 * k:3 * k + 3]) for k in range(lengths.shape[0])]
+
+
+def load_pairs(data_dir, split: str, ids: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    path = Path(data_dir) / PAIR_FILES[split]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the data's meta.json says preference pairs; re-run "
+                                "python data/prepare.py --dpo FILE.jsonl")
+    return split_stream(ids, np.fromfile(path, dtype=np.int64).reshape(-1, 3), str(path))
+
+
+def check_lengths(encoded, block_size: int, where: str = "pair") -> None:
+    """DPOError naming the first pair whose prompt + response is longer than block_size + 1 tokens."""
+    for k, (p, c, r) in enumerate(encoded, 1):
+        for name, resp in (("chosen", c), ("rejected", r)):
+            if p.size + resp.size > block_size + 1:
+                raise DPOError(f"{where} {k}: prompt + {name} is {p.size + resp.size} tokens, longer than "
+                               f"block_size + 1 = {block_size + 1} (expected shorter pairs or a larger block_size)")
+
+
+class DPOObjective:
+    """What `Trainer` calls for `--objective dpo`: batches of pairs and the loss. Pairs per split,
+    the reference's log-probabilities computed once by `prepare(model)` (or given)."""
+
+    def __init__(self, train, val, beta: float, reference: dict | None = None):
+        if not (isinstance(beta, (int, float)) and np.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+        self.pairs = {"train": train, "val": val}
+        self.beta = float(beta)
+        self.reference = reference
+
+    def prepare(self, model) -> None:
+        if self.reference is None:
+            self.reference = {k: reference_logprobs(model, v) for k, v in self.pairs.items()}
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the reference's log-probabilities (JSON floats round-trip exactly), so a
+        resumed run compares with the weights its run started from, whatever the resumed model was built from."""
+        return {"kind": "dpo", "reference": {k: v.tolist() for k, v in self.reference.items()}}
+
+    def load_state_dict(self, state, where="the checkpoint") -> None:
+        ok = isinstance(state, dict) and state.get("kind") == "dpo" and isinstance(state.get("reference"), dict)
+        ref = {k: np.asarray(v, np.float64) for k, v in state["reference"].items()} if ok else {}
+        if not ok or {k: v.shape for k, v in ref.items()} != {k: (len(p), 2) for k, p in self.pairs.items()}:
+            raise ValueError(f"{where} holds no DPO reference log-probabilities for these pairs: expected a run "
+                             "trained with --objective dpo on the same data")
+        self.reference = ref
+
+    def get_batch(self, split: str, batch_size: int, rng: np.random.Generator):
+        idx = rng.integers(0, len(self.pairs[split]), size=batch_size)
+        x, y = make_batch(self.pairs[split], idx)
+        ref = self.reference[split][idx]
+        return x, y, np.concatenate([ref[:, 0], ref[:, 1]])
+
+    def loss_and_backward(self, model, batch, masks=None) -> float:
+        x, y, ref = batch
+        return dpo_loss_and_backward(model, x, y, ref.astype(np.float64), self.beta, masks)[0]
+
+    def loss(self, model, batch) -> float:
+        x, y, ref = batch
+        lp, _ = sequence_logprobs(model.forward(x)[0], y)
+        return dpo_loss(lp, ref, self.beta)[0]

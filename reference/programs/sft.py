@@ -1,0 +1,146 @@
+"""Supervised fine-tuning data: prompt/response examples, the loss mask, and batches with targets ignored
+on prompt tokens.
+
+A JSONL file holds one example per line, either
+
+    {"prompt": "Translate: chat", "response": " cat"}
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+
+A `messages` line is rendered with CHAT_TEMPLATE: every message as `<|role|>\\n` + content + `\\n`;
+the prompt is every message but the last, followed by `<|assistant|>\\n`; the response is the last
+message's content + `\\n`, and the last message must be the assistant's. A `prompt`/`response` line is
+used as written (no template).
+
+Each example is tokenised as prompt then response, and the examples are packed one after another
+into one stream of ids with a mask beside it: mask[j] = 1 where token j belongs to a response. A
+window of block_size + 1 tokens at i gives x = ids[i:i+T] and targets y[t] = ids[i+t+1] where
+mask[i+t+1] = 1, else -100 (`IGNORE_INDEX`, reference/loss.py's ignore_index): the loss is the mean
+over response tokens only. Windows are drawn only where at least one target counts, so no batch has
+every target ignored (a NaN loss). `data/prepare.py --sft FILE.jsonl` writes the stream as train.bin /
+val.bin and the masks as train_mask.bin / val_mask.bin (uint8); `train` reads them (meta.json's
+"sft" key).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = -100
+CHAT_TEMPLATE = "<|{role}|>\n{content}\n"
+ASSISTANT_PREFIX = "<|assistant|>\n"
+MASK_FILES = {"train": "train_mask.bin", "val": "val_mask.bin"}
+
+
+class SFTError(ValueError):
+    """A bad SFT file or example: one line naming the file, the line and what was expected."""
+
+
+def render(example: dict, where: str) -> tuple[str, str]:
+    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing."""
+    if not isinstance(example, dict):
+        raise SFTError(f"{where}: expected a JSON object with \"prompt\" and \"response\" (or \"messages\"), "
+                       f"got {type(example).__name__}")
+    if "messages" in example:
+        msgs = example["messages"]
+        if (not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs)):
+            raise SFTError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": str, \"content\": str}}")
+        if msgs[-1]["role"] != "assistant":
+            raise SFTError(f"{where}: the last message is the {msgs[-1]['role']!r}'s; expected the assistant's "
+                           "(it is the response the loss is computed on)")
+        prompt = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs[:-1])
+        return prompt + ASSISTANT_PREFIX, msgs[-1]["content"] + "\n"
+    missing = [k for k in ("prompt", "response") if k not in example]
+    if missing:
+        raise SFTError(f"{where}: no {' and no '.join(repr(k) for k in missing)} key (it has {sorted(example)}); "
+                       "expected {\"prompt\": ..., \"response\": ...} or {\"messages\": [...]}")
+    for k in ("prompt", "response"):
+        if not isinstance(example[k], str):
+            raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}")
+    return example["prompt"], example["response"]
+
+
+def read_examples(path) -> list[tuple[str, str]]:
+    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SFTError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise SFTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SFTError(f"{path}: cannot read it ({e.strerror or e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SFTError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        out.append(render(obj, where))
+    if not out:
+        raise SFTError(f"{path} holds no example: expected one JSON object per line")
+    return out
+
+
+def encode(examples: list[tuple[str, str]], tokenizer, where: str = "example") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) of the examples packed one after another: int64 ids and uint8 mask, 1 on response tokens.
+    SFTError for a response that is empty after tokenisation (its targets would all be ignored)."""
+    ids, mask = [], []
+    for k, (prompt, response) in enumerate(examples, 1):
+        p, r = np.asarray(tokenizer.encode(prompt), np.int64), np.asarray(tokenizer.encode(response), np.int64)
+        if r.size == 0:
+            raise SFTError(f"{where} {k}: the response {response!r} is empty after tokenisation: every target would "
+                           "be ignored (expected at least one response token)")
+        ids += [p, r]
+        mask += [np.zeros(p.size, np.uint8), np.ones(r.size, np.uint8)]
+    return np.concatenate(ids), np.concatenate(mask)
+
+
+def targets(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Next-token targets of a stream, IGNORE_INDEX where the next token is not a response token:
+    (n,) ids and mask -> (n - 1,) int64."""
+    return np.where(mask[1:].astype(bool), ids[1:].astype(np.int64), IGNORE_INDEX)
+
+
+def window_starts(mask: np.ndarray, block_size: int) -> np.ndarray:
+    """Starts i of the windows ids[i:i+T+1] with at least one counted target (mask[i+1:i+T+1] not all 0)."""
+    counted = np.concatenate([[0], np.cumsum(mask[1:], dtype=np.int64)])   # counted[j] = sum(mask[1:j+1])
+    i = np.arange(len(mask) - block_size)
+    return i[counted[i + block_size] - counted[i] > 0]
+
+
+def get_batch(ids: np.ndarray, mask: np.ndarray, batch_size: int, block_size: int,
+              rng: np.random.Generator, starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`batch_size` windows of `block_size` tokens among those with a counted target: x (B, T) int64, and
+    y (B, T) int64, the next tokens with IGNORE_INDEX on prompt tokens. `starts`: window_starts, if
+    the caller keeps them. ValueError when no window has a response token."""
+    if starts is None:
+        starts = window_starts(mask, block_size)
+    if starts.size == 0:
+        raise ValueError(f"no window of block_size {block_size} holds a response token: every target would be "
+                         "ignored (expected SFT data with responses)")
+    ix = starts[rng.integers(0, starts.size, size=batch_size)]
+    w = np.lib.stride_tricks.sliding_window_view(ids, block_size + 1)[ix].astype(np.int64)      # (B, T + 1)
+    m = np.lib.stride_tricks.sliding_window_view(mask, block_size + 1)[ix]
+    return w[:, :-1], np.where(m[:, 1:].astype(bool), w[:, 1:], IGNORE_INDEX)
+
+
+def load_mask(data_dir, split: str, n_tokens: int) -> np.ndarray:
+    """The uint8 loss mask of a prepared SFT split; ValueError if its length differs from the ids'."""
+    path = Path(data_dir) / MASK_FILES[split]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the data's meta.json says SFT data; re-run "
+                                "python data/prepare.py --sft FILE.jsonl")
+    mask = np.fromfile(path, dtype=np.uint8)
+    if mask.size != n_tokens or (mask > 1).any():
+        raise ValueError(f"{path} holds {mask.size} mask bytes for {n_tokens} tokens (expected one 0 or 1 per "
+                         "token): the data is corrupt, re-run python data/prepare.py --sft FILE.jsonl")
+    return mask
