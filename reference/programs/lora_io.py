@@ -19,7 +19,8 @@ import numpy as np
 from ..layers import Linear
 from ..lora import apply_lora, lora_layers
 from ..model import GPT
-from .hf import LLAMA_LAYER_NAMES, HFError, _atomic_write, _safetensors, hf_config
+from .atomic import atomic_write
+from .hf import LLAMA_LAYER_NAMES, HFError, _safetensors, hf_config
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -83,12 +84,13 @@ def save_adapter(model: GPT, path, *, base_model_name_or_path: str | None = None
     """Write the model's adapters as a peft adapter directory; each file atomically. Returns the path."""
     config = adapter_config(model, base_model_name_or_path)
     tensors = adapter_state(model)
-    _, save_file = _safetensors()
+    from safetensors.numpy import save as serialize
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(path / ADAPTER_WEIGHTS, serialize(tensors, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, allow_nan=False) + "\n"
-    _atomic_write(path / ADAPTER_CONFIG, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path / ADAPTER_CONFIG, text.encode("utf-8"))
     return path
 
 
