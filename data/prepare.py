@@ -37,7 +37,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `reference`
     sys.path.insert(0, str(_REPO_ROOT))
 
-from reference.programs.atomic import atomic_write  # noqa: E402
+from reference.programs.atomic import atomic_write, os_error_line  # noqa: E402
 from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, split_train_val  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (
@@ -223,7 +223,7 @@ def prepare(
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         atomic_write_bytes(out / "meta.json", text.encode("utf-8"))
     except OSError as exc:
-        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise PrepareError(os_error_line(exc, "choose a writable --out", out)) from None
     return meta
 
 
@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
     replacing = previous_source(out_dir)
     try:
+        if out_dir.exists() and not out_dir.is_dir():     # the same words as train's out_dir and data_dir
+            raise PrepareError(f"--out {out_dir} is a file, not a directory; expected the directory to write "
+                               "train.bin, val.bin and meta.json into (or a path that does not exist yet)")
         if args.src:
             raw = read_source(args.src)
             source = str(args.src)

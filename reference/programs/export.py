@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .atomic import os_error_line
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -33,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
         arch = hf_config(ckpt.config)["architectures"][0]       # refuses before anything is built or written
         model = build_model(ckpt)
         save_pretrained(model, out, tokenizer=ckpt.tokenizer)
-    except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                                     # a read-only, full or forbidden --to
+        print(f"error: {os_error_line(e, 'choose a writable --to')}", file=sys.stderr)
         return 2
     kind = (ckpt.tokenizer or {}).get("kind")
     files = "config.json, model.safetensors" + (", tokenizer.json" if kind == "bpe" else "")
