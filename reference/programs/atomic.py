@@ -129,18 +129,15 @@ def atomic_write(path, data) -> None:
 
 
 _OS_ERRORS = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
-              errno.EPERM: "is not writable (operation not permitted)", errno.ENOSPC: "is on a full disk",
-              errno.EDQUOT: "is over the disk quota"}
+              errno.EPERM: "is not writable (operation not permitted)"}
 
 
 def os_error_line(e: OSError, fix: str, where=None) -> str:
-    """One line for a failed write, in words, without Python's `[Errno N]`: the path (the error's own,
-    else `where`), what is wrong and `fix` (what to do, e.g. "choose a writable --out"); a full disk or
-    quota says to free space instead. "/mnt/ro/a.png is on a read-only file system; choose a writable -o"."""
+    """One line for a failed write, without Python's `[Errno N]`: the path (the error's own, else
+    `where`), what is wrong and `fix` (what to do, e.g. "choose a writable -o"); a full disk or quota
+    says to free space instead. "/mnt/ro/a.png is on a read-only file system; choose a writable -o"."""
     where = e.filename if e.filename is not None else (where if where is not None else "the target")
-    problem = _OS_ERRORS.get(e.errno)
-    if problem is None:
-        return f"{where}: {e.strerror or e}; {fix}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space and try again"
-    return f"{where} {problem}; {fix}"
+    problem = _OS_ERRORS.get(e.errno)
+    return f"{where} {problem}; {fix}" if problem else f"{where}: {e.strerror or e}; {fix}"
