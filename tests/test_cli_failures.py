@@ -289,7 +289,7 @@ def test_prepare_script_answers_bad_input_in_one_line(tmp_path):
     blocker.write_text("hello world " * 20)
     for args, words in ((["--from", tmp_path], "cannot read input file"),
                         (["--from", blocker, "--out", blocker], "is a file, not a directory"),
-                        (["--from", blocker, "--out", blocker / "sub"], f"{blocker / 'sub'}: Not a directory"),
+                        (["--from", blocker, "--out", blocker / "sub"], f"cannot write {blocker / 'sub'}: Not a directory"),
                         (["--timeout", "0"], "must be a number of seconds > 0")):
         proc = prep(*args)
         assert proc.returncode != 0

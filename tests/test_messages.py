@@ -221,7 +221,7 @@ def test_read_only_targets_get_one_line_naming_the_path(tmp_path, capsys, monkey
     log = write_log(tmp_path / "log.jsonl")
     rc, _, err = run(capsys, "plot", log, "-o", ro / "sub" / "x.png")
     assert rc == 2
-    assert last_line(err) == f"error: {ro / 'sub'} is on a read-only file system; choose a writable -o"
+    assert last_line(err) == f"error: cannot write {ro / 'sub'}: the file system is read-only; choose a writable -o"
 
     run_dir = tmp_path / "run"
     rc, _, err = run(capsys, "train", "--data_dir", data_dir, "--out_dir", run_dir, "--max_iters", 2, "--bias", *TINY)
@@ -229,10 +229,11 @@ def test_read_only_targets_get_one_line_naming_the_path(tmp_path, capsys, monkey
     rc, _, err = run(capsys, "export", "--ckpt", run_dir / "ckpt.safetensors", "--to", ro / "hf")
     assert rc == 2
     line = last_line(err)
-    assert line.startswith(f"error: {ro}") and "is on a read-only file system; choose a writable --to" in line, line
+    assert line.startswith(f"error: cannot write {ro}") and "the file system is read-only; choose a writable --to" \
+        in line, line
 
     src = tmp_path / "corpus.txt"
     src.write_text(TEXT)
     assert prepare_module.main(["--from", str(src), "--out", str(ro / "data")]) == 1
     line = last_line(capsys.readouterr().err)
-    assert f"{ro / 'data'} is on a read-only file system; choose a writable --out" in line, line
+    assert f"cannot write {ro / 'data'}: the file system is read-only; choose a writable --out" in line, line

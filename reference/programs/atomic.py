@@ -128,16 +128,16 @@ def atomic_write(path, data) -> None:
         pass
 
 
-_OS_ERRORS = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
-              errno.EPERM: "is not writable (operation not permitted)"}
+_OS_ERRORS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted"}
 
 
 def os_error_line(e: OSError, fix: str, where=None) -> str:
     """One line for a failed write, without Python's `[Errno N]`: the path (the error's own, else
     `where`), what is wrong and `fix` (what to do, e.g. "choose a writable -o"); a full disk or quota
-    says to free space instead. "/mnt/ro/a.png is on a read-only file system; choose a writable -o"."""
+    says to free space instead.
+    "cannot write /mnt/ro/a.png: the file system is read-only; choose a writable -o"."""
     where = e.filename if e.filename is not None else (where if where is not None else "the target")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space and try again"
-    problem = _OS_ERRORS.get(e.errno)
-    return f"{where} {problem}; {fix}" if problem else f"{where}: {e.strerror or e}; {fix}"
+    return f"cannot write {where}: {_OS_ERRORS.get(e.errno) or e.strerror or e}; {fix}"

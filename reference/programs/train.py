@@ -246,6 +246,6 @@ def checkpoint_note(trainer: Trainer) -> str:
         why = ("the run trained no step (max_iters 0), and step 0, the initial weights, is never saved; "
                "pass --max_iters N with N > 0 to train and save")
     else:
-        why = (f"no evaluation after step 0 improved on the best val loss, {trainer.best_val_loss:.4f} "
+        why = (f"the val loss never beat the best so far, {trainer.best_val_loss:.4f} "
                f"(--always_save_checkpoint saves at every evaluation)")
     return f"{kept}: {why}"
