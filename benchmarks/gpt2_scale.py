@@ -1,20 +1,29 @@
-"""GPT-2 small at full size: our NumPy GPT against transformers' GPT2LMHeadModel, in float32.
+"""GPT-2 small at full size: our NumPy GPT against transformers' GPT2LMHeadModel, in float32, side by side.
 
     python benchmarks/gpt2_scale.py                     # 124M parameters, V=50257, T=1024
     python benchmarks/gpt2_scale.py --tiny              # a smoke test of the script (seconds)
     python benchmarks/gpt2_scale.py --dir DIR           # reuse a model directory (else a temporary one)
 
-One random GPT-2-small (transformers' GPT2Config() defaults, seed 0) is saved with `save_pretrained`;
-every measurement runs in its own process, so each peak resident memory (VmHWM) is that side's alone:
+One random GPT-2-small (transformers' GPT2Config() defaults, seed 0) is saved with `save_pretrained`.
 
-* import: reference.programs.hf.from_pretrained of the directory: seconds and peak memory against the size of
-  the weights (it reads tensor by tensor into the model's arrays);
-* sampling: greedy decoding of --new-tokens tokens after a --prompt-token prompt with the KV cache,
-  ours (reference.programs.sampling.generation.generate) against transformers' `generate` with its cache.
-  The ms per token is (time for N tokens - time for 1 token) / (N - 1): the prefill is not counted;
-* fine-tuning step: forward, loss, backward and AdamW step on a (B, 1024) batch, ours against
-  transformers' model with torch.optim.AdamW (same weights, same batch, dropout off; the first
-  losses must agree); the median of --steps timed steps after one warm-up step.
+Speed is measured side by side, as `python -m oracle bench` does: one process loads both models and
+alternates them, A B A B, for several rounds (--rounds, --step-rounds), so both sides meet the same
+state of the machine; the report gives the median and the spread (lowest to highest) of each side and
+of the per-round ratio. It is measured twice: with one thread each (NUMPY_GPT_THREADS, OpenBLAS, OpenMP
+and MKL at 1, torch.set_num_threads(1)) and with all threads each (every one of those at the CPU
+count). The machine's load average (/proc/loadavg) is read before and after each phase.
+
+* sampling: greedy decoding of --new-tokens tokens after a --prompt-tokens prompt with the KV cache,
+  ours (reference.programs.sampling.generation.generate) against transformers' `generate` with its
+  cache and against transformers' model stepped by hand with `past_key_values`. The ms per token is
+  (time for N tokens - time for 1 token) / (N - 1) within one round: the prefill is not counted;
+* fine-tuning step: forward, loss, backward and AdamW step on a (B, 1024) batch (B = --step-batch),
+  ours against transformers' model with torch.optim.AdamW (same weights, same batch, dropout off; the
+  first losses must agree); one warm-up step each, then --step-rounds rounds of one step each.
+
+Memory is measured apart, each side alone in its own process (all threads), so each peak resident
+memory (VmHWM) is that side's alone: the import (reference.programs.hf.from_pretrained, tensor by
+tensor), one sampling run, one fine-tuning step.
 
 Writes benchmarks/results/gpt2_scale.md and .json (or --out). Needs the hf extra (torch, transformers).
 """
@@ -45,12 +54,132 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (/proc/loadavg)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def hf_config(tiny: bool):
     from transformers import GPT2Config
     if tiny:
         return GPT2Config(vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0,
                           embd_pdrop=0.0, attn_pdrop=0.0)
     return GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)   # GPT-2 small: 124M, V=50257, T=1024
+
+
+# ------------------------------------------------------------------------------------------ the two sides
+
+
+def _prompt(a, vocab: int):
+    import numpy as np
+    return np.random.default_rng(1).integers(0, vocab, a.prompt_tokens)
+
+
+def _batch(a, vocab: int, block: int):
+    import numpy as np
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, vocab, (a.step_batch, block + 1))
+    return x[:, :-1], x[:, 1:]
+
+
+def ours_model(a):
+    from reference.programs.hf import from_pretrained
+    return from_pretrained(a.dir, dtype="float32")
+
+
+def hf_model(a, train: bool):
+    import torch
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(a.dir, dtype=torch.float32)
+    return model.train() if train else model.eval()
+
+
+def ours_decoder(a, model):
+    """n -> (seconds, tokens): our `generate`, greedy, with the KV cache."""
+    from reference.programs.sampling.generation import generate
+    ids = _prompt(a, model.config.vocab_size)
+
+    def run(n: int):
+        t0 = time.perf_counter()
+        out = generate(model, ids, n, greedy=True)
+        return time.perf_counter() - t0, out[-n:].tolist()
+    return run
+
+
+def hf_generate_decoder(a, model):
+    """n -> (seconds, tokens): transformers' `generate`, greedy, with its cache."""
+    import torch
+    ids = torch.as_tensor(_prompt(a, model.config.vocab_size))[None]
+    kw = dict(do_sample=False, use_cache=True, pad_token_id=0)
+
+    def run(n: int):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            return time.perf_counter() - t0, out[0, -n:].tolist()
+    return run
+
+
+def hf_loop_decoder(a, model):
+    """n -> (seconds, tokens): transformers' model stepped by hand with past_key_values, no `generate`."""
+    import torch
+    ids = torch.as_tensor(_prompt(a, model.config.vocab_size))[None]
+
+    def run(n: int):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, use_cache=True)
+            past, nxt, toks = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), []
+            for _ in range(n - 1):
+                toks.append(int(nxt))
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            return time.perf_counter() - t0, toks + [int(nxt)]
+    return run
+
+
+def ours_stepper(a, model):
+    """() -> (seconds, loss): one forward, loss, backward and AdamW step of our model."""
+    from reference.optim import AdamW
+    decay = [p for p in model.parameters() if p.data.ndim >= 2]
+    other = [p for p in model.parameters() if p.data.ndim < 2]
+    opt = AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=1e-5)
+    x, y = _batch(a, model.config.vocab_size, model.config.block_size)
+
+    def step():
+        t0 = time.perf_counter()
+        model.zero_grad()
+        loss = model.loss_and_backward(x, y)
+        opt.step()
+        return time.perf_counter() - t0, float(loss)
+    return step
+
+
+def hf_stepper(a, model):
+    """() -> (seconds, loss): the same step of transformers' model with torch.optim.AdamW."""
+    import torch
+    import torch.nn.functional as F
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=1e-5)
+    x, y = (torch.as_tensor(t) for t in _batch(a, model.config.vocab_size, model.config.n_positions))
+
+    def step():
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0, loss.item()
+    return step
+
+
+def _threads_info() -> dict:
+    import torch
+    from reference.fast.pool import THREADS, blas_threads
+    return {"ours": THREADS, "ours_blas": blas_threads(), "torch": torch.get_num_threads()}
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -66,6 +195,7 @@ def child_make(a) -> dict:
 
 
 def child_import(a) -> dict:
+    """Memory: our import alone."""
     from reference.programs.hf import from_pretrained
     base = peak_mb()
     t0 = time.perf_counter()
@@ -77,192 +207,183 @@ def child_import(a) -> dict:
             "block_size": model.config.block_size}
 
 
-def _prompt(a, vocab: int):
-    import numpy as np
-    return np.random.default_rng(1).integers(0, vocab, a.prompt_tokens)
-
-
-def child_ours_sample(a) -> dict:
+def child_mem_ours_sample(a) -> dict:
     from reference.fast.pool import products_on_pool
-    from reference.programs.hf import from_pretrained
-    from reference.programs.sampling.generation import generate
-    model = from_pretrained(a.dir, dtype="float32")
-    ids = _prompt(a, model.config.vocab_size)
-    times = {}
+    model = ours_model(a)
     with products_on_pool():
-        generate(model, ids, 2, greedy=True)                   # warm-up
-        for n in (1, a.new_tokens):
-            t0 = time.perf_counter()
-            out = generate(model, ids, n, greedy=True)
-            times[n] = time.perf_counter() - t0
-    return {"ms_per_token": 1e3 * (times[a.new_tokens] - times[1]) / (a.new_tokens - 1),
-            "prefill_ms": 1e3 * times[1], "peak_mb": peak_mb(), "tokens": out[-a.new_tokens:].tolist()}
+        _, tokens = ours_decoder(a, model)(a.new_tokens)
+    return {"peak_mb": peak_mb(), "tokens": tokens}
 
 
-def child_hf_sample(a) -> dict:
-    import torch
-    from transformers import GPT2LMHeadModel
-    model = GPT2LMHeadModel.from_pretrained(a.dir, dtype=torch.float32).eval()
-    ids = torch.as_tensor(_prompt(a, model.config.vocab_size))[None]
-    times = {}
-    kw = dict(do_sample=False, use_cache=True, pad_token_id=0)
-    with torch.no_grad():
-        model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
-        for n in (1, a.new_tokens):
-            t0 = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-            times[n] = time.perf_counter() - t0
-    return {"ms_per_token": 1e3 * (times[a.new_tokens] - times[1]) / (a.new_tokens - 1),
-            "prefill_ms": 1e3 * times[1], "peak_mb": peak_mb(), "tokens": out[0, -a.new_tokens:].tolist(),
-            "attn_implementation": model.config._attn_implementation, "torch_threads": torch.get_num_threads()}
+def child_mem_hf_sample(a) -> dict:
+    model = hf_model(a, train=False)
+    _, tokens = hf_generate_decoder(a, model)(a.new_tokens)
+    return {"peak_mb": peak_mb(), "tokens": tokens, "attn_implementation": model.config._attn_implementation}
 
 
-def child_hf_loop(a) -> dict:
-    """transformers' model stepped by hand with its KV cache (past_key_values), without `generate`."""
-    import torch
-    from transformers import GPT2LMHeadModel
-    model = GPT2LMHeadModel.from_pretrained(a.dir, dtype=torch.float32).eval()
-    ids = torch.as_tensor(_prompt(a, model.config.vocab_size))[None]
-
-    def greedy(n: int) -> list[int]:
-        out = model(input_ids=ids, use_cache=True)
-        past, nxt, toks = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), []
-        for _ in range(n - 1):
-            toks.append(int(nxt))
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        return toks + [int(nxt)]
-    times = {}
-    with torch.no_grad():
-        greedy(2)
-        for n in (1, a.new_tokens):
-            t0 = time.perf_counter()
-            toks = greedy(n)
-            times[n] = time.perf_counter() - t0
-    return {"ms_per_token": 1e3 * (times[a.new_tokens] - times[1]) / (a.new_tokens - 1),
-            "prefill_ms": 1e3 * times[1], "peak_mb": peak_mb(), "tokens": toks}
-
-
-def _batch(a, vocab: int, block: int):
-    import numpy as np
-    rng = np.random.default_rng(2)
-    x = rng.integers(0, vocab, (a.batch, block + 1))
-    return x[:, :-1], x[:, 1:]
-
-
-def child_ours_step(a) -> dict:
-    from reference.fast.pool import THREADS, products_on_pool
-    from reference.programs.hf import from_pretrained
-    from reference.optim import AdamW
-    model = from_pretrained(a.dir, dtype="float32")
-    decay = [p for p in model.parameters() if p.data.ndim >= 2]
-    other = [p for p in model.parameters() if p.data.ndim < 2]
-    opt = AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=1e-5)
-    x, y = _batch(a, model.config.vocab_size, model.config.block_size)
-    times, losses = [], []
+def child_mem_ours_step(a) -> dict:
+    from reference.fast.pool import products_on_pool
+    model = ours_model(a)
     with products_on_pool():
-        for _ in range(1 + a.steps):
-            t0 = time.perf_counter()
-            model.zero_grad()
-            losses.append(model.loss_and_backward(x, y))
-            opt.step()
-            times.append(time.perf_counter() - t0)
-    return {"step_s": statistics.median(times[1:]), "first_loss": losses[0], "peak_mb": peak_mb(),
-            "threads": THREADS}
+        _, loss = ours_stepper(a, model)()
+    return {"peak_mb": peak_mb(), "first_loss": loss}
 
 
-def child_hf_step(a) -> dict:
+def child_mem_hf_step(a) -> dict:
+    _, loss = hf_stepper(a, hf_model(a, train=True))()
+    return {"peak_mb": peak_mb(), "first_loss": loss}
+
+
+def child_sample_pair(a) -> dict:
+    """Speed: ours, transformers' generate and the hand-stepped loop in one process, alternated."""
     import torch
-    import torch.nn.functional as F
-    from transformers import GPT2LMHeadModel
-    model = GPT2LMHeadModel.from_pretrained(a.dir, dtype=torch.float32).train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=1e-5)
-    x, y = (torch.as_tensor(t) for t in _batch(a, model.config.vocab_size, model.config.n_positions))
-    times, losses = [], []
-    for _ in range(1 + a.steps):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return {"step_s": statistics.median(times[1:]), "first_loss": losses[0], "peak_mb": peak_mb(),
-            "attn_implementation": model.config._attn_implementation, "torch_threads": torch.get_num_threads()}
+    from reference.fast.pool import products_on_pool
+    torch.set_num_threads(a.threads)
+    sides = {"ours": ours_decoder(a, ours_model(a)), "hf_generate": None, "hf_loop": None}
+    theirs = hf_model(a, train=False)
+    sides["hf_generate"], sides["hf_loop"] = hf_generate_decoder(a, theirs), hf_loop_decoder(a, theirs)
+    ms = {k: [] for k in sides}
+    prefill = {k: [] for k in sides}
+    tokens = {}
+    with products_on_pool():
+        for run in sides.values():                               # warm-up
+            run(2)
+        for _ in range(a.rounds):                                # A B C A B C ...
+            for name, run in sides.items():
+                t1, _ = run(1)
+                tn, tokens[name] = run(a.new_tokens)
+                ms[name].append(1e3 * (tn - t1) / (a.new_tokens - 1))
+                prefill[name].append(1e3 * t1)
+    return {"ms_per_token": ms, "prefill_ms": prefill, "tokens": tokens, "threads": _threads_info(),
+            "attn_implementation": theirs.config._attn_implementation}
 
 
-CHILDREN = {"make": child_make, "import": child_import, "ours-sample": child_ours_sample,
-            "hf-sample": child_hf_sample, "hf-loop": child_hf_loop, "ours-step": child_ours_step, "hf-step": child_hf_step}
+def child_step_pair(a) -> dict:
+    """Speed: our fine-tuning step and transformers' in one process, alternated."""
+    import torch
+    from reference.fast.pool import products_on_pool
+    torch.set_num_threads(a.threads)
+    sides = {"ours": ours_stepper(a, ours_model(a)), "hf": hf_stepper(a, hf_model(a, train=True))}
+    seconds = {k: [] for k in sides}
+    losses = {k: [] for k in sides}
+    with products_on_pool():
+        for i in range(1 + a.step_rounds):                       # one warm-up step each, then A B A B ...
+            for name, step in sides.items():
+                dt, loss = step()
+                losses[name].append(loss)
+                if i:
+                    seconds[name].append(dt)
+    return {"step_s": seconds, "losses": losses, "threads": _threads_info()}
+
+
+CHILDREN = {"make": child_make, "import": child_import, "mem-ours-sample": child_mem_ours_sample,
+            "mem-hf-sample": child_mem_hf_sample, "mem-ours-step": child_mem_ours_step,
+            "mem-hf-step": child_mem_hf_step, "sample-pair": child_sample_pair, "step-pair": child_step_pair}
 
 
 # ------------------------------------------------------------------------------------------ parent
 
 
-def spawn(name: str, a, **over) -> dict:
+def child_env(threads: int) -> dict:
+    """Every thread pool of a child sized `threads`; the repository importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMPY_GPT_THREADS": str(threads)}
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def spawn(name: str, a, threads: int) -> dict:
     argv = [sys.executable, __file__, "--child", name, "--dir", a.dir, "--prompt-tokens", str(a.prompt_tokens),
-            "--new-tokens", str(a.new_tokens), "--steps", str(a.steps), "--batch", str(over.get("batch", a.batch))]
+            "--new-tokens", str(a.new_tokens), "--rounds", str(a.rounds), "--step-rounds", str(a.step_rounds),
+            "--step-batch", str(a.step_batch), "--threads", str(threads)]
     argv += ["--tiny"] if a.tiny else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    before, t0 = loadavg(), time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, env=child_env(threads))
     if out.returncode:
         raise SystemExit(f"child {name} failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {name} {over or ''}: {result}", file=sys.stderr)
+    result.update(load_before=before, load_after=loadavg(), wall_s=time.perf_counter() - t0)
+    print(f"  {name} ({threads} threads): {json.dumps(result)[:300]}", file=sys.stderr)
     return result
 
 
+def spread(xs: list[float], fmt: str) -> str:
+    """'median (lowest to highest)' of xs."""
+    return f"{format(statistics.median(xs), fmt)} ({format(min(xs), fmt)} to {format(max(xs), fmt)})"
+
+
+def ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    """The per-round ratios ours / theirs (round i of one side against round i of the other)."""
+    return [o / t for o, t in zip(ours, theirs)]
+
+
+def _load(row: dict) -> str:
+    return f"{row['load_before'][0]:.1f} / {row['load_after'][0]:.1f}"
+
+
 def report(r: dict, tiny: bool) -> str:
-    imp, so, sh, hl = r["import"], r["ours-sample"], r["hf-sample"], r["hf-loop"]
+    imp, mo, mh = r["import"], r["mem-ours-sample"], r["mem-hf-sample"]
+    so, sh = r["mem-ours-step"], r["mem-hf-step"]
     lines = [
-        "# GPT-2 small at full size: ours vs transformers (float32)",
+        "# GPT-2 small at full size: ours vs transformers (float32), side by side",
         "",
-        f"`python benchmarks/gpt2_scale.py{' --tiny' if tiny else ''}` on {r['machine']}, {r['date']}.",
-        "The machine was shared with other jobs while this ran (a busy 2-core machine; load average "
-        f"{r.get('load', '?')}): the figures are one run each, indicative, not a controlled measurement.",
-        "Each row's peak memory is its own process's (VmHWM). The two sides ran at different moments of that",
-        "load, so the ratios say how the two compared here, not on a quiet machine: rerun the script there.",
+        f"`python benchmarks/gpt2_scale.py{' --tiny' if tiny else ''}` on {r['machine']}, {r['date']}, "
+        f"{r['wall_s'] / 60:.1f} minutes in all. Python {r['python']}, NumPy {r['numpy']}, torch {r['torch']}, "
+        f"transformers {r['transformers']}.",
+        "",
+        f"Load average of the machine (1, 5, 15 minutes, /proc/loadavg): {r['load_start']} at the start, "
+        f"{r['load_end']} at the end; each row gives its own 1-minute load before / after it ran. "
+        "The machine is shared with other jobs: a load above its CPU count means the two sides' threads "
+        "waited for cores, so read the spread before the median.",
         "",
         f"Model: a random GPT-2 small made by transformers (`GPT2Config()`, seed 0), {r['parameters']:,} "
-        f"parameters, V={imp['vocab_size']}, T={imp['block_size']}, saved with `save_pretrained` (float32, {imp['weights_mb']:.0f} MB of weights).",
-        f"Threads: ours {r['ours-step'][0]['threads']} (reference.fast.pool), torch {sh['torch_threads']}; "
-        f"transformers' attention: {sh['attn_implementation']}.",
+        f"parameters, V={imp['vocab_size']}, T={imp['block_size']}, saved with `save_pretrained` "
+        f"(float32, {imp['weights_mb']:.0f} MB of weights). transformers' attention: {mh['attn_implementation']}.",
         "",
-        "## Import (reference/programs/hf.py, tensor by tensor)",
+        "## Speed, side by side in one process (A B A B)",
         "",
-        "| seconds | peak memory (MB) | before loading (MB) | weights (MB) | (peak - before) / weights |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {imp['seconds']:.1f} | {imp['peak_mb']:.0f} | {imp['before_mb']:.0f} | {imp['weights_mb']:.0f} | "
-        f"{(imp['peak_mb'] - imp['before_mb']) / imp['weights_mb']:.2f} |",
+        "Each cell: median (lowest to highest) over the rounds. The ratio column is ours / theirs taken "
+        "round by round (the same round of each side), then its median and spread.",
         "",
-        "(Before loading: the interpreter with numpy and the package imported.)",
-        "",
-        f"## Sampling: greedy, {r['prompt_tokens']}-token prompt, {r['new_tokens']} new tokens, KV cache",
-        "",
-        "| side | ms / token (decode) | prefill + 1 token (ms) | peak memory (MB) |",
-        "|---|---:|---:|---:|",
-        f"| ours (`generate`, KV cache) | {so['ms_per_token']:.1f} | {so['prefill_ms']:.0f} | {so['peak_mb']:.0f} |",
-        f"| transformers `generate` (cache) | {sh['ms_per_token']:.1f} | {sh['prefill_ms']:.0f} | {sh['peak_mb']:.0f} |",
-        f"| transformers, stepped by hand with `past_key_values` | {hl['ms_per_token']:.1f} | "
-        f"{hl['prefill_ms']:.0f} | {hl['peak_mb']:.0f} |",
-        f"| ratio ours / transformers `generate` | {so['ms_per_token'] / sh['ms_per_token']:.2f} | | "
-        f"{so['peak_mb'] / sh['peak_mb']:.2f} |",
-        "",
-        f"Same greedy tokens on all three: {'yes' if so['tokens'] == sh['tokens'] == hl['tokens'] else 'no'}.",
-        "",
-        f"## Fine-tuning step: forward, loss, backward, AdamW (B x {imp['block_size']} tokens)",
-        "",
-        "| B | ours (s) | transformers + torch.optim.AdamW (s) | ours / theirs | peak MB ours | peak MB theirs "
-        "| first loss ours | first loss theirs |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| measurement | threads (ours / torch) | rounds | ours | transformers | ours / transformers | load before / after |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for o, h, b in zip(r["ours-step"], r["hf-step"], r["batches"]):
-        lines.append(f"| {b} | {o['step_s']:.2f} | {h['step_s']:.2f} | {o['step_s'] / h['step_s']:.2f} | "
-                     f"{o['peak_mb']:.0f} | {h['peak_mb']:.0f} | {o['first_loss']:.6f} | {h['first_loss']:.6f} |")
-    lines += ["", f"Each step time is the median of {r['steps']} timed steps after one warm-up step."]
+    for row in r["sample-pair"]:
+        m, th = row["ms_per_token"], row["threads"]
+        tag = f"{th['ours']} / {th['torch']}"
+        lines.append(f"| sampling, ms / token vs `generate` | {tag} | {len(m['ours'])} | {spread(m['ours'], '.1f')} | "
+                     f"{spread(m['hf_generate'], '.1f')} | {spread(ratios(m['ours'], m['hf_generate']), '.2f')} | "
+                     f"{_load(row)} |")
+        lines.append(f"| sampling, ms / token vs stepped by hand (`past_key_values`) | {tag} | {len(m['ours'])} | "
+                     f"{spread(m['ours'], '.1f')} | {spread(m['hf_loop'], '.1f')} | "
+                     f"{spread(ratios(m['ours'], m['hf_loop']), '.2f')} | {_load(row)} |")
+    for row in r["step-pair"]:
+        s, th = row["step_s"], row["threads"]
+        lines.append(f"| fine-tuning step, s, B={r['step_batch']} x {imp['block_size']} | {th['ours']} / {th['torch']} | "
+                     f"{len(s['ours'])} | {spread(s['ours'], '.2f')} | {spread(s['hf'], '.2f')} | "
+                     f"{spread(ratios(s['ours'], s['hf']), '.2f')} | {_load(row)} |")
+    same = all(row["tokens"]["ours"] == row["tokens"]["hf_generate"] == row["tokens"]["hf_loop"]
+               for row in r["sample-pair"]) and mo["tokens"] == mh["tokens"]
+    first = r["step-pair"][0]["losses"]
+    lines += [
+        "",
+        f"Sampling: greedy, {r['prompt_tokens']}-token prompt, {r['new_tokens']} new tokens, KV cache; the "
+        "ms per token is (N tokens - 1 token) / (N - 1) within a round, so the prefill is not counted. "
+        f"Same greedy tokens on every side and round: {'yes' if same else 'no'}.",
+        f"Fine-tuning: forward, loss, backward, AdamW; one warm-up step each, then one step per round. "
+        f"First losses: ours {first['ours'][0]:.6f}, transformers {first['hf'][0]:.6f}.",
+        "",
+        "## Memory, each side alone in its own process (all threads)",
+        "",
+        "| measurement | ours (MB) | transformers (MB) | ours / transformers |",
+        "|---|---:|---:|---:|",
+        f"| import (reference/programs/hf.py, tensor by tensor), {imp['seconds']:.1f} s: peak = "
+        f"{imp['before_mb']:.0f} MB before loading + {(imp['peak_mb'] - imp['before_mb']) / imp['weights_mb']:.2f} x "
+        f"the {imp['weights_mb']:.0f} MB of weights | {imp['peak_mb']:.0f} | | |",
+        f"| sampling, peak | {mo['peak_mb']:.0f} | {mh['peak_mb']:.0f} | {mo['peak_mb'] / mh['peak_mb']:.2f} |",
+        f"| fine-tuning step B={r['step_batch']}, peak | {so['peak_mb']:.0f} | {sh['peak_mb']:.0f} | "
+        f"{so['peak_mb'] / sh['peak_mb']:.2f} |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -272,9 +393,12 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test of this script")
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--steps", type=int, default=2, help="timed fine-tuning steps (after one warm-up)")
-    p.add_argument("--batches", default="1,4", help="batch sizes of the fine-tuning rows (default 1,4)")
-    p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=5, help="sampling rounds, each side once per round (default 5)")
+    p.add_argument("--step-rounds", type=int, default=2,
+                   help="fine-tuning rounds after one warm-up step, each side once per round (default 2)")
+    p.add_argument("--step-batch", type=int, default=1, help="batch of the fine-tuning step (default 1)")
+    p.add_argument("--threads", default=f"1,{os.cpu_count()}",
+                   help="thread counts to time, each side the same (default 1 and the CPU count)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpt2_scale"),
                    help="results path without extension (.md and .json are written)")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -282,27 +406,37 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.report_only:
         r = json.loads(Path(a.out + ".json").read_text())
-        Path(a.out + ".md").write_text(report(r, a.tiny))
+        Path(a.out + ".md").write_text(report(r, r.get("tiny", a.tiny)))
         return 0
     if a.child:
+        a.threads = int(a.threads)
         print(json.dumps(CHILDREN[a.child](a)))
         return 0
+    threads = [int(t) for t in str(a.threads).split(",")]
     tmp = None
     if a.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="gpt2-small-")
         a.dir = tmp.name
-    r = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                         time.gmtime()),
-         "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "steps": a.steps,
-         "batches": [int(b) for b in a.batches.split(",")]}
+    import numpy
+    import torch
+    import transformers
+    t0 = time.perf_counter()
+    r = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "tiny": a.tiny,
+         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+         "numpy": numpy.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+         "load_start": loadavg(), "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
+         "step_batch": a.step_batch}
+    every = os.cpu_count() or 1
     if not (Path(a.dir) / "config.json").is_file():
-        r["parameters"] = spawn("make", a)["parameters"]
-    for name in ("import", "ours-sample", "hf-sample", "hf-loop"):
-        r[name] = spawn(name, a)
+        r["parameters"] = spawn("make", a, every)["parameters"]
+    for name in ("import", "mem-ours-sample", "mem-hf-sample"):
+        r[name] = spawn(name, a, every)
     r.setdefault("parameters", r["import"]["parameters"])
-    for side in ("ours-step", "hf-step"):
-        r[side] = [spawn(side, a, batch=b) for b in r["batches"]]
-    r["load"] = f"{os.getloadavg()[1]:.1f} over the last 5 minutes at the end"
+    r["sample-pair"] = [spawn("sample-pair", a, n) for n in threads]
+    r["step-pair"] = [spawn("step-pair", a, n) for n in threads]
+    for name in ("mem-ours-step", "mem-hf-step"):
+        r[name] = spawn(name, a, every)
+    r["load_end"], r["wall_s"] = loadavg(), time.perf_counter() - t0
     text = report(r, a.tiny)
     Path(a.out + ".md").write_text(text)
     Path(a.out + ".json").write_text(json.dumps(r, indent=1) + "\n")

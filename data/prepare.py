@@ -52,8 +52,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `reference`
     sys.path.insert(0, str(_REPO_ROOT))
 
-from reference.programs.atomic import atomic_write  # noqa: E402
 from reference.programs import dpo, sft  # noqa: E402
+from reference.programs.atomic import atomic_write, os_error_line  # noqa: E402
 from reference.programs.data import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
                                      split_train_val, tokenizer_digest)
 from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
@@ -242,7 +242,7 @@ def prepare(
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         atomic_write_bytes(out / "meta.json", text.encode("utf-8"))
     except OSError as exc:
-        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise PrepareError(os_error_line(exc, "choose a writable --out", out)) from None
     return meta
 
 
@@ -372,14 +372,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out_dir = Path(args.out) if args.out else default_out_dir(args.tokenizer)
+    out_dir = Path(args.out) if args.out else (DATA_DIR / "dpo" if args.dpo else DATA_DIR / "sft" if args.sft
+                                               else default_out_dir(args.tokenizer))
     try:
         lock = lock_directory(out_dir) if out_dir.is_dir() or not out_dir.exists() else None
     except DirectoryLocked as exc:                # one run per directory (reference/programs/lock.py)
         print(f"prepare.py: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"prepare.py: error: cannot write to {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"prepare.py: error: {os_error_line(exc, 'choose a writable --out')}", file=sys.stderr)
         return 1
     try:
         return _main(args, out_dir)
@@ -391,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, out_dir: Path) -> int:
     replacing = previous_source(out_dir)
     try:
+        if out_dir.exists() and not out_dir.is_dir():     # the same words as train's out_dir and data_dir
+            raise PrepareError(f"--out {out_dir} is a file, not a directory; expected the directory to write "
+                               "train.bin, val.bin and meta.json into (or a path that does not exist yet)")
         if args.dpo:
             if args.src or args.sft:
                 raise PrepareError("give one of --dpo FILE.jsonl, --sft FILE.jsonl and --from PATH")
-            out_dir = Path(args.out) if args.out else DATA_DIR / "dpo"
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 meta = prepare_dpo(args.dpo, out_dir, kind=args.tokenizer)
@@ -409,8 +412,7 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
         if args.sft:
             if args.src:
                 raise PrepareError("give --sft FILE.jsonl or --from PATH, not both")
-            meta = prepare_sft(args.sft, Path(args.out) if args.out else DATA_DIR / "sft", kind=args.tokenizer)
-            out_dir = Path(args.out) if args.out else DATA_DIR / "sft"
+            meta = prepare_sft(args.sft, out_dir, kind=args.tokenizer)
             sizes = meta["sft"]
             print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
             print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "

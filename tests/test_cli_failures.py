@@ -296,8 +296,8 @@ def test_prepare_script_answers_bad_input_in_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("hello world " * 20)
     for args, words in ((["--from", tmp_path], "cannot read input file"),
-                        (["--from", blocker, "--out", blocker], "cannot write to"),
-                        (["--from", blocker, "--out", blocker / "sub"], "cannot write to"),
+                        (["--from", blocker, "--out", blocker], "is a file, not a directory"),
+                        (["--from", blocker, "--out", blocker / "sub"], f"cannot write {blocker / 'sub'}: Not a directory"),
                         (["--timeout", "0"], "must be a number of seconds > 0")):
         proc = prep(*args)
         assert proc.returncode != 0

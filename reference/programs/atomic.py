@@ -20,6 +20,7 @@ umask 022): the same for checkpoints as for prepared data. (`tempfile.mkstemp` w
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -28,7 +29,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale_temps", "temp_name", "temp_pattern"]
+__all__ = ["atomic_write", "os_error_line", "remove_stale_temps", "temp_name", "temp_pattern"]
 
 
 def temp_name(path: Path) -> Path:
@@ -125,3 +126,18 @@ def atomic_write(path, data) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+_OS_ERRORS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted"}
+
+
+def os_error_line(e: OSError, fix: str, where=None) -> str:
+    """One line for a failed write, without Python's `[Errno N]`: the path (the error's own, else
+    `where`), what is wrong and `fix` (what to do, e.g. "choose a writable -o"); a full disk or quota
+    says to free space instead.
+    "cannot write /mnt/ro/a.png: the file system is read-only; choose a writable -o"."""
+    where = e.filename if e.filename is not None else (where if where is not None else "the target")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space and try again"
+    return f"cannot write {where}: {_OS_ERRORS.get(e.errno) or e.strerror or e}; {fix}"

@@ -176,9 +176,7 @@ def header_fields(path, header: dict, config: GPTConfig) -> dict:
 
 def _verify_tensor(path, name: str, arr: np.ndarray, sums: dict | None) -> None:
     if sums is not None:
-        recorded = sums["tensors"].get(name)
-        if recorded is None:
-            fail(path, f"tensor {name!r} has no recorded checksum (metadata {CHECKSUM_KEY!r})")
+        recorded = sums["tensors"][name]                        # read_tensors refused a name without one
         found = tensor_digest(arr)
         if found != recorded:
             fail(path, f"tensor {name!r} fails its checksum: recorded SHA-256 {recorded}, found {found}. "
@@ -201,6 +199,16 @@ def read_tensors(path, f: SafetensorsFile, header: dict, sums: dict | None) -> d
     if needed > len(f.entries):
         fail(path, f"the model config in the header ({config.n_layer} layers) has {needed} tensors, "
                    f"but the file holds only {len(f.entries)}")
+    if sums is not None:                                      # a tensor without a checksum: added, or its sum lost
+        shapes = parameter_shapes(config)
+        known = set(shapes) | {f"{OPT_PREFIX}{n}.{m}" for n in shapes for m in (*MOMENTS, SGD_BUFFER)}
+        unsummed = sorted(set(f.entries) - set(sums["tensors"]))
+        unexpected = [n for n in unsummed if n not in known]
+        if unexpected:
+            fail(path, f"unexpected tensors {unexpected}: not among the {len(sums['tensors'])} tensors this "
+                       f"checkpoint was written with (its checksums, metadata {CHECKSUM_KEY!r}, list every one)")
+        if unsummed:
+            fail(path, f"tensor {unsummed[0]!r} has no recorded checksum (metadata {CHECKSUM_KEY!r})")
     tensors = {}
     for name in f.entries:
         tensors[name] = f.tensor(name)

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .atomic import os_error_line
 from .lock import DirectoryLock, DirectoryLocked, lock_file
 
 __all__ = ["add_arguments", "lock_target", "run"]
@@ -54,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
         arch = hf_config(ckpt.config)["architectures"][0]       # refuses before anything is built or written
         model = build_model(ckpt)
         save_pretrained(model, out, tokenizer=ckpt.tokenizer)
-    except (CheckpointError, FileNotFoundError, ValueError, DirectoryLocked, OSError, ImportError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError, DirectoryLocked, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                                     # a read-only, full or forbidden --to
+        print(f"error: {os_error_line(e, 'choose a writable --to')}", file=sys.stderr)
         return 2
     finally:
         if lock is not None:

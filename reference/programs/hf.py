@@ -121,7 +121,13 @@ def config_from_hf(d: dict, *, dtype: str = "float32", dropout: float = 0.0, blo
 
     `block_size`: a shorter context than the model's (learned positions keep their first rows, as
     nanoGPT's crop_block_size). `dropout` is ours to choose (default 0: inference and fine-tuning as
-    nanoGPT's from_pretrained). HFError names any option the architecture here cannot express."""
+    nanoGPT's from_pretrained). HFError names any option the architecture here cannot express; a bad
+    `dtype` or `dropout` is the caller's argument, and its message says so, not the file's."""
+    for name, value in (("dtype", dtype), ("dropout", dropout)):   # the caller's arguments, before the file's
+        try:
+            GPTConfig(**{name: value})
+        except (TypeError, ValueError) as e:
+            raise HFError(f"{e} (the {name} argument of this call, not a field of {where})") from None
     arch = _architecture(d, where)
     if arch == "gpt2":
         n_embd, n_head = _field(d, "n_embd", where), _field(d, "n_head", where)

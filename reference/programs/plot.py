@@ -2,7 +2,8 @@
 
 Reads the JSON-lines logs written by `reference.programs.train` (records with "event": "train", "eval" and
 "diverged") and draws, per log, the training loss of every logged step (a solid line), the evaluated
-train loss (circles, the same colour) and the val loss (squares, another colour), and marks a run that
+train loss (circles, the same colour) and the val loss (squares, another colour), both as markers
+alone (evaluations are sparse: a line between them would read as measured), and marks a run that
 diverged (a red dotted line and cross at the step, named in the legend). matplotlib is imported only here, lazily, with the Agg backend (no display needed); when it
 is missing the command says how to install it.
 """
@@ -13,6 +14,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .atomic import os_error_line
 
 __all__ = ["read_log", "plot_curves", "add_arguments", "run"]
 
@@ -64,9 +67,15 @@ def diverged_at(log: dict) -> int | None:
     return min(steps) if steps else None
 
 
+DEFAULT_NAME = "loss_curve.png"
+
+
 def png_path(path) -> Path:
-    """The file actually written: `path`, with ".png" added when it has no suffix (as matplotlib does)."""
+    """The file actually written: `path`, with ".png" added when it has no suffix (as matplotlib does);
+    an existing directory gets DEFAULT_NAME inside it (as `cp FILE DIR` writes into DIR)."""
     path = Path(path)
+    if path.is_dir():
+        return path / DEFAULT_NAME
     return path if path.suffix else path.with_name(path.name + ".png")
 
 
@@ -94,10 +103,11 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
         ev = [r for r in log["eval"] if r.get("val_loss") is not None]
         if ev:
             steps = [r["step"] for r in ev]
-            ax.plot(steps, [r["train_loss"] for r in ev], color=c_train, ls="--", marker="o", ms=4 + 3 * (i % 2),
+            # markers only: evaluations are sparse, and a line between two of them would read as a measured curve
+            ax.plot(steps, [r["train_loss"] for r in ev], color=c_train, ls="none", marker="o", ms=4 + 3 * (i % 2),
                     label=f"{label}: train loss (eval)", **hollow)
-            ax.plot(steps, [r["val_loss"] for r in ev], color=c_val, ls="-" if i % 2 == 0 else (0, (4, 3)),
-                    marker="s", ms=4 + 4 * (i % 2), lw=1.8, label=f"{label}: val loss (final {ev[-1]['val_loss']:.4f})",
+            ax.plot(steps, [r["val_loss"] for r in ev], color=c_val, ls="none",
+                    marker="s", ms=5 + 4 * (i % 2), label=f"{label}: val loss (final {ev[-1]['val_loss']:.4f})",
                     **hollow)
         step = diverged_at(log)
         if step is not None:
@@ -113,7 +123,7 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
     if two:
         (la, a), (lb, b) = runs
         for kind, key, style in (("train", "loss", dict(ls="none", marker=".", ms=2, alpha=0.6)),
-                                 ("eval", "val_loss", dict(marker="s", ls="-", color=colors[1]))):
+                                 ("eval", "val_loss", dict(marker="s", ls="none", color=colors[1]))):
             xa = {r["step"]: r[key] for r in a[kind] if r.get(key) is not None}
             xb = {r["step"]: r[key] for r in b[kind] if r.get(key) is not None}
             steps = sorted(set(xa) & set(xb))
@@ -141,8 +151,9 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logs", nargs="+", help="log.jsonl file(s) written by `train`, or their run directories")
-    parser.add_argument("-o", "--out", default="loss_curve.png",
-                        help="PNG to write; .png is added to a name without a suffix")
+    parser.add_argument("-o", "--out", default=DEFAULT_NAME,
+                        help=f"PNG to write; .png is added to a name without a suffix; an existing directory "
+                             f"gets {DEFAULT_NAME} inside it")
     parser.add_argument("--labels", nargs="+", help="one legend label per log (default: the run directory names)")
     parser.add_argument("--title", default=None, help="chart title (default: 'loss curves')")
     parser.add_argument("--diff", action="store_true", help="with two logs: add a panel of their loss differences")
@@ -157,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         runs = [(label, read_log(p)) for label, p in zip(labels, args.logs)]
         path = plot_curves(runs, args.out, title=args.title, diff=args.diff)
-    except (OSError, ValueError, ImportError) as e:
+    except OSError as e:
+        print(f"error: {os_error_line(e, 'choose a writable -o')}", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -286,7 +286,8 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         print(line, file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
-            raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
+            raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory; expected the directory to "
+                                     "write ckpt.safetensors and log.jsonl into (or a path that does not exist yet)")
         trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from, kernels=kernels, dist=dist)
         if resume is not None and resume.step >= config.max_iters:
             print(f"nothing to train: the checkpoint {resume.path} is at step {resume.step} and max_iters is "
@@ -345,12 +346,17 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
 
 def checkpoint_note(trainer: Trainer) -> str:
     """Where the run's checkpoint is, for the `done:` line; or why this run wrote none (a checkpoint is
-    written only when the val loss improves on the best so far, which step 0's evaluation sets)."""
+    written after step 0 only, when the val loss improves on the best so far, which step 0's evaluation
+    sets, or at every evaluation with always_save_checkpoint)."""
     saved = [r["step"] for r in trainer.history if r.get("saved")]
     if saved:
         return f"checkpoint {trainer.ckpt_path} (step {saved[-1]})"
-    why = (f"the val loss never beat the best so far, {trainer.best_val_loss:.4f}"
-           if trainer.best_val_loss is not None else "no evaluation after step 0")
     kept = (f"{trainer.ckpt_path} is unchanged" if trainer.ckpt_path is not None and trainer.ckpt_path.exists()
             else "no checkpoint was written")
-    return f"{kept}: {why} (--always_save_checkpoint saves at every evaluation)"
+    if trainer.step == 0:                                     # every run evaluates its last step, so step > 0
+        why = ("the run trained no step (max_iters 0), and step 0, the initial weights, is never saved; "
+               "pass --max_iters N with N > 0 to train and save")
+    else:
+        why = (f"the val loss never beat the best so far, {trainer.best_val_loss:.4f} "
+               f"(--always_save_checkpoint saves at every evaluation)")
+    return f"{kept}: {why}"

@@ -21,24 +21,30 @@ import sys
 
 import numpy as np
 
-from ...model import GPT, KVCache
+from ...model import GPT, KVCache, check_token_ids
 from ..options import check, is_int
 from .logits_process import apply_penalties, check_penalty_args, check_sampling_args, sample_next
 
-__all__ = ["generate", "iter_generate"]
+__all__ = ["as_generator", "generate", "iter_generate"]
 
 
 def iter_generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | None = None,
+                  top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | int | None = None,
                   use_cache: bool = True, verbose: bool = True, min_p: float | None = None,
                   repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0):
     """Check every argument now, then return an iterator that yields, as each new token is drawn,
     `(ids, logits)`: the new token ids (B,) and the last-position logits (B, V) they were drawn from
-    (before penalties). The prompt `idx` is (T,) or (B, T). This is what `sample --stream` prints from.
+    (before penalties). The prompt `idx` is (T,) or (B, T) token ids (text is refused: encode it first).
+    `rng`: a numpy Generator, or an int seed for np.random.default_rng (`as_generator`); None with greedy.
+    This is what `sample --stream` prints from.
     """
     check_sampling_args(temperature, top_k, top_p, greedy)
     check_penalty_args(min_p, repetition_penalty, presence_penalty, frequency_penalty)
     check("max_new_tokens", max_new_tokens, is_int(max_new_tokens) and max_new_tokens >= 0, "an integer >= 0")
+    rng = as_generator(rng)
+    if isinstance(idx, (str, bytes)):
+        raise TypeError(f"the prompt is text ({_brief(idx)}); generate takes token ids: encode it first, "
+                        "e.g. ids = tokenizer.encode(text)")
     idx = np.asarray(idx)
     if idx.ndim not in (1, 2):
         raise ValueError(f"prompt must be 1-D (T,) or 2-D (B, T) token ids, got shape {idx.shape}")
@@ -47,7 +53,9 @@ def iter_generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 
     if idx.ndim == 1:
         idx = idx[None]
     if not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError(f"token ids must be integers, got dtype {idx.dtype}")
+        hint = "; encode the text first, e.g. ids = tokenizer.encode(text)" if idx.dtype.kind in "USO" else ""
+        raise TypeError(f"token ids must be integers, got dtype {idx.dtype}{hint}")
+    check_token_ids(idx, model.config.vocab_size, "prompt token id")   # before any cast: 2**64-1 is not -1
     block_size = model.config.block_size
     T = idx.shape[1]
     if T > block_size and verbose:
@@ -57,6 +65,27 @@ def iter_generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 
     penalties = dict(repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                      frequency_penalty=frequency_penalty)
     return _steps(model, idx, max_new_tokens, use_cache, rule, penalties)
+
+
+def as_generator(rng) -> np.random.Generator | None:
+    """`rng` as a numpy Generator: a Generator as it is, None as None (greedy needs none), and anything
+    `np.random.default_rng` takes (an int seed, a SeedSequence, a BitGenerator) through it, as numpy's
+    own functions do. TypeError in one line for anything else."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, bool) or not isinstance(rng, (int, np.integer, np.random.SeedSequence,
+                                                     np.random.BitGenerator)):
+        raise TypeError(f"rng must be a numpy Generator or an int seed >= 0 (np.random.default_rng(seed)), "
+                        f"got {_brief(rng)}")
+    try:
+        return np.random.default_rng(rng)
+    except ValueError:                                        # a negative seed
+        raise ValueError(f"rng: an int seed must be >= 0 (np.random.default_rng's rule), got {rng}") from None
+
+
+def _brief(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _steps(model: GPT, idx: np.ndarray, max_new_tokens: int, use_cache: bool, rule: dict, penalties: dict):
@@ -82,7 +111,7 @@ def _steps(model: GPT, idx: np.ndarray, max_new_tokens: int, use_cache: bool, ru
 
 
 def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | None = None,
+             top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | int | None = None,
              use_cache: bool = True, return_logits: bool = False, verbose: bool = True, min_p: float | None = None,
              repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0):
     """Extend token ids `idx` ((T,) or (B, T)) by `max_new_tokens` sampled tokens; same shape kind back.

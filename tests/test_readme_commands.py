@@ -1,0 +1,104 @@
+"""The README's example commands run as written, one after another, and print no warning.
+
+The commands are parsed from the README (the bash block after `<!-- readme-commands -->`) and run in a
+fresh directory with this checkout importable. Each gets a few flags appended that make it tiny (a
+small model, a local corpus instead of the download, a few sampled tokens) and its schedule is
+shrunk in proportion: max_iters becomes 2 and lr_decay_iters and warmup_iters keep their ratio to it,
+so a README schedule that decays past the run, or warms up longer than it, still warns here. The
+README's own flags are kept, so a README command that fails, or trips one of the project's warnings
+(min_lr above learning_rate, a schedule cut short), fails this test; the planted variants at the end
+show that it does."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from reference.programs.training.settings import PRESETS, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER = "<!-- readme-commands -->"
+
+TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8"]
+TINY_RUN = ["--batch_size", "2", "--eval_iters", "2", "--eval_interval", "1", "--no-progress"]
+CORPUS = "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo!\n" * 20
+STEPS = 2
+
+
+def readme_commands() -> list[list[str]]:
+    """The argv of each command in the README's block after MARKER (continuations joined, comments dropped)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert MARKER in text, f"README.md has no {MARKER} marker before its example commands"
+    block = re.search(r"```bash\n(.*?)```", text[text.index(MARKER):], re.S).group(1)
+    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def flag(argv: list[str], name: str):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def shrunk_schedule(argv: list[str]) -> list[str]:
+    """max_iters -> STEPS, lr_decay_iters and warmup_iters scaled alike (rounded up): the README's settings
+    (flags over preset over defaults), in proportion."""
+    settings = dataclasses.asdict(TrainConfig())
+    settings.update(PRESETS.get(flag(argv, "--preset"), {}))
+    settings.update({k: int(flag(argv, f"--{k}")) for k in ("max_iters", "lr_decay_iters", "warmup_iters")
+                     if flag(argv, f"--{k}") is not None})
+    scale = STEPS / settings["max_iters"]
+    return ["--max_iters", str(STEPS), "--lr_decay_iters", str(math.ceil(settings["lr_decay_iters"] * scale)),
+            "--warmup_iters", str(math.ceil(settings["warmup_iters"] * scale))]
+
+
+def tiny(argv: list[str]) -> list[str]:
+    """argv made runnable here: this interpreter, prepare.py from this checkout, the tiny flags."""
+    assert argv[0] == "python", argv
+    if argv[1] == "data/prepare.py":
+        return [sys.executable, str(REPO / "data" / "prepare.py"), *argv[2:], "--from", "corpus.txt",
+                "--out", "data/shakespeare_char"]
+    run = [sys.executable, *argv[1:]]
+    if argv[3] == "train":
+        return run + shrunk_schedule(argv) + TINY_RUN + ([] if "--init-from" in argv else TINY_MODEL)
+    if argv[3] == "sample":
+        return run + ["--max-new-tokens", "5"]
+    return run
+
+
+def run_quietly(argv: list[str], cwd: Path) -> list[str]:
+    """Run the README command argv (made tiny); assert it succeeds; return the lines that warn."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMPY_GPT_THREADS": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    out = subprocess.run(tiny(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, f"{shlex.join(argv)} failed:\n{said}"
+    return [line for line in said.splitlines() if "warning" in line.lower()]
+
+
+def without(argv: list[str], name: str) -> list[str]:
+    i = argv.index(name)
+    return argv[:i] + argv[i + 2:]
+
+
+def test_readme_commands_run_without_warnings(tmp_path):
+    commands = readme_commands()
+    assert [c[1] if c[1] != "-m" else c[3] for c in commands] == \
+        ["data/prepare.py", "train", "sample", "plot", "export", "train"], commands
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    for argv in commands:
+        warned = run_quietly(argv, tmp_path)
+        assert not warned, f"{shlex.join(argv)} warned:\n" + "\n".join(warned)
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "out-hf" / "config.json").is_file()
+    assert (tmp_path / "out-finetune" / "ckpt.safetensors").is_file()
+
+    # Planted: the fine-tune as it would be without --min_lr (the default 1e-4 is above 3e-5) or without
+    # --lr_decay_iters (the default 2000 is ten times the run): each is caught.
+    finetune = commands[-1]
+    for name, words in (("--min_lr", "min_lr=0.0001 is above learning_rate=3e-05"),
+                        ("--lr_decay_iters", "the learning-rate schedule decays over lr_decay_iters=20 steps")):
+        warned = run_quietly(without(finetune, name) + ["--out_dir", f"out-planted{name}"], tmp_path)
+        assert any(words in line for line in warned), (name, warned)
