@@ -169,7 +169,8 @@ def _take_lock(out_dir: str | None, locks: list[DirectoryLock] | None) -> None:
     if not out_dir or locks is None:
         return
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory")
+        raise NotADirectoryError(f"out_dir {out_dir} is a file, not a directory; expected the directory to "
+                                 "write ckpt.safetensors and log.jsonl into (or a path that does not exist yet)")
     try:
         locks.append(lock_directory(out_dir))
     except DirectoryLocked:
