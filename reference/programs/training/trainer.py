@@ -139,6 +139,7 @@ class Trainer:
         else:
             self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
         self.kernels = kernels
+        self.model.recompute = config.recompute
         self.params = self.model.parameters()
         self.optimizer = configure_optimizers(self.model, config)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
