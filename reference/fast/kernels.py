@@ -12,14 +12,15 @@ Why a class swap rather than a second model class: docs/performance.md, "Choosin
 from __future__ import annotations
 
 from ..module import Module
-from . import attention, layers, model
+from . import attention, layers, loss, model
 
 KERNELS = ("fast", "textbook")
 
 # {textbook class: its fast subclass}, for every layer that has a fast version.
 FAST_CLASSES: dict[type, type] = {
     cls.__mro__[1]: cls for cls in (layers.Embedding, layers.Linear, layers.LayerNorm, layers.GELU,
-                                     layers.MLP, attention.CausalSelfAttention, model.Block)}
+                                     layers.MLP, attention.CausalSelfAttention, model.Block,
+                                     loss.CrossEntropyLoss)}
 
 
 def use_kernels(root: Module, kernels: str = "fast") -> Module:
