@@ -123,7 +123,7 @@ class Block(Module):
         return dx + self.ln_1.backward(self.attn.backward(dx, c2), c1)
 
 
-class Checkpoint:
+class BlockCheckpoint:
     """What a recomputed block keeps of its forward: its input x (B, T, C) and the means to draw its dropout
     masks again. GPT.backward runs the block's forward again from it (docs/checkpointing.md).
 
@@ -234,8 +234,8 @@ class GPT(Module):
         arrays (B, n_head, T, S) with S = the keys seen (the cache's length + T), as transformers'
         `output_attentions=True` returns them (CausalSelfAttention.attention_probs; docs/attention-maps.md).
 
-        With `self.recompute`, each block's entry of the cache is a Checkpoint (its input), not its cache;
-        except with `kv_cache` (inference: a recomputed forward would append its keys twice) or
+        With `self.recompute`, each block's entry of the cache is a BlockCheckpoint (its input), not its
+        cache; except with `kv_cache` (inference: a recomputed forward would append its keys twice) or
         `return_attentions` (it reads every block's cache), where every block keeps its cache as without."""
         recompute = self.recompute and kv_cache is None and not return_attentions
         start = kv_cache.length if kv_cache is not None else 0
@@ -252,7 +252,7 @@ class GPT(Module):
         c_blocks = []
         for i, block in enumerate(tr.h):
             if recompute:                                      # keep the block's input, drop its cache
-                kept = Checkpoint(x, masks)
+                kept = BlockCheckpoint(x, masks)
                 x = block.forward(x, kept.masks())[0]
                 c_blocks.append(kept)
                 continue
@@ -269,8 +269,9 @@ class GPT(Module):
         c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head = cache
         tr = self.transformer
         dx = tr.ln_f.backward(self.lm_head.backward(dlogits, c_head), c_ln)
+        del dlogits                                            # (B, T, V), the largest array: freed before the blocks
         for block, c in zip(reversed(tr.h), reversed(c_blocks)):
-            if isinstance(c, Checkpoint):                      # recompute: the block's forward again,
+            if isinstance(c, BlockCheckpoint):                 # recompute: the block's forward again,
                 c = block.forward(c.x, c.replay())[1]          # from its input, with the same masks
             dx = block.backward(dx, c)
         dx = tr.drop.backward(dx, c_drop)

@@ -20,7 +20,7 @@ from reference import GPT, GPTConfig
 from reference.fast import use_kernels
 from reference.fast import model as fast_model
 from reference.layers import DropoutMasks
-from reference.model import Checkpoint, KVCache
+from reference.model import BlockCheckpoint, KVCache
 
 VARIANTS = {
     "learned": dict(pos="learned", dropout=0.2),
@@ -75,13 +75,13 @@ def test_float64_too(kernels):
 
 @pytest.mark.parametrize("kernels", ["textbook", "fast"])
 def test_the_cache_keeps_block_inputs_only(kernels):
-    """With recompute the forward's cache holds, per block, a Checkpoint: the block's input (B, T, C) and
+    """With recompute the forward's cache holds, per block, a BlockCheckpoint: the block's input (B, T, C) and
     no array of the block's own."""
     model = use_kernels(GPT(config_of("learned"), seed=7, recompute=True), kernels)
     idx, _ = batch()
     _, cache = model.forward(idx, DropoutMasks(np.random.default_rng(11)))
     c_blocks = cache[3]
-    assert len(c_blocks) == 3 and all(type(c) is Checkpoint for c in c_blocks)
+    assert len(c_blocks) == 3 and all(type(c) is BlockCheckpoint for c in c_blocks)
     assert all(c.x.shape == (2, 12, 16) and c.kept == {} for c in c_blocks)   # a generator copy, no masks kept
 
 
@@ -107,8 +107,9 @@ def test_recorded_masks_are_recorded_once_and_equal():
     """DropoutMasks(record=True) (the oracle and the trainer's tests read `.drawn`): the recomputed forward
     does not draw into it again (which would raise "drew twice"), and it holds the plain run's masks."""
     config = config_of("learned")
-    plain, recomputed = DropoutMasks(np.random.default_rng(11), record=True), DropoutMasks(np.random.default_rng(11), record=True)
-    assert differences(training_pass(config, "fast", False, plain), training_pass(config, "fast", True, recomputed)) == []
+    plain, recomputed = (DropoutMasks(np.random.default_rng(11), record=True) for _ in range(2))
+    assert differences(training_pass(config, "fast", False, plain),
+                       training_pass(config, "fast", True, recomputed)) == []
     assert plain.drawn.keys() == recomputed.drawn.keys() and len(plain.drawn) == 1 + 3 * 3
     assert all(np.array_equal(plain.drawn[k], recomputed.drawn[k]) for k in plain.drawn)
 
@@ -118,7 +119,7 @@ def test_recorded_masks_are_recorded_once_and_equal():
 
 def fresh_masks(monkeypatch):
     """The recomputed forward draws from the live source: new uniforms, other masks."""
-    monkeypatch.setattr(Checkpoint, "replay", lambda self: self.source)
+    monkeypatch.setattr(BlockCheckpoint, "replay", lambda self: self.source)
 
 
 def shared_generator(monkeypatch):
@@ -128,7 +129,7 @@ def shared_generator(monkeypatch):
 
 def no_masks(monkeypatch):
     """The recomputed forward runs without dropout."""
-    monkeypatch.setattr(Checkpoint, "replay", lambda self: None)
+    monkeypatch.setattr(BlockCheckpoint, "replay", lambda self: None)
 
 
 def input_changed_in_place(monkeypatch):
@@ -173,7 +174,7 @@ def test_kv_cache_and_attention_maps_run_as_without_recompute(kernels):
     logits_p, _, maps_p = plain.forward(idx, return_attentions=True)
     logits_r, cache_r, maps_r = rc.forward(idx, return_attentions=True)
     assert np.array_equal(logits_p, logits_r) and all(np.array_equal(p, r) for p, r in zip(maps_p, maps_r))
-    assert not any(isinstance(c, Checkpoint) for c in cache_r[3])     # full caches: a backward still works
+    assert not any(isinstance(c, BlockCheckpoint) for c in cache_r[3])     # full caches: a backward still works
     rc.backward(np.ones_like(logits_r), cache_r)
 
 
@@ -229,8 +230,8 @@ def test_train_recompute_resumed_is_bit_identical_to_a_plain_run(tmp_path, capsy
     data = tmp_path / "data"
     prepare.prepare(TEXT.encode(), data, kind="char")
     replays = []
-    original = Checkpoint.replay
-    monkeypatch.setattr(Checkpoint, "replay", lambda self: replays.append(1) or original(self))
+    original = BlockCheckpoint.replay
+    monkeypatch.setattr(BlockCheckpoint, "replay", lambda self: replays.append(1) or original(self))
     common = ("--data_dir", data, "--eval_interval", 4, "--always_save_checkpoint", *TINY)
     assert cli(capsys, "--out_dir", tmp_path / "a", "--max_iters", 8, *common)[0] == 0
     assert replays == []
