@@ -185,9 +185,13 @@ def report(r: dict) -> str:
         f"{r['parameters']:,} parameters, T={r['block_size']}. A step: zero_grad, forward, loss, backward, AdamW. "
         f"Each child process runs {r['warmup']} warm-up step(s) then {r['steps']} timed step(s); "
         "time: the median over every timed step of every round, and the spread (min-max); peak: the process's "
-        "VmHWM (the largest over the rounds), weights, gradients and AdamW's moments included.",
+        "VmHWM (the largest over the rounds), weights, gradients and AdamW's moments included. The torch sides "
+        "drop their logits before the backward (`del logits`), as ours does: a leaner eager baseline than "
+        "benchmarks/gpt2_scale.py's, which keeps them alive through the backward.",
         "",
     ]
+    if r.get("note"):
+        lines += [r["note"], ""]
     for b in r["batches"]:
         rows = r["results"].get(str(b), {})
         if not rows:
@@ -215,6 +219,8 @@ def report(r: dict) -> str:
                       + (f", {100 * (x['median_s'] / s['ours']['median_s'] - 1):+.0f}% step time against ours "
                          "without." if "ours" in s else ".")]
         lines.append("")
+    for extra in r.get("more_runs", []):                       # further runs, added to the .json by hand
+        lines += ["---", "", report(extra).replace("\n# ", "\n## ").replace("\n## B", "\n### B")]
     return "\n".join(lines)
 
 
