@@ -7,13 +7,15 @@ Derived in docs/block.md (residual gradient flow) and docs/model.md.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 
 from .attention import CausalSelfAttention, LayerKV
 from .config import GPTConfig
-from .layers import MLP, Dropout, Embedding, LayerNorm, Linear, MaskSource, RMSNorm, SwiGLU, name_dropouts
+from .layers import (MLP, Dropout, DropoutMasks, Embedding, LayerNorm, Linear, MaskSource, RMSNorm, SwiGLU,
+                     name_dropouts)
 from .loss import CrossEntropyLoss
 from .module import Module, ModuleDict, as_dtype
 from .positions import Rotary, sinusoidal_positions
@@ -121,6 +123,39 @@ class Block(Module):
         return dx + self.ln_1.backward(self.attn.backward(dx, c2), c1)
 
 
+class BlockCheckpoint:
+    """What a recomputed block keeps of its forward: its input x (B, T, C) and the means to draw its dropout
+    masks again. GPT.backward runs the block's forward again from it (docs/checkpointing.md).
+
+    The masks: from a DropoutMasks, a copy of its generator taken before the block drew (a few hundred
+    bytes: torch.utils.checkpoint's preserve_rng_state); the recomputed forward draws from the copy, the
+    same uniforms in the same order, so the same masks. From any other MaskSource (the oracle's replays,
+    which may not draw at all), the masks it hands out, kept by layer name."""
+
+    def __init__(self, x: np.ndarray, masks: MaskSource | None):
+        self.x, self.source = x, masks
+        self.rng = copy.deepcopy(masks.rng) if type(masks) is DropoutMasks else None
+        self.kept: dict[str, np.ndarray] = {}
+
+    def masks(self) -> MaskSource | None:
+        """The first forward's mask source: the block's own, passed through (and kept, if not replayable)."""
+        if self.source is None or self.rng is not None:
+            return self.source
+
+        def keep(name: str, shape: tuple, p: float, dtype) -> np.ndarray:
+            self.kept[name] = self.source(name, shape, p, dtype)
+            return self.kept[name]
+        return keep
+
+    def replay(self) -> MaskSource | None:
+        """The recomputed forward's mask source: it hands out exactly the first forward's masks."""
+        if self.source is None:
+            return None
+        if self.rng is not None:
+            return DropoutMasks(copy.deepcopy(self.rng))
+        return lambda name, shape, p, dtype: self.kept[name]
+
+
 class KVCache:
     """Keys and values of every layer for incremental decoding; `length` tokens are cached so far."""
 
@@ -147,12 +182,18 @@ class KVCache:
 class GPT(Module):
     """Token ids (B, T) -> logits (B, T, vocab_size). Derived in docs/model.md."""
 
-    def __init__(self, config: GPTConfig, *, seed: int | None = 0):
+    def __init__(self, config: GPTConfig, *, seed: int | None = 0, recompute: bool = False):
         """Weights drawn from `seed`; with seed None nothing is drawn and every matrix starts at zero, for
         weights about to be loaded (reference/programs/hf.py: GPT-2 small's 124M draws would cost time and
         memory). This is the textbook model, the code docs/ derives; `reference.fast.use_kernels(model,
-        "fast")` moves it onto the fast path (docs/performance.md)."""
+        "fast")` moves it onto the fast path (docs/performance.md).
+
+        `recompute` (activation checkpointing, a settable attribute): a forward keeps each block's input
+        only, and the backward runs each block's forward again, with the same dropout masks, before its
+        backward: the same loss and gradients bit for bit, less memory, one more forward of the blocks
+        (docs/checkpointing.md)."""
         self.config = config
+        self.recompute = bool(recompute)
         dtype = as_dtype(config.dtype)
         rng = None if seed is None else np.random.default_rng(seed)
         rotary = Rotary(config.head_dim, config.block_size, config.rope_base, dtype) if config.pos == "rope" else None
@@ -191,7 +232,12 @@ class GPT(Module):
 
         With `return_attentions`, a third value: each layer's attention probabilities, a list of n_layer
         arrays (B, n_head, T, S) with S = the keys seen (the cache's length + T), as transformers'
-        `output_attentions=True` returns them (CausalSelfAttention.attention_probs; docs/attention-maps.md)."""
+        `output_attentions=True` returns them (CausalSelfAttention.attention_probs; docs/attention-maps.md).
+
+        With `self.recompute`, each block's entry of the cache is a BlockCheckpoint (its input), not its
+        cache; except with `kv_cache` (inference: a recomputed forward would append its keys twice) or
+        `return_attentions` (it reads every block's cache), where every block keeps its cache as without."""
+        recompute = self.recompute and kv_cache is None and not return_attentions
         start = kv_cache.length if kv_cache is not None else 0
         idx = self.check_input(idx, start)
         tr = self.transformer
@@ -205,6 +251,11 @@ class GPT(Module):
         x, c_drop = tr.drop.forward(x, masks)
         c_blocks = []
         for i, block in enumerate(tr.h):
+            if recompute:                                      # keep the block's input, drop its cache
+                kept = BlockCheckpoint(x, masks)
+                x = block.forward(x, kept.masks())[0]
+                c_blocks.append(kept)
+                continue
             x, c = block.forward(x, masks, kv_cache.layers[i] if kv_cache is not None else None)
             c_blocks.append(c)
         x, c_ln = tr.ln_f.forward(x)
@@ -218,7 +269,10 @@ class GPT(Module):
         c_wte, c_wpe, c_drop, c_blocks, c_ln, c_head = cache
         tr = self.transformer
         dx = tr.ln_f.backward(self.lm_head.backward(dlogits, c_head), c_ln)
+        del dlogits                                            # (B, T, V), the largest array: freed before the blocks
         for block, c in zip(reversed(tr.h), reversed(c_blocks)):
+            if isinstance(c, BlockCheckpoint):                 # recompute: the block's forward again,
+                c = block.forward(c.x, c.replay())[1]          # from its input, with the same masks
             dx = block.backward(dx, c)
         dx = tr.drop.backward(dx, c_drop)
         if c_wpe is not None:
@@ -241,6 +295,7 @@ class GPT(Module):
 
     def loss_and_backward(self, idx: np.ndarray, targets: np.ndarray, masks: MaskSource | None = None) -> float:
         """One training pass: forward, loss, and backward accumulating every parameter's gradient."""
-        loss, _, (cache, c_loss) = self.loss(idx, targets, masks)
+        loss, logits, (cache, c_loss) = self.loss(idx, targets, masks)
+        del logits                                             # the backward needs the softmax (in c_loss) only
         self.backward(self.criterion.backward(1.0, c_loss), cache)
         return float(loss)

@@ -37,7 +37,7 @@ COMPONENT_PAGES = [
     "adam.md", "clipping.md", "lr_schedule.md", "sinusoidal.md", "sgd.md",
 ]
 GUIDE_PAGES = ["index.md", "tolerance.md", "verify.md", "adding-a-layer.md", "performance.md", "checkpoints.md",
-               "verifying-your-own-code.md", "huggingface.md", "sampling.md", "architecture.md"]
+               "verifying-your-own-code.md", "huggingface.md", "sampling.md", "architecture.md", "checkpointing.md"]
 # Pages whose python blocks build on each other: each block runs after the blocks before it, in one namespace.
 CHAINED_PAGES = {"verifying-your-own-code.md"}
 NOT_A_PAGE = {"_FORMAT.md"}                                    # for authors, not part of the docs

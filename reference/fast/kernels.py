@@ -12,7 +12,7 @@ Why a class swap rather than a second model class: docs/performance.md, "Choosin
 from __future__ import annotations
 
 from ..module import Module
-from . import attention, layers, lora, model
+from . import attention, layers, lora, loss, model
 
 KERNELS = ("fast", "textbook")
 
@@ -20,7 +20,7 @@ KERNELS = ("fast", "textbook")
 FAST_CLASSES: dict[type, type] = {
     cls.__mro__[1]: cls for cls in (layers.Embedding, layers.Linear, layers.LayerNorm, layers.GELU,
                                      layers.MLP, attention.CausalSelfAttention, model.Block,
-                                     lora.LoRALinear)}
+                                     lora.LoRALinear, loss.CrossEntropyLoss)}
 
 
 def use_kernels(root: Module, kernels: str = "fast") -> Module:

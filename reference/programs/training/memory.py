@@ -28,7 +28,7 @@ def estimate_memory(config: TrainConfig, vocab_size: int) -> dict[str, int]:
     params = sum(math.prod(shape) for shape in parameter_shapes(gc).values())
     qkv = (gc.n_head + 2 * gc.kv_heads) * gc.head_dim
     per_layer = B * T * (8 * C + qkv + 2 * gc.hidden) + B * H * T * T
-    activations = L * per_layer + 2 * B * T * V
+    activations = (L * B * T * C + per_layer if config.recompute else L * per_layer) + 2 * B * T * V
     out = {"weights": 4 * params * item, "activations": activations * item}
     out["total"] = out["weights"] + out["activations"]
     return out

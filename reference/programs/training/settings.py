@@ -60,6 +60,7 @@ class TrainConfig:
     pos: str = "learned"
     rope_base: float = 10000.0
     dtype: str = "float32"
+    recompute: bool = False         # activation checkpointing: keep block inputs, recompute blocks in backward
     # optimisation
     batch_size: int = 12
     max_iters: int = 2000
@@ -140,7 +141,7 @@ FIELD_RULES = (
     (("learning_rate",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
     (("min_lr", "weight_decay", "eps", "grad_clip"), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
     (("beta1", "beta2"), float, lambda v: 0 <= v < 1, "in [0, 1)"),
-    (("decay_lr", "always_save_checkpoint", "nesterov"), bool, lambda v: True, "a boolean"),
+    (("decay_lr", "always_save_checkpoint", "nesterov", "recompute"), bool, lambda v: True, "a boolean"),
     (("optimizer",), str, lambda v: v in TRAIN_CHOICES["optimizer"], f"one of {TRAIN_CHOICES['optimizer']}"),
     (("momentum",), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
     (("dampening",), float, math.isfinite, "finite"),
@@ -159,6 +160,9 @@ FIELD_HELP = {
                  "dpo: direct preference optimisation on data/prepare.py --dpo pairs, the starting weights as "
                  "the frozen reference",
     "beta": "DPO's beta, > 0: how far the policy may move from the reference",
+    "recompute": "activation checkpointing: keep each block's input only and run its forward again in the "
+                 "backward (the same gradients bit for bit, less memory, about 1/3 more compute; "
+                 "docs/checkpointing.md)",
 }
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name in FIELDS)
 OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}

@@ -182,6 +182,7 @@ class Trainer:
         else:
             self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
         self.kernels = kernels
+        self.model.recompute = config.recompute
         self.objective = objective
         if objective is not None:
             objective.prepare(self.model)                     # e.g. DPO's reference log-probs, from these weights
