@@ -18,7 +18,12 @@ class CrossEntropyLoss(Module):
     def __init__(self, ignore_index: int = -100):
         self.ignore_index = ignore_index
 
-    def forward(self, logits: np.ndarray, targets: np.ndarray):
+    def rows(self, logits: np.ndarray, targets: np.ndarray):
+        """logits (..., V) and targets (...) as rows: z (N, V), y (N,) and `valid` (N,), False where the
+        target is ignore_index. TypeError for non-integer targets, ValueError for shapes that differ,
+        IndexError for a target outside 0 <= target < V (GPT.loss checks its targets before the forward;
+        the layer checks too, as F.cross_entropy does, because it is used on its own and NumPy's indexing
+        would turn a negative target into a wrong loss)."""
         V = logits.shape[-1]
         z = logits.reshape(-1, V)                              # (N, V)
         y = np.asarray(targets).reshape(-1)                    # (N,)
@@ -27,12 +32,14 @@ class CrossEntropyLoss(Module):
         if y.shape[0] != z.shape[0]:
             raise ValueError(f"targets shape {np.shape(targets)} does not match logits shape {logits.shape[:-1]}")
         valid = y != self.ignore_index
-        # GPT.loss checks its targets before the forward; the layer checks too, as F.cross_entropy does,
-        # because it is used on its own and NumPy's indexing would turn a negative target into a wrong loss.
         bad = valid & ((y < 0) | (y >= V))
         if bad.any():
             raise IndexError(f"target {y[bad][0]} is out of range for {V} classes (expected 0 <= target < {V}"
                              f" or ignore_index {self.ignore_index})")
+        return z, y, valid
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray):
+        z, y, valid = self.rows(logits, targets)               # (N, V), (N,), (N,)
         shifted = z - z.max(-1, keepdims=True)                 # largest logit becomes 0: exp cannot overflow
         e = np.exp(shifted)
         sum_e = e.sum(-1, keepdims=True)

@@ -21,18 +21,7 @@ class CrossEntropyLoss(loss.CrossEntropyLoss):
     derived in docs/cross_entropy.md; the same checks, errors, cache and backward."""
 
     def forward(self, logits: np.ndarray, targets: np.ndarray):
-        V = logits.shape[-1]
-        z = logits.reshape(-1, V)                              # (N, V)
-        y = np.asarray(targets).reshape(-1)                    # (N,)
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"targets must be integers, got dtype {y.dtype}")
-        if y.shape[0] != z.shape[0]:
-            raise ValueError(f"targets shape {np.shape(targets)} does not match logits shape {logits.shape[:-1]}")
-        valid = y != self.ignore_index
-        bad = valid & ((y < 0) | (y >= V))
-        if bad.any():
-            raise IndexError(f"target {y[bad][0]} is out of range for {V} classes (expected 0 <= target < {V}"
-                             f" or ignore_index {self.ignore_index})")
+        z, y, valid = self.rows(logits, targets)               # (N, V), (N,), (N,): the textbook's checks
         rows = np.nonzero(valid)[0]
         n = rows.size
         probs = empty(z.shape, z.dtype)                        # shifted, then exp, then softmax: one array
@@ -46,7 +35,7 @@ class CrossEntropyLoss(loss.CrossEntropyLoss):
             np.exp(p, out=p)
             np.sum(p, axis=-1, keepdims=True, out=sum_e[lo:hi])
             p /= sum_e[lo:hi]                                  # softmax, kept for the backward
-        for_blocks(block, z.shape[0], V)
+        for_blocks(block, z.shape[0], z.shape[1])
         logprob = picked[rows] - np.log(sum_e[rows, 0])
         loss_value = -logprob.sum() / n if n else np.array(np.nan, dtype=z.dtype)
         return z.dtype.type(loss_value), [probs, y, valid, rows, logits.shape]

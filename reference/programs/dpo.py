@@ -18,13 +18,12 @@ response only.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .sft import IGNORE_INDEX, SFTError
+from .sft import IGNORE_INDEX, SFTError, read_jsonl
 
 KEYS = ("prompt", "chosen", "rejected")
 
@@ -37,21 +36,8 @@ def read_pairs(path) -> list[tuple[str, str, str]]:
     """Every (prompt, chosen, rejected) of a JSONL file, blank lines skipped. DPOError for a bad line; a
     pair whose chosen equals its rejected is kept and warned about (its loss is log 2, its gradient 0)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DPOError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DPOError(f"{path}: cannot read it as UTF-8 text ({e})") from None
     out, same = [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DPOError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for where, obj in read_jsonl(path, DPOError):
         if not isinstance(obj, dict):
             raise DPOError(f"{where}: expected a JSON object with \"prompt\", \"chosen\" and \"rejected\", "
                            f"got {type(obj).__name__}")
@@ -63,7 +49,7 @@ def read_pairs(path) -> list[tuple[str, str, str]]:
         if bad:
             raise DPOError(f"{where}: {bad[0]!r} must be a string, got {type(obj[bad[0]]).__name__}")
         if obj["chosen"] == obj["rejected"]:
-            same.append(n)
+            same.append(where.rpartition(' line ')[2])
         out.append(tuple(obj[k] for k in KEYS))
     if not out:
         raise DPOError(f"{path} holds no pair: expected one JSON object per line")

@@ -64,27 +64,32 @@ def render(example: dict, where: str) -> tuple[str, str]:
     return example["prompt"], example["response"]
 
 
-def read_examples(path) -> list[tuple[str, str]]:
-    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example."""
+def read_jsonl(path, error: type[Exception] = None):
+    """(where, object) for each non-blank line of a JSONL file, `where` naming the file and line; `error`
+    (default SFTError) for a missing or unreadable file, text that is not UTF-8, or a line that is not JSON."""
+    error = SFTError if error is None else error
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise SFTError(f"{path}: no such file") from None
+        raise error(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
-        raise SFTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise error(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
-        raise SFTError(f"{path}: cannot read it ({e.strerror or e})") from None
-    out = []
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path} line {n}"
         try:
-            obj = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
-            raise SFTError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        out.append(render(obj, where))
+            raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_examples(path) -> list[tuple[str, str]]:
+    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example."""
+    out = [render(obj, where) for where, obj in read_jsonl(path)]
     if not out:
         raise SFTError(f"{path} holds no example: expected one JSON object per line")
     return out
