@@ -22,6 +22,11 @@ from a Hugging Face GPT-2 or Llama directory (reference/programs/hf.py); `--bloc
 context (default: the model's), and dropout and dtype stay the run's; any other model flag that
 contradicts the directory is refused. The data must be prepared with the model's own tokenizer
 (`python data/prepare.py --tokenizer DIR`).
+
+LoRA (`--lora_rank R`, with `--lora_alpha`, `--lora_dropout`, `--lora_targets`; reference/lora.py): adapters on
+the target layers once the starting weights are in, every other weight frozen, the optimizer over the
+adapters only; a run from `--init-from DIR` writes OUT_DIR/adapter, a peft adapter directory for DIR, at
+each save (docs/lora.md, "In train"; docs/fine-tuning.md).
 """
 
 from __future__ import annotations
