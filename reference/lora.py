@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from .layers import Dropout, Linear, MaskSource, _flat2d, name_dropouts
+from .model import parameter_shapes
 from .module import Module, Parameter
 
 
@@ -147,23 +148,17 @@ def _set_child(model: Module, name: str, child: Module) -> None:
         setattr(modules[parent_name], attr, child)
 
 
-def apply_lora(model: Module, rank: int, alpha: float, dropout: float = 0.0,
-               targets=("c_attn",), seed: int = 0) -> list[str]:
-    """Wrap every Linear of `model` that a target matches (see `matches`) in a LoRALinear, in place;
-    returns the wrapped layers' names in model order. A draws from `seed` in that order (float64, cast).
+ADAPTER_PARAMS = ("lora_A", "lora_B")                    # the trainable parameters of a LoRALinear
+EMBEDDINGS = ("transformer.wte", "transformer.wpe")        # the 2-D parameters that are not Linear layers
 
-    ValueError, before anything changes, for: no targets, a target that matches no Linear (the
-    message lists the model's Linear layers), a Linear already adapted, a Linear whose weight is tied
-    to another layer (a tied lm_head: its weight is also the token embedding), and a rank outside
-    1 <= rank <= min(in, out) of a matched layer."""
+
+def _choose(linears: dict[str, tuple[tuple[int, int], bool]], rank, targets, adapted=frozenset()) -> list[str]:
+    """The Linear layers `targets` name, in `linears`' order (the model's), or ValueError. `linears`:
+    {name: ((out, in), tied)}; `adapted`: those that already have an adapter. apply_lora checks a built
+    model with it and lora_parameter_shapes a config, so both refuse the same targets with the same line."""
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not targets or any(not isinstance(t, str) or not t for t in targets):
         raise ValueError(f"LoRA targets must be a non-empty list of layer names or patterns, got {targets!r}")
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
-    adapted = {f"{n}.base_layer" for n in lora_layers(model)}
-    uses: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        uses[id(p)] = uses.get(id(p), 0) + 1
     chosen: list[str] = []
     for t in targets:
         hit = [n for n in linears if matches(n, t)]
@@ -175,19 +170,80 @@ def apply_lora(model: Module, rank: int, alpha: float, dropout: float = 0.0,
     for n in chosen:
         if n in adapted:
             raise ValueError(f"LoRA target layer {n[:-len('.base_layer')]} already has an adapter")
-        if uses[id(linears[n].weight)] > 1:
+        (n_out, n_in), tied = linears[n]
+        if tied:
             raise ValueError(f"LoRA target {n} has a weight tied to another layer (the token embedding): "
                              "expected an untied Linear")
-        n_out, n_in = linears[n].weight.data.shape
         if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool) and rank > min(n_in, n_out):
             raise ValueError(f"LoRA rank {rank} is larger than layer {n} allows: expected "
                              f"1 <= rank <= min(in, out) = {min(n_in, n_out)}")
-    order = [n for n in linears if n in chosen]                # the model's order, whatever the targets' order
+    return [n for n in linears if n in chosen]
+
+
+def apply_lora(model: Module, rank: int, alpha: float, dropout: float = 0.0,
+               targets=("c_attn",), seed: int = 0) -> list[str]:
+    """Wrap every Linear of `model` that a target matches (see `matches`) in a LoRALinear, in place;
+    returns the wrapped layers' names in model order. A draws from `seed` in that order (float64, cast).
+
+    ValueError, before anything changes, for: no targets, a target that matches no Linear (the
+    message lists the model's Linear layers), a Linear already adapted, a Linear whose weight is tied
+    to another layer (a tied lm_head: its weight is also the token embedding), and a rank outside
+    1 <= rank <= min(in, out) of a matched layer."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
+    adapted = {f"{n}.base_layer" for n in lora_layers(model)}
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    order = _choose({n: (m.weight.data.shape, uses[id(m.weight)] > 1) for n, m in linears.items()},
+                    rank, targets, adapted)
     rng = np.random.default_rng(seed)
     for n in order:
         _set_child(model, n, LoRALinear(linears[n], rank, alpha, dropout, rng=rng))
     name_dropouts(model)                                       # the adapters' dropouts are keyed by path
     return order
+
+
+def lora_parameter_shapes(config, rank: int, targets) -> dict[str, tuple[int, ...]]:
+    """Every parameter of `GPT(config)` after `apply_lora(model, rank, alpha, dropout, targets)`: name ->
+    shape in `named_parameters()` order, from the config alone (as `reference.model.parameter_shapes`,
+    which it extends). An adapted layer `P` holds `P.lora_A` (r, in), `P.lora_B` (out, r),
+    `P.base_layer.weight` (out, in) and `P.base_layer.bias` (out,) in place of `P.weight` and `P.bias`.
+    ValueError as apply_lora's (a target matching no layer, a tied head, a rank too large) and for a
+    rank that is not an integer >= 1. Checkpoints check an adapted model's tensors against it."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
+    shapes = parameter_shapes(config)
+    linears = {n[:-len(".weight")]: (s, False) for n, s in shapes.items()
+               if len(s) == 2 and n.endswith(".weight") and n[:-len(".weight")] not in EMBEDDINGS}
+    if config.tie_weights:                                     # the head is a Linear whose weight is wte's
+        linears["lm_head"] = ((config.vocab_size, config.n_embd), True)
+    chosen = set(_choose(linears, rank, targets))
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        layer, _, kind = name.rpartition(".")
+        if layer not in chosen:
+            out[name] = shape
+        elif kind == "weight":                                 # LoRALinear's own parameters, then its base's
+            n_out, n_in = shape
+            out.update({f"{layer}.lora_A": (rank, n_in), f"{layer}.lora_B": (n_out, rank),
+                        f"{layer}.base_layer.weight": shape})
+        else:
+            out[f"{layer}.base_layer.{kind}"] = shape
+    return out
+
+
+def lora_settings(model: Module) -> dict | None:
+    """The model's adapters as peft's LoraConfig names them, {"r", "lora_alpha", "lora_dropout",
+    "layers": [adapted layer names, model order]}; None without adapters. ValueError when the adapters
+    differ in rank, alpha or dropout (a run, a checkpoint and a peft directory hold one of each)."""
+    layers = lora_layers(model)
+    if not layers:
+        return None
+    first = next(iter(layers.values()))
+    if any((m.rank, m.alpha, m.lora_dropout.p) != (first.rank, first.alpha, first.lora_dropout.p)
+           for m in layers.values()):
+        raise ValueError("the adapters differ in rank, alpha or dropout: expected one of each for all of them")
+    return {"r": first.rank, "lora_alpha": first.alpha, "lora_dropout": first.lora_dropout.p, "layers": list(layers)}
 
 
 def set_lora_masks(model: Module, masks: MaskSource | None) -> None:

@@ -32,11 +32,12 @@ import os
 import numpy as np
 
 from ..fast import use_kernels
+from ..lora import apply_lora, lora_settings
 from ..model import GPT
 from ..optim import SGD
-from .checkpoint_check import (check_compatible, fail, header_fields, header_step, model_config, model_state,
-                               optimizer_state, read_checksums, read_header, read_tensors, refuse_non_finite,
-                               state_from_json)
+from .checkpoint_check import (check_compatible, fail, header_fields, header_step, lora_header, model_config,
+                               model_state, optimizer_state, read_checksums, read_header, read_tensors,
+                               refuse_non_finite, state_from_json)
 from .checkpoint_format import (BIT_GENERATORS, CHECKSUM_KEY, FORMAT, METADATA_KEY, MOMENTS, OPT_PREFIX, SGD_BUFFER,
                                 STATE_LAYOUTS, VERSION, Checkpoint, param_names, seal, state_to_json, tensor_digest,
                                 tokenizer_dict)
@@ -137,6 +138,9 @@ def save_checkpoint(path, model: GPT, optimizer=None, *, step: int = 0, tokenize
         "train_config": train_config,
         "extra": extra or {},
     }
+    lora = lora_settings(model)                                # ValueError: adapters of several ranks
+    if lora is not None:                                       # the adapted layers: their tensors' names
+        header["lora"] = lora
     for name, arr in tensors.items():
         refuse_non_finite(path, name, arr, ValueError)
     save_file(tensors, path, metadata=seal(tensors, json.dumps(header, allow_nan=False)))
@@ -165,23 +169,28 @@ def load_checkpoint(path) -> Checkpoint:
         tensors = read_tensors(path, f, header, sums)
     config = model_config(path, header)
     steps_done = header_step(path, header)
-    weights = model_state(path, config, tensors)
+    lora = lora_header(path, header, config)
+    weights = model_state(path, config, tensors, lora)
     optimizer, opt_names = None, set()
     if header.get("optimizer") is not None:
-        optimizer, opt_names = optimizer_state(path, header["optimizer"], tensors, config)
+        optimizer, opt_names = optimizer_state(path, header["optimizer"], tensors, config, lora)
     unexpected = sorted(set(tensors) - set(weights) - opt_names)
     if unexpected:
         fail(path, f"unexpected tensors {unexpected}")
     if config.tie_weights:
         weights["lm_head.weight"] = weights["transformer.wte.weight"]
     return Checkpoint(path=path, config=config, step=steps_done, model_state=weights, optimizer=optimizer,
-                      checksummed=sums is not None, **header_fields(path, header, config))
+                      checksummed=sums is not None, lora=lora, **header_fields(path, header, config))
 
 
 def build_model(ckpt: Checkpoint, kernels: str = "fast") -> GPT:
     """The GPT of the checkpoint's config with its weights, on the `kernels` path ("fast" or "textbook":
-    the choice is not stored in checkpoints)."""
-    model = use_kernels(GPT(ckpt.config, seed=0), kernels)
+    the choice is not stored in checkpoints); a LoRA run's with its adapters (unmerged: `merge_lora`
+    folds them into the weights)."""
+    model = GPT(ckpt.config, seed=0)
+    if ckpt.lora is not None:
+        apply_lora(model, ckpt.lora["r"], ckpt.lora["lora_alpha"], ckpt.lora["lora_dropout"], ckpt.lora["layers"])
+    use_kernels(model, kernels)
     model.load_state_dict(ckpt.model_state)
     return model
 

@@ -15,8 +15,9 @@ recorded and found digests: one flipped bit anywhere in a tensor, or an edited h
 Non-finite values in any tensor (weights or optimizer moments) are refused, naming the tensor.
 
 Sizes. The tensors are compared with the names and shapes the header's config implies
-(`reference.model.parameter_shapes`, arithmetic on the config) before anything sized by the header is
-allocated: a small file claiming a huge model is refused without building it.
+(`reference.model.parameter_shapes`, arithmetic on the config; with a "lora" section,
+`reference.lora.lora_parameter_shapes`, the same list with the adapted layers' names) before anything
+sized by the header is allocated: a small file claiming a huge model is refused without building it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import numpy as np
 
 from ..config import GPTConfig, _is_finite_number, _is_int
+from ..lora import ADAPTER_PARAMS, lora_parameter_shapes
 from ..model import parameter_count, parameter_shapes
 from .checkpoint_format import (BIT_GENERATORS, CHECKSUM_KEY, FORMAT, GROUP_KEYS, METADATA_KEY, MOMENTS, OPT_PREFIX,
                                 READABLE_VERSIONS, SGD_BUFFER, SGD_GROUP_KEYS, STATE_LAYOUTS, field_digests,
@@ -35,7 +37,8 @@ from .data import tokenizer_from_dict
 from .safetensors_io import CheckpointError, SafetensorsFile
 
 __all__ = ["check_compatible", "state_from_json", "refuse_non_finite", "read_header", "read_checksums",
-           "read_tensors", "model_config", "header_step", "model_state", "optimizer_state", "header_fields", "fail"]
+           "read_tensors", "model_config", "header_step", "model_state", "optimizer_state", "header_fields", "fail",
+           "lora_header", "expected_shapes"]
 
 
 def fail(path, problem: str):
@@ -127,6 +130,42 @@ def model_config(path, header: dict) -> GPTConfig:
         fail(path, f"invalid model config in the checkpoint: {e}")
 
 
+def lora_header(path, header: dict, config: GPTConfig) -> dict | None:
+    """The header's "lora" section (reference.lora.lora_settings: r, lora_alpha, lora_dropout and the adapted
+    layers' full names), checked against the config; None for a model without adapters."""
+    lora = header.get("lora")
+    if lora is None:
+        return None
+    keys = ("r", "lora_alpha", "lora_dropout", "layers")
+    if not isinstance(lora, dict) or sorted(lora) != sorted(keys):
+        fail(path, f"'lora' must be an object with exactly the keys {list(keys)}, got {_brief(lora)}")
+    if not _is_int(lora["r"]) or lora["r"] < 1:
+        fail(path, f"lora 'r' must be an integer >= 1, got {_brief(lora['r'])}")
+    if not _is_finite_number(lora["lora_alpha"]) or lora["lora_alpha"] <= 0:
+        fail(path, f"'lora_alpha' must be a finite number > 0, got {_brief(lora['lora_alpha'])}")
+    if not _is_finite_number(lora["lora_dropout"]) or not 0 <= lora["lora_dropout"] < 1:
+        fail(path, f"'lora_dropout' must be a number in [0, 1), got {_brief(lora['lora_dropout'])}")
+    layers = lora["layers"]
+    if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers) \
+            or len(set(layers)) != len(layers):
+        fail(path, f"lora 'layers' must be a non-empty list of distinct layer names, got {_brief(layers)}")
+    try:
+        shapes = lora_parameter_shapes(config, lora["r"], layers)
+    except ValueError as e:
+        fail(path, f"the LoRA adapters in the header do not fit its model config: {e}")
+    adapted = [n.rpartition(".")[0] for n in shapes if n.endswith(".lora_A")]
+    if adapted != layers:
+        fail(path, f"lora 'layers' must name each adapted layer in model order, got {_brief(layers)}; "
+                   f"the config's layers they match are {_brief(adapted)}")
+    return {**lora, "lora_alpha": float(lora["lora_alpha"]), "lora_dropout": float(lora["lora_dropout"])}
+
+
+def expected_shapes(config: GPTConfig, lora: dict | None) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of the model: parameter_shapes(config), or with adapters
+    lora_parameter_shapes(config, r, layers)."""
+    return parameter_shapes(config) if lora is None else lora_parameter_shapes(config, lora["r"], lora["layers"])
+
+
 def header_step(path, header: dict) -> int:
     """The header's step: optimizer steps done, a non-negative integer."""
     value = header["step"]
@@ -200,7 +239,7 @@ def read_tensors(path, f: SafetensorsFile, header: dict, sums: dict | None) -> d
         fail(path, f"the model config in the header ({config.n_layer} layers) has {needed} tensors, "
                    f"but the file holds only {len(f.entries)}")
     if sums is not None:                                      # a tensor without a checksum: added, or its sum lost
-        shapes = parameter_shapes(config)
+        shapes = expected_shapes(config, lora_header(path, header, config))
         known = set(shapes) | {f"{OPT_PREFIX}{n}.{m}" for n in shapes for m in (*MOMENTS, SGD_BUFFER)}
         unsummed = sorted(set(f.entries) - set(sums["tensors"]))
         unexpected = [n for n in unsummed if n not in known]
@@ -216,14 +255,15 @@ def read_tensors(path, f: SafetensorsFile, header: dict, sums: dict | None) -> d
     return tensors
 
 
-def model_state(path, config: GPTConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model's tensors: each name and shape of parameter_shapes(config), in the config's dtype
-    (a tied head once, under transformer.wte.weight)."""
+def model_state(path, config: GPTConfig, tensors: dict[str, np.ndarray], lora: dict | None = None) -> dict[str, np.ndarray]:
+    """The model's tensors: each name and shape of parameter_shapes(config) (with `lora`, the header's
+    checked "lora" section: lora_parameter_shapes), in the config's dtype (a tied head once, under
+    transformer.wte.weight)."""
     needed = parameter_count(config)
     if needed > len(tensors):
         fail(path, f"the model config in the header ({config.n_layer} layers) has {needed} tensors, "
                    f"but the file holds only {len(tensors)}")
-    shapes, dtype = parameter_shapes(config), np.dtype(config.dtype)   # from the config: nothing allocated
+    shapes, dtype = expected_shapes(config, lora), np.dtype(config.dtype)   # from the config: nothing allocated
     state = {}
     for name, shape in shapes.items():
         if name in tensors:
@@ -238,10 +278,14 @@ def model_state(path, config: GPTConfig, tensors: dict[str, np.ndarray]) -> dict
 # ------------------------------------------------------------------------------------------ optimizer
 
 
-def optimizer_state(path, opt_header, tensors: dict, config: GPTConfig) -> tuple[dict, set[str]]:
+def optimizer_state(path, opt_header, tensors: dict, config: GPTConfig,
+                    lora: dict | None = None) -> tuple[dict, set[str]]:
     """The header's optimizer section, checked through and through, with its moment tensors:
-    ({"type", "param_groups", "state"}, names of the optimizer tensors used)."""
-    expected, dtype = parameter_shapes(config), np.dtype(config.dtype)
+    ({"type", "param_groups", "state"}, names of the optimizer tensors used). With `lora` (the header's
+    checked "lora" section) the optimizer holds the adapters' A and B only: every other weight is frozen."""
+    expected, dtype = expected_shapes(config, lora), np.dtype(config.dtype)
+    if lora is not None:
+        expected = {n: s for n, s in expected.items() if n.rpartition(".")[2] in ADAPTER_PARAMS}
     if isinstance(opt_header, dict) and opt_header.get("type") == "SGD":
         return _sgd_state(path, opt_header, tensors, expected, dtype)
     if not isinstance(opt_header, dict) or not isinstance(opt_header.get("param_groups"), list) \

@@ -10,6 +10,10 @@ tensors
     `optimizer.<param name>.exp_avg_sq`   as the parameter.
     `optimizer.<param name>.momentum_buffer`  SGD's momentum buffer instead (only with momentum != 0,
                                           and only for parameters that have one, as in torch).
+    With LoRA adapters (the header's "lora"), the names and shapes are
+    `reference.lora.lora_parameter_shapes(config, r, layers)`: an adapted layer P holds `P.lora_A`,
+    `P.lora_B`, `P.base_layer.weight` and `P.base_layer.bias`, and the optimizer's tensors are
+    the adapters' only (every other weight is frozen).
 `__metadata__`
     two keys. "numpy_gpt" holds one JSON string, the header::
 
@@ -23,7 +27,8 @@ tensors
                                                           "nesterov", "maximize", "params": [names]}],
                          "buffers": [names of the parameters with a momentum_buffer]} | null,
          "rng": {"train": np.random.Generator.bit_generator.state (arrays as lists of ints), ...},
-         "train_config": {TrainConfig fields} | null, "extra": {...}}
+         "train_config": {TrainConfig fields} | null, "extra": {...},
+         "lora": {"r", "lora_alpha", "lora_dropout", "layers": [adapted layer names]}   (adapters only)}
 
     "numpy_gpt.sha256" holds the checksums, one JSON string::
 
@@ -96,6 +101,7 @@ class Checkpoint:
     best_val_loss: float | None = None
     extra: dict = field(default_factory=dict)
     checksummed: bool = True                      # False for a version 1 file: nothing could be verified
+    lora: dict | None = None                      # the adapters (reference.lora.lora_settings), if any
 
     @property
     def integrity_note(self) -> str | None:

@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from ..lora import set_lora_masks
 from ..optim import clip_grad_norm_
 
 __all__ = ["LocalComm", "MPIComm", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
@@ -283,7 +284,9 @@ class DataParallel:
             if n == 0:
                 continue                                           # no targets: no loss, no gradient
             w = n / n_total                                        # this piece's share of the mean
-            loss, _, (cache, c_loss) = model.loss(x[a:b], y[a:b], step_masks.rows_of(a, b) if step_masks else None)
+            piece_masks = step_masks.rows_of(a, b) if step_masks else None
+            set_lora_masks(model, piece_masks)                     # LoRA adapters' dropout: the same rows
+            loss, _, (cache, c_loss) = model.loss(x[a:b], y[a:b], piece_masks)
             model.backward(model.criterion.backward(w, c_loss), cache)
             local += w * float(loss)
         total = sum(self._gather_checking_interrupts(local))      # rank order: the same float everywhere

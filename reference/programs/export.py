@@ -2,7 +2,9 @@
 model as a Hugging Face model directory (config.json + model.safetensors, and tokenizer.json for a BPE
 tokenizer) that transformers' `AutoModelForCausalLM.from_pretrained(DIR)` loads with the same logits:
 GPT2LMHeadModel for a GPT-2-like config, LlamaForCausalLM for a Llama-like one (reference/programs/hf.py,
-docs/huggingface.md). Any other config is refused with the option that has no equivalent.
+docs/huggingface.md). Any other config is refused with the option that has no equivalent. A LoRA run's
+checkpoint is exported merged, W + (alpha / r) B A in each adapted layer (peft's `merge_and_unload`); its
+adapters alone are the peft directory `train` writes beside the checkpoint (OUT_DIR/adapter).
 
 The directory holds exactly what the export wrote: it is built beside DIR and swapped in
 (reference/programs/hf.py, `save_pretrained`), so `--overwrite` leaves no file of the model that was
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lora import merge_lora
     from .checkpoint import CheckpointError, build_model, load_checkpoint
     from .hf import hf_config, save_pretrained
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--to {out}: the directory is not empty; pass --overwrite to replace it")
         ckpt = load_checkpoint(args.ckpt)
         arch = hf_config(ckpt.config)["architectures"][0]       # refuses before anything is built or written
-        model = build_model(ckpt)
+        model = merge_lora(build_model(ckpt))                   # a LoRA run's adapters folded into W (peft's merge_and_unload)
         save_pretrained(model, out, tokenizer=ckpt.tokenizer)
     except (CheckpointError, FileNotFoundError, ValueError, DirectoryLocked, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

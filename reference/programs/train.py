@@ -22,6 +22,11 @@ from a Hugging Face GPT-2 or Llama directory (reference/programs/hf.py); `--bloc
 context (default: the model's), and dropout and dtype stay the run's; any other model flag that
 contradicts the directory is refused. The data must be prepared with the model's own tokenizer
 (`python data/prepare.py --tokenizer DIR`).
+
+LoRA (`--lora_rank R`, with `--lora_alpha`, `--lora_dropout`, `--lora_targets`; reference/lora.py): adapters on
+the target layers once the starting weights are in, every other weight frozen, the optimizer over the
+adapters only; a run from `--init-from DIR` writes OUT_DIR/adapter, a peft adapter directory for DIR, at
+each save (docs/lora.md, "In train"; docs/fine-tuning.md).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .distributed import DataParallel, world_comm
 from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from .options import add_kernels_argument
-from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_optimizer_flags,
-                                describe_settings, init_config, resolve_settings)
+from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_lora_flags,
+                                check_optimizer_flags, describe_settings, init_config, resolve_settings)
 from .training.trainer import CKPT_NAME, Trainer, TrainingDiverged
 
 __all__ = ["add_arguments", "parse_args", "run"]
@@ -278,6 +283,7 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
             config = init_config(config, init_from, block_size=getattr(args, "block_size", None), source=source)
         config.model_config(1)                                 # model settings checked before reading any data
         check_optimizer_flags(config, source)
+        check_lora_flags(config, source)
         kernels = getattr(args, "kernels", "fast")
         dist = DataParallel(comm, config.zero_stage)
         line = describe_settings(config, source, kernels=kernels)

@@ -88,6 +88,11 @@ class TrainConfig:
     # objective
     objective: str = "lm"           # lm: next-token cross-entropy (SFT data: on responses); dpo: preference pairs
     beta: float = 0.1               # DPO's beta (reference/programs/dpo.py)
+    # LoRA (reference/lora.py): adapters on the lora_targets layers, every other weight frozen
+    lora_rank: int | None = None    # None: no adapters, every weight trains
+    lora_alpha: float = 8.0         # peft's LoraConfig defaults: alpha 8, dropout 0, GPT-2's c_attn
+    lora_dropout: float = 0.0
+    lora_targets: str = "c_attn"    # comma-separated layer names or patterns (reference.lora.matches)
 
     def __post_init__(self):
         """The optimisation and logging fields' kinds and ranges (the model fields are GPTConfig's to
@@ -102,12 +107,23 @@ class TrainConfig:
         if self.optimizer == "sgd" and self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD), "
                              f"got momentum={self.momentum!r}, dampening={self.dampening!r}")
+        if self.lora_rank is not None:
+            check_field("lora_rank", self.lora_rank, int, lambda v: v >= 1,
+                        ">= 1, or none to train every weight without adapters")
+        if not all(t.strip() for t in self.lora_targets.split(",")):
+            raise ValueError(f"lora_targets must be comma-separated layer names or patterns (c_attn,c_proj), "
+                             f"got {self.lora_targets!r}")
         if self.zero_stage == 1 and self.optimizer != "adamw":
             raise ValueError(f"zero_stage 1 splits AdamW's moments over the ranks; optimizer {self.optimizer!r} "
                              "has none to split: pass --zero_stage 0 or --optimizer adamw")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
+
+    @property
+    def lora_target_list(self) -> list[str]:
+        """lora_targets as apply_lora takes them: "c_attn, c_proj" -> ["c_attn", "c_proj"]."""
+        return [t.strip() for t in self.lora_targets.split(",")]
 
     def lr_at(self, step: int) -> float:
         """The learning rate of 0-based optimizer step `step`: warmup, cosine decay, floor (nanoGPT's get_lr)."""
@@ -147,6 +163,9 @@ FIELD_RULES = (
     (("dampening",), float, math.isfinite, "finite"),
     (("objective",), str, lambda v: v in TRAIN_CHOICES["objective"], f"one of {TRAIN_CHOICES['objective']}"),
     (("beta",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+    (("lora_alpha",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+    (("lora_dropout",), float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("lora_targets",), str, lambda v: v.strip() != "", "layer names or patterns, comma-separated"),
 )
 FIELD_HELP = {
     "optimizer": "adamw (uses beta1, beta2, eps) or sgd (torch.optim.SGD; uses momentum, dampening, nesterov)",
@@ -163,6 +182,12 @@ FIELD_HELP = {
     "recompute": "activation checkpointing: keep each block's input only and run its forward again in the "
                  "backward (the same gradients bit for bit, less memory, about 1/3 more compute; "
                  "docs/checkpointing.md)",
+    "lora_rank": "peft's r: train rank-r adapters (reference/lora.py) on the lora_targets layers and freeze every "
+                 "other weight; none trains every weight",
+    "lora_alpha": "peft's lora_alpha: the adapters' update is (lora_alpha / lora_rank) B A",
+    "lora_dropout": "dropout on the adapters' input, in [0, 1)",
+    "lora_targets": "the Linear layers that get adapters: comma-separated names (c_attn, c_proj, c_fc, c_gate, "
+                    "lm_head, a suffix such as mlp.c_proj) or patterns of full names (transformer.h.1.*)",
 }
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name in FIELDS)
 OPTIMIZER_FIELDS = {"adamw": ("beta1", "beta2", "eps"), "sgd": ("momentum", "dampening", "nesterov")}
@@ -247,6 +272,19 @@ def check_optimizer_flags(config: TrainConfig, source: dict[str, str]) -> None:
             what = f"{given[0]} is a setting" if len(given) == 1 else f"{' and '.join(given)} are settings"
             raise ValueError(f"{what} of --optimizer {optimizer}, but this run uses {config.optimizer}; drop "
                              f"{'it' if len(given) == 1 else 'them'} or pass --optimizer {optimizer}")
+
+
+LORA_FIELDS = ("lora_alpha", "lora_dropout", "lora_targets")
+
+
+def check_lora_flags(config: TrainConfig, source: dict[str, str]) -> None:
+    """A LoRA flag without --lora_rank is a ValueError: `--lora_targets c_proj` alone would otherwise train
+    every weight without a word. (A config file may hold every key, as a saved train_config does.)"""
+    given = [f"--{n}" for n in LORA_FIELDS if source.get(n) == "flag"]
+    if given and config.lora_rank is None:
+        what = f"{given[0]} is a setting" if len(given) == 1 else f"{' and '.join(given)} are settings"
+        raise ValueError(f"{what} of LoRA adapters, but this run has no --lora_rank; pass --lora_rank R "
+                         f"(e.g. 8) to train adapters, or drop {'it' if len(given) == 1 else 'them'}")
 
 
 def init_config(config: TrainConfig, path, *, block_size: int | None = None,

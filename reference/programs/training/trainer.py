@@ -43,7 +43,9 @@ import numpy as np
 
 from ...fast import use_kernels
 from ...layers import DropoutMasks
+from ...lora import apply_lora, lora_parameter_shapes, lora_parameters, lora_settings, set_lora_masks
 from ...model import GPT, check_token_ids
+from ...module import Parameter
 from ...optim import SGD, AdamW
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
@@ -56,6 +58,7 @@ from .settings import TrainConfig
 
 CKPT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
+ADAPTER_DIR = "adapter"         # a LoRA run from --init-from DIR: the peft adapter directory for DIR
 RNG_ROLES = {"train": 1, "eval": 2, "dropout": 3}     # Generator seeds: [seed, k]
 
 
@@ -67,12 +70,21 @@ class TrainingDiverged(RuntimeError):
         self.step = step
 
 
+def trainable_parameters(model: GPT) -> list[tuple[str, Parameter]]:
+    """(name, Parameter) of what the optimizer updates, in model order: the LoRA adapters' A and B when the
+    model has adapters (every other weight frozen, as peft's LoraModel freezes them), else every parameter."""
+    adapters = lora_parameters(model)
+    return list(adapters.items()) if adapters else list(model.named_parameters())
+
+
 def configure_optimizers(model: GPT, config: TrainConfig) -> AdamW | SGD:
     """nanoGPT's configure_optimizers: AdamW, decay on parameters with ndim >= 2 (matrices and
     embeddings), none on biases and norm weights. Two groups, in model order, decay group first.
-    With `optimizer="sgd"`, torch.optim.SGD's semantics on the same groups (docs/sgd.md)."""
-    decay = [p for _, p in model.named_parameters() if p.data.ndim >= 2]
-    no_decay = [p for _, p in model.named_parameters() if p.data.ndim < 2]
+    With `optimizer="sgd"`, torch.optim.SGD's semantics on the same groups (docs/sgd.md). Over the
+    `trainable_parameters` only: with LoRA adapters, their A and B (both in the decay group)."""
+    params = trainable_parameters(model)
+    decay = [p for _, p in params if p.data.ndim >= 2]
+    no_decay = [p for _, p in params if p.data.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return SGD(groups, lr=config.learning_rate, momentum=config.momentum, dampening=config.dampening,
@@ -166,6 +178,8 @@ class Trainer:
                     raise ValueError(f"no window of block_size {config.block_size} in the {k} split holds a response "
                                      "token: every target would be ignored (expected SFT data with responses)")
         self.model_config = config.model_config(vocab_size)
+        if config.lora_rank is not None:                      # bad targets or rank: refused before building
+            lora_parameter_shapes(self.model_config, config.lora_rank, config.lora_target_list)
         self.memory = check_memory(config, vocab_size)       # before the model and its arrays exist
         if init_from is not None:
             from ..hf import from_pretrained, read_hf_config
@@ -181,12 +195,17 @@ class Trainer:
                 raise ValueError(f"the model settings differ from {init_from}'s; use init_config()")
         else:
             self.model = use_kernels(GPT(self.model_config, seed=config.seed), kernels)
+        self.lora_base = str(init_from) if init_from is not None and config.lora_rank is not None else None
+        if config.lora_rank is not None:                      # after the starting weights are in: B = 0 keeps them
+            apply_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                       config.lora_target_list, seed=config.seed)
+            use_kernels(self.model, kernels)
         self.kernels = kernels
         self.model.recompute = config.recompute
         self.objective = objective
         if objective is not None:
             objective.prepare(self.model)                     # e.g. DPO's reference log-probs, from these weights
-        self.params = self.model.parameters()
+        self.params = [p for _, p in trainable_parameters(self.model)]   # clipped, reduced over ranks, stepped
         self.optimizer = configure_optimizers(self.model, config)
         self.dist = dist if dist is not None else DataParallel(zero_stage=config.zero_stage)
         if objective is not None and (self.dist.size > 1 or config.gradient_accumulation_steps > 1):
@@ -248,12 +267,21 @@ class Trainer:
         missing = sorted(set(RNG_ROLES) - set(ckpt.rng))
         if missing:
             raise CheckpointError(f"{ckpt.path}: no saved state for the {missing} generator(s); cannot resume exactly")
+        ours = lora_settings(self.model)
+        if ckpt.lora != ours:
+            def show(s):
+                return ("no LoRA adapters" if s is None else f"LoRA r={s['r']}, lora_alpha={s['lora_alpha']}, "
+                        f"lora_dropout={s['lora_dropout']} on {len(s['layers'])} layer(s) ({', '.join(s['layers'][:3])}"
+                        f"{', ...' if len(s['layers']) > 3 else ''})")
+            raise CheckpointError(f"{ckpt.path}: LoRA mismatch: the checkpoint has {show(ckpt.lora)}, this run "
+                                  f"{show(ours)}; resume with the checkpoint's LoRA settings (drop the --lora_* flags)")
         self.model.load_state_dict(ckpt.model_state)
         restore_optimizer(self.optimizer, self.model, ckpt)
         self.rng = {role: generator_from_state(ckpt.rng[role]) for role in RNG_ROLES}
         self.step = ckpt.step
         self.best_val_loss = ckpt.best_val_loss
         self.last_eval_step = ckpt.extra.get("last_eval_step")
+        self.lora_base = ckpt.extra.get("lora_base")
         if self.objective is not None:                         # DPO: the reference of the run's start, not ours
             self.objective.load_state_dict(ckpt.extra.get("objective"), ckpt.path)
         self.resumed_from = ckpt.step
@@ -275,7 +303,11 @@ class Trainer:
                                 train_config=self.config.to_dict(), rng=self.rng, best_val_loss=self.best_val_loss,
                                 extra={"last_eval_step": self.last_eval_step,
                                        **({"objective": self.objective.state_dict()} if self.objective is not None
-                                          else {})})
+                                          else {}),
+                                       **({"lora_base": self.lora_base} if self.lora_base else {})})
+                if self.lora_base:                                  # the adapters alone, for peft, beside it
+                    from ..lora_io import save_adapter
+                    save_adapter(self.model, path.parent / ADAPTER_DIR, base_model_name_or_path=self.lora_base)
         except (OSError, ValueError) as e:
             error = e
             raise
@@ -316,15 +348,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self.get_batch("train", self.rng["train"], cfg.batch_size * cfg.gradient_accumulation_steps)
-        masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 else None
+        lora_dropout = cfg.lora_rank is not None and cfg.lora_dropout > 0
+        masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 or lora_dropout else None
         if self.record:
             self.last_batch, self.last_masks = batch, masks
         self.model.zero_grad()
-        with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
-            if self.objective is None:                            # micro-batches, ranks; SFT: ignored targets
-                loss = self.dist.forward_backward(self.model, *batch, masks, cfg.batch_size)
-            else:
-                loss = self.objective.loss_and_backward(self.model, batch, masks)
+        set_lora_masks(self.model, masks)                     # the adapters' dropout, this step only
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
+                if self.objective is None:                        # micro-batches, ranks; SFT: ignored targets
+                    loss = self.dist.forward_backward(self.model, *batch, masks, cfg.batch_size)
+                else:
+                    loss = self.objective.loss_and_backward(self.model, batch, masks)
+        finally:
+            set_lora_masks(self.model, None)                  # evaluation and sampling run without dropout
+        with np.errstate(over="ignore", invalid="ignore"):
             norm = self.dist.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, f"non-finite loss ({loss}) at step {step} (lr {lr:.3g}); training stopped")
@@ -360,7 +398,8 @@ class Trainer:
         t_start, steps_start, ema = time.perf_counter(), self.step, None
         try:
             self._log(log, {"event": "start", "step": self.step, "resumed": self.resumed_from is not None,
-                            "params": self.model.num_parameters(), "kernels": self.kernels, "ranks": self.dist.ranks(),
+                            "params": self.model.num_parameters(),
+                            "trainable_params": sum(p.data.size for p in self.params), "kernels": self.kernels, "ranks": self.dist.ranks(),
                             "model": self.model_config.to_dict(),
                             "train_config": cfg.to_dict()})
             while True:
