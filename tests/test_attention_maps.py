@@ -176,3 +176,73 @@ def test_attention_command(tmp_path, capsys):
         assert attention_main(args) == 2
         err_lines = capsys.readouterr().err.strip().splitlines()
         assert len(err_lines) == 1 and err_lines[0].startswith(message), err_lines
+
+
+def saved_tiny(tmp_path):
+    from reference.programs.checkpoint import save_checkpoint
+    model, tok = tiny()
+    save_checkpoint(tmp_path / "ckpt.safetensors", model, tokenizer=tok)
+    return str(tmp_path / "ckpt.safetensors")
+
+
+def test_out_directory_gets_attention_png(tmp_path, capsys):
+    """`-o DIR` writes DIR/attention.png (plot's loss_curve.png was the name once: planted, it fails here)."""
+    pytest.importorskip("matplotlib")
+    ckpt, out = saved_tiny(tmp_path), tmp_path / "maps"
+    out.mkdir()
+    assert attention_main(["--ckpt", ckpt, "--prompt", "abc", "-o", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["attention.png"]
+    assert capsys.readouterr().out == f"wrote {out / 'attention.png'}\n"
+
+
+def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """A full disk while the PNG is written: one line naming the PNG (not the temporary file) and what to
+    do, exit status 2, and no file left behind."""
+    pytest.importorskip("matplotlib")
+    import errno
+    import os
+    from reference.programs import atomic
+    ckpt, out = saved_tiny(tmp_path), tmp_path / "out"
+    out.mkdir()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    assert attention_main(["--ckpt", ckpt, "--prompt", "abc", "-o", str(out / "maps")]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err == f"error: cannot write {out / 'maps.png'}: No space left on device; free some space and try again\n"
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("layer,head", [(None, None), (1, None), (None, 0), (2, 1)])
+def test_the_title_sits_above_the_panels(layer, head):
+    """The figure's title is within 0.2 inch of the panels' titles, whatever the grid's shape (planted:
+    without the constrained layout the 3 x 2 grid leaves half an inch of blank between them)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    model, tok = tiny()
+    ids = tok.encode("ab c\nd")
+    fig = draw_attention(attention_maps(model, ids), token_labels(tok, ids), layer=layer, head=head)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panel_top = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes if ax.images and ax.get_title())
+    gap = (fig._suptitle.get_window_extent(renderer).y0 - panel_top) / fig.dpi        # inches
+    assert 0 <= gap < 0.2, gap
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("prompt,rotation", [("ab c\nd", 0.0), ("ab\n", 90.0)])
+def test_key_labels_stand_upright_when_short(prompt, rotation):
+    """Labels of one or two characters are drawn upright (a letter on its side reads slowly); a longer
+    one, such as a BPE token, turns the key axis' labels by 90 degrees so they do not overlap."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    model, tok = tiny()
+    ids = tok.encode(prompt)
+    labels = token_labels(tok, ids)                     # "\n" is drawn as the two characters \n
+    labels[-1] = labels[-1] if rotation == 0.0 else "lo␣"
+    fig = draw_attention(attention_maps(model, ids), labels, layer=0, head=0)
+    panel = next(ax for ax in fig.axes if ax.images and ax.get_title())
+    assert {t.get_rotation() for t in panel.get_xticklabels()} == {rotation}
+    plt.close(fig)

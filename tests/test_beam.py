@@ -254,3 +254,27 @@ def test_run_beams_prints_the_best_hypotheses(capsys):
     best = beam_search(model, ids, 5, num_beams=3, length_penalty=0.5, num_return_sequences=2)
     assert out == "\n---------------\n".join(tok.decode(s) for s in best.sequences) + "\n"
     assert f"beam 1: score {best.sequences_scores[0]:.4f}" in err and "beam 2:" in err
+
+
+@pytest.mark.parametrize("prompt,n,message", [
+    ("abcdef", 60, "--max-new-tokens 60 plus the prompt's 6 tokens is longer than the context (block_size 64): "
+                   "beam search keeps every position, so use --max-new-tokens 58 or less"),
+    ("abcdef", 0, "--max-new-tokens must be >= 1 with --num-beams, got 0"),
+    ("a" * 64, 1, "the prompt has 64 tokens, which leaves no room for a new one in the context (block_size 64): "
+                  "beam search keeps every position, so shorten the prompt to at most 63 tokens"),
+    ("abcdef", 58, None),
+])
+def test_beam_length_is_named_in_the_commands_words(capsys, prompt, n, message):
+    """sample --num-beams with a prompt and --max-new-tokens that do not fit the context: one line that
+    names the flag and the largest value that fits, exit status 2 (planted: beam_search's own line,
+    "max_new_tokens 60 is longer than the context", names no flag and no value that works)."""
+    from reference.programs.data import CharTokenizer
+    tok = CharTokenizer.from_text("abcdef")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=8), seed=0)
+    args = sample_parser().parse_args(["--num-beams", "2", "--max-new-tokens", str(n)])
+    status = run_beams(args, model, tok, tok.encode(prompt))
+    out, err = capsys.readouterr()
+    if message is None:
+        assert status == 0 and len(out) == len(prompt) + n + 1
+    else:
+        assert (status, out, err) == (2, "", f"error: {message}\n")

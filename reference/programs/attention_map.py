@@ -5,12 +5,14 @@ layer's attention probabilities as a grid of heatmaps: one row per layer, one co
 one layer, head or both chosen with --layer / --head, counted from 0). In each panel row t is query
 token t and column s key token s, both labelled with the prompt's tokens; the colour is the probability
 on one scale from 0 to 1 shared by every panel, with its colour bar. Derived in docs/attention-maps.md.
-matplotlib is imported only here, lazily, with the Agg backend (as reference/programs/plot.py).
+matplotlib is imported only here, lazily, with the Agg backend (as reference/programs/plot.py). The PNG
+is written atomically (reference/programs/atomic.py); `-o DIR` writes DEFAULT_NAME inside DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -18,10 +20,13 @@ import numpy as np
 
 from ..fast import use_kernels
 from ..model import GPT
+from .atomic import atomic_write, os_error_line
 from .options import add_kernels_argument
 from .plot import _pyplot, png_path
 
-__all__ = ["attention_maps", "select", "token_labels", "draw_attention", "plot_attention", "add_arguments", "run"]
+DEFAULT_NAME = "attention.png"
+
+__all__ = ["attention_maps", "select", "token_labels", "draw_attention", "out_file", "plot_attention", "add_arguments", "run"]
 
 
 def attention_maps(model: GPT, ids) -> np.ndarray:
@@ -66,8 +71,11 @@ def draw_attention(maps: np.ndarray, labels: list[str], *, layer: int | None = N
     panels, layers, heads = select(maps, layer, head)
     rows, cols, T = len(layers), len(heads), maps.shape[-1]
     side = min(max(2.4, 0.16 * T), 8.0)                        # inches per panel: room for T labels
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows + 0.8), dpi=100, squeeze=False)
+    # constrained layout: the title sits right above the panels, whatever the colour bar takes
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows + 0.8), dpi=100, squeeze=False,
+                             layout="constrained")
     font = max(4.0, min(9.0, 200.0 / T))
+    rotation = 90 if max(len(label) for label in labels) > 2 else 0   # upright letters read at a glance
     for r, l in enumerate(layers):
         for c, h in enumerate(heads):
             ax = axes[r, c]
@@ -75,7 +83,7 @@ def draw_attention(maps: np.ndarray, labels: list[str], *, layer: int | None = N
             ax.set_title(f"layer {l}, head {h}", fontsize=9)
             ax.set_xticks(range(T))
             ax.set_yticks(range(T))
-            ax.set_xticklabels(labels if r == rows - 1 else [], rotation=90, fontsize=font)
+            ax.set_xticklabels(labels if r == rows - 1 else [], rotation=rotation, fontsize=font)
             ax.set_yticklabels(labels if c == 0 else [], fontsize=font)
             if r == rows - 1:
                 ax.set_xlabel("key (attended to)", fontsize=8)
@@ -87,14 +95,26 @@ def draw_attention(maps: np.ndarray, labels: list[str], *, layer: int | None = N
     return fig
 
 
+def out_file(out_path) -> Path:
+    """The PNG that `-o out_path` names: out_path, with ".png" added to a name without a suffix, or
+    DEFAULT_NAME inside an existing directory."""
+    out_path = Path(out_path)
+    return out_path / DEFAULT_NAME if out_path.is_dir() else png_path(out_path)
+
+
 def plot_attention(maps: np.ndarray, labels: list[str], out_path, **options) -> Path:
-    """draw_attention(...) saved as PNG (".png" added to a name without a suffix); returns the path."""
+    """draw_attention(...) saved as PNG, atomically, to out_file(out_path); returns that path. OSError if
+    it cannot be written (nothing is left behind)."""
     plt = _pyplot()
+    out_path = out_file(out_path)
     fig = draw_attention(maps, labels, **options)
-    out_path = png_path(out_path)
+    try:
+        png = io.BytesIO()
+        fig.savefig(png, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, bbox_inches="tight")
-    plt.close(fig)
+    atomic_write(out_path, png.getbuffer())
     return out_path
 
 
@@ -104,7 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--init-from", "--init_from", dest="init_from", metavar="DIR",
                        help="a Hugging Face GPT-2 or Llama model directory instead of --ckpt (needs the hf extra)")
     parser.add_argument("--prompt", required=True, help="the text whose attention is drawn (at most block_size tokens)")
-    parser.add_argument("-o", "--out", default="attention.png", help="PNG to write; .png is added to a name without a suffix")
+    parser.add_argument("-o", "--out", default=DEFAULT_NAME,
+                        help=f"PNG to write; .png is added to a name without a suffix; an existing directory gets "
+                             f"{DEFAULT_NAME} inside it (default {DEFAULT_NAME})")
     parser.add_argument("--layer", type=int, default=None, help="draw this layer only, from 0 (default: every layer)")
     parser.add_argument("--head", type=int, default=None, help="draw this head only, from 0 (default: every head)")
     add_kernels_argument(parser)
@@ -130,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ValueError(f"the prompt cannot be encoded with the model's vocabulary: {e}") from None
         maps = attention_maps(model, ids)
-        path = plot_attention(maps, token_labels(tok, ids), args.out, layer=args.layer, head=args.head)
+        try:
+            path = plot_attention(maps, token_labels(tok, ids), args.out, layer=args.layer, head=args.head)
+        except OSError as e:                      # read-only, full, ...: name the PNG, not the temporary file
+            raise ValueError(os_error_line(OSError(e.errno, e.strerror), "choose a writable -o",
+                                           where=out_file(args.out))) from None
     except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ import numpy as np
 from ..model import GPT, KVCache, check_token_ids
 
 __all__ = ["BeamSearchOutput", "beam_search", "check_beam_args", "log_softmax", "add_beam_arguments",
-           "check_beam_flags", "run_beams"]
+           "check_beam_flags", "check_beam_length", "run_beams"]
 
 NEG = -1.0e9          # transformers' score for "not a candidate": added, never -inf, so sums stay finite
 EARLY_STOPPING = (False, True, "never")
@@ -242,9 +242,10 @@ SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "
 def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
     """--num-beams, --length-penalty, --early-stopping and --eos-token-id for `sample`; called after the
     sampling flags are added (it records their defaults, to refuse those set with --num-beams)."""
-    parser.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=None,
+    parser.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=None, metavar="K",
                         help="beam search with K beams instead of sampling (transformers' num_beams; 1 is greedy "
-                             "search); --num-samples N prints the N best hypotheses, N <= K (default: sample)")
+                             "search); --num-samples N prints the N best hypotheses, N <= K; the prompt plus --max-new-tokens "
+                             "must fit the context (block_size) (default: sample)")
     parser.add_argument("--length-penalty", "--length_penalty", dest="length_penalty", type=float, default=1.0,
                         help="with --num-beams: a hypothesis scores its summed log-probability / length ** this")
     parser.add_argument("--early-stopping", "--early_stopping", dest="early_stopping", default="false",
@@ -274,11 +275,30 @@ def check_beam_flags(args: argparse.Namespace) -> None:
                          "beam search returns at most one hypothesis per beam")
 
 
+def check_beam_length(args: argparse.Namespace, block_size: int, n_prompt: int) -> None:
+    """ValueError, in the command's words, when --max-new-tokens is below 1 or the prompt's n_prompt
+    tokens plus --max-new-tokens do not fit the context: beam search keeps every position, so the line
+    gives the largest --max-new-tokens that fits (or asks for a shorter prompt)."""
+    n = args.max_new_tokens
+    if n < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1 with --num-beams, got {n}")
+    if n_prompt + n <= block_size:
+        return
+    if n_prompt >= block_size:
+        raise ValueError(f"the prompt has {n_prompt} tokens, which leaves no room for a new one in the context "
+                         f"(block_size {block_size}): beam search keeps every position, so shorten the prompt to "
+                         f"at most {block_size - 1} tokens")
+    raise ValueError(f"--max-new-tokens {n} plus the prompt's {n_prompt} tokens is longer than the context "
+                     f"(block_size {block_size}): beam search keeps every position, so use --max-new-tokens "
+                     f"{block_size - n_prompt} or less")
+
+
 def run_beams(args: argparse.Namespace, model: GPT, tok, ids) -> int:
     """`sample --num-beams K`: print the --num-samples best hypotheses, best first, each followed by its
     score on stderr. Returns the exit status."""
     early = {"true": True, "false": False, "never": "never"}[args.early_stopping]
     try:
+        check_beam_length(args, model.config.block_size, len(ids))
         out = beam_search(model, ids, args.max_new_tokens, num_beams=args.num_beams,
                           length_penalty=args.length_penalty, early_stopping=early, eos_token_id=args.eos_token_id,
                           num_return_sequences=args.num_samples, use_cache=not args.no_cache)
