@@ -9,10 +9,9 @@ small: V=50257, C=768, 12 layers, tied head, seed 0) on the fast path and times 
 forward, loss, backward and AdamW after one warm-up step:
 
 * full: AdamW over every parameter (reference.optim.AdamW: two moments per weight);
-* lora: apply_lora(rank, alpha, targets) first, AdamW over the adapters only. The adapted Linear
-  layers' base weights are frozen: no dW product and no gradient array. The embedding, the norms
-  and the tied head still compute their gradients (their layers always do), which the optimizer
-  does not use: the savings measured are the adapted layers'.
+* lora: apply_lora(rank, alpha, targets) first, AdamW over the adapters only. Every other
+  parameter is frozen (apply_lora freezes them, as peft does): the embedding, the norms, the tied
+  head and every Linear compute no weight gradient and store none, only dx.
 
 Reports, per side, the median step time of each run with the spread (min-max over all timed steps),
 and each run's peak memory. Writes benchmarks/results/lora_vs_full.md and .json (or --out).

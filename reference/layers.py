@@ -1,7 +1,8 @@
 """The small layers: embedding, linear, norms, activations, MLPs and dropout. The textbook path.
 
 Each layer: `forward(x) -> (y, cache)`, `backward(dy, cache) -> dx`, parameter gradients
-accumulated into `Parameter.grad` with `+=`. Shapes use B batch, T time, C channels (n_embd),
+accumulated into `Parameter.grad` with `+=`. A frozen parameter (grad None, reference/lora.py's
+`freeze`) gets none: its layer's backward skips that gradient's work and still returns dx. Shapes use B batch, T time, C channels (n_embd),
 N = B * T rows. Each forward and backward is written as its page derives it: docs/<layer>.md,
 named in each docstring. The fast path (reference/fast/layers.py) subclasses these classes and
 rewrites only forward and backward for speed; docs/performance.md compares the two.
@@ -47,7 +48,8 @@ class Embedding(Module):
     def backward(self, dy: np.ndarray, idx: np.ndarray) -> None:
         # A row used several times receives the sum of its gradients: np.add.at adds every
         # (id, row of dy) pair, repeated ids included (plain fancy-index += would keep only one).
-        np.add.at(self.weight.grad, idx.reshape(-1), _flat2d(dy))   # (V, C) += (N, C) by id
+        if self.weight.grad is not None:                       # None: frozen, nothing to add
+            np.add.at(self.weight.grad, idx.reshape(-1), _flat2d(dy))   # (V, C) += (N, C) by id
         return None                                            # integer input: no gradient
 
 
@@ -70,10 +72,11 @@ class Linear(Module):
         return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
     def backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """dL/dx; adds dL/dweight and dL/dbias to the grads."""
+        """dL/dx; adds dL/dweight and dL/dbias to the grads (a frozen one's product is skipped)."""
         dy2, x2 = _flat2d(dy), _flat2d(x)                      # (N, out), (N, in)
-        self.weight.grad += dy2.T @ x2                         # (out, in)
-        if self.bias is not None:
+        if self.weight.grad is not None:                       # None: frozen, no (out, in) product
+            self.weight.grad += dy2.T @ x2                     # (out, in)
+        if self.bias is not None and self.bias.grad is not None:
             self.bias.grad += dy2.sum(0)                       # (out,)
         return (dy2 @ self.weight.data).reshape(x.shape)       # (..., in)
 
@@ -99,8 +102,9 @@ class LayerNorm(Module):
 
     def backward(self, dy: np.ndarray, cache) -> np.ndarray:
         xhat, rstd = cache                                     # (..., C), (..., 1)
-        self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
-        if self.bias is not None:
+        if self.weight.grad is not None:                       # None: frozen, skipped
+            self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
+        if self.bias is not None and self.bias.grad is not None:
             self.bias.grad += _flat2d(dy).sum(0)
         g = dy * self.weight.data                              # dL/dxhat
         return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
@@ -120,7 +124,8 @@ class RMSNorm(Module):
 
     def backward(self, dy: np.ndarray, cache) -> np.ndarray:
         xhat, rrms = cache
-        self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
+        if self.weight.grad is not None:                       # None: frozen, skipped
+            self.weight.grad += (_flat2d(dy) * _flat2d(xhat)).sum(0)
         g = dy * self.weight.data
         return rrms * (g - xhat * (g * xhat).mean(-1, keepdims=True))
 

@@ -184,6 +184,9 @@ def apply_lora(model: Module, rank: int, alpha: float, dropout: float = 0.0,
                targets=("c_attn",), seed: int = 0) -> list[str]:
     """Wrap every Linear of `model` that a target matches (see `matches`) in a LoRALinear, in place;
     returns the wrapped layers' names in model order. A draws from `seed` in that order (float64, cast).
+    Every other parameter (embeddings, norms, unadapted layers) is frozen too, as peft's LoraModel
+    freezes them (`requires_grad=False`): only A and B get gradients, and every layer's backward skips
+    a frozen parameter's gradient work.
 
     ValueError, before anything changes, for: no targets, a target that matches no Linear (the
     message lists the model's Linear layers), a Linear already adapted, a Linear whose weight is tied
@@ -199,6 +202,10 @@ def apply_lora(model: Module, rank: int, alpha: float, dropout: float = 0.0,
     rng = np.random.default_rng(seed)
     for n in order:
         _set_child(model, n, LoRALinear(linears[n], rank, alpha, dropout, rng=rng))
+    adapters = {id(p) for p in lora_parameters(model).values()}
+    for p in model.parameters():
+        if id(p) not in adapters:
+            freeze(p)
     name_dropouts(model)                                       # the adapters' dropouts are keyed by path
     return order
 
@@ -253,13 +260,11 @@ def set_lora_masks(model: Module, masks: MaskSource | None) -> None:
 
 
 def merge_lora(model: Module) -> Module:
-    """Replace every LoRALinear by its base Linear with W + (alpha / r) B A, trainable again (peft's
-    merge_and_unload); returns `model`. The parameter names become the base model's again."""
+    """Replace every LoRALinear by its base Linear with W + (alpha / r) B A, every parameter trainable
+    again (peft's merge_and_unload); returns `model`. The parameter names become the base model's again."""
     for n, m in lora_layers(model).items():
         m.merge()
-        base = m.base_layer
-        for p in (base.weight, base.bias):
-            if p is not None:
-                unfreeze(p)
-        _set_child(model, n, base)
+        _set_child(model, n, m.base_layer)
+    for p in model.parameters():                               # the base layers, embeddings, norms and the rest
+        unfreeze(p)
     return model

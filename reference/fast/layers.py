@@ -33,6 +33,8 @@ class Embedding(layers.Embedding):
         # Rows used several times receive the sum of their gradients. np.add.at does that, but
         # element by element (5x slower); instead sort the ids (stably, so each row's sum runs in
         # the same order as add.at's) and add each run of equal ids with one reduceat.
+        if self.weight.grad is None:                           # frozen: nothing to add
+            return None
         ids = idx.reshape(-1)
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
@@ -63,8 +65,9 @@ class Linear(layers.Linear):
         return y.reshape(*x.shape[:-1], -1), x                 # (..., out)
 
     def backward(self, dy: np.ndarray, x: np.ndarray, dbias: np.ndarray | None = None) -> np.ndarray:
-        """dL/dx; adds dL/dweight and dL/dbias to the grads. `dbias` (optional): dy's column sums, when
-        the caller has already taken them (the fast MLP does, while dy's blocks are in cache)."""
+        """dL/dx; adds dL/dweight and dL/dbias to the grads, skipping a frozen one's (grad None). `dbias`
+        (optional): dy's column sums, when the caller has already taken them (the fast MLP does, while
+        dy's blocks are in cache)."""
         dy2, x2, w = _flat2d(dy), _flat2d(x), self.weight.data  # (N, out), (N, in), (out, in)
         dx = empty(x2.shape, dy.dtype)
 
@@ -73,9 +76,10 @@ class Linear(layers.Linear):
 
         def input_rows(lo: int, hi: int) -> None:
             np.matmul(dy2[lo:hi], w, out=dx[lo:hi])
-        for_products(weight_rows, w.shape[0])
+        if self.weight.grad is not None:                       # None: frozen, no (out, in) product
+            for_products(weight_rows, w.shape[0])
         for_products(input_rows, dy2.shape[0])
-        if self.bias is not None:
+        if self.bias is not None and self.bias.grad is not None:
             self.bias.grad += column_sums(dy2) if dbias is None else dbias
         return dx.reshape(x.shape)                             # (..., in)
 
@@ -118,11 +122,14 @@ class LayerNorm(layers.LayerNorm):
         dy2, xh2, r2 = dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1, 1)   # (N, C), (N, 1)
         dx = empty(dy2.shape, dy.dtype)
         w = self.weight.data
+        dw_wanted = self.weight.grad is not None                # a frozen weight or bias (grad None): skipped
+        db_wanted = self.bias is not None and self.bias.grad is not None
 
         def block(lo: int, hi: int):
             d, xh, out = dy2[lo:hi], xh2[lo:hi], dx[lo:hi]
             dy_xhat = d * xh
-            partial = (dy_xhat.sum(0), d.sum(0))               # this block's share of dweight, dbias
+            partial = (dy_xhat.sum(0) if dw_wanted else None,   # this block's share of dweight, dbias
+                       d.sum(0) if db_wanted else None)
             mean_g = (d @ w)[:, None] / C                      # mean(g), g = dL/dxhat = dy * w
             mean_gx = (dy_xhat @ w)[:, None] / C               # mean(g * xhat)
             np.multiply(d, w, out=out)                         # g, then in place:
@@ -132,8 +139,9 @@ class LayerNorm(layers.LayerNorm):
             return partial
         partials = for_blocks(block, dy2.shape[0], C)
         for dw, db in partials:                                # in block order: deterministic
-            self.weight.grad += dw
-            if self.bias is not None:
+            if dw_wanted:
+                self.weight.grad += dw
+            if db_wanted:
                 self.bias.grad += db
         return dx.reshape(dy.shape)
 
@@ -172,7 +180,7 @@ class MLP(layers.MLP):
 
         def gelu_backward(lo: int, hi: int) -> None:           # dh = da * GELU'(h), in place, on the pool
             np.multiply(da2[lo:hi], dgelu2[lo:hi], out=da2[lo:hi])
-        if self.c_fc.bias is None:
+        if self.c_fc.bias is None or self.c_fc.bias.grad is None:   # no bias, or a frozen one
             for_blocks(gelu_backward, *da2.shape)
             return self.c_fc.backward(da2, c1)
         # c_fc's bias gradient is dh's column sums: each block is summed right after it is computed,
