@@ -24,7 +24,7 @@ from reference import GPT, GPTConfig  # noqa: E402
 from reference.programs import hf  # noqa: E402
 from reference.programs.checkpoint import save_checkpoint  # noqa: E402
 from reference.programs.cli import main  # noqa: E402
-from reference.programs.data import BPETokenizer, CharTokenizer  # noqa: E402
+from reference.programs.tokenizers import BPETokenizer, CharTokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()

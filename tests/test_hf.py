@@ -406,7 +406,7 @@ def gpt2_dir(tmp_path):
 
 
 def test_sample_init_from_matches_transformers_greedy(gpt2_dir, capsys):
-    from reference.programs.data import BPETokenizer
+    from reference.programs.tokenizers import BPETokenizer
     rc, out, err = cli(["sample", "--init-from", gpt2_dir, "--prompt", "First Citizen:", "--greedy",
                         "--max-new-tokens", 8], capsys)
     assert rc == 0, err
@@ -424,7 +424,7 @@ def test_fine_tune_then_export(gpt2_dir, tmp_path, capsys):
     import prepare as prep
     from test_bpe import CORPUS
     from reference.programs.checkpoint import build_model, load_checkpoint
-    from reference.programs.data import BPETokenizer
+    from reference.programs.tokenizers import BPETokenizer
     src = tmp_path / "corpus.txt"
     src.write_text("".join(CORPUS) * 3, encoding="utf-8")
     data = tmp_path / "data"
