@@ -19,7 +19,7 @@ tokenizers = pytest.importorskip("tokenizers", reason="the hf extra (tokenizers)
 pytest.importorskip("safetensors", reason="the hf extra (safetensors) is not installed")
 
 from reference import GPT, GPTConfig  # noqa: E402
-from reference.programs import hf  # noqa: E402
+from reference.programs import hf_export  # noqa: E402
 from reference.programs.checkpoint import save_checkpoint  # noqa: E402
 from reference.programs.cli import main  # noqa: E402
 from reference.programs.data import load_meta  # noqa: E402
@@ -59,7 +59,7 @@ def dirs(tmp_path):
     a = BPETokenizer.from_dir(tok_a)
     assert a.vocab_size == BPETokenizer.from_dir(tok_b).vocab_size
     model = tmp_path / "model"
-    hf.save_pretrained(GPT(GPTConfig(vocab_size=a.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)), model)
+    hf_export.save_pretrained(GPT(GPTConfig(vocab_size=a.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)), model)
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(tok_a / f, model / f)
     src = tmp_path / "corpus.txt"
