@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reference.programs.data import get_batch, load_meta, load_split, tokenizer_from_dict  # noqa: E402
+from reference.programs.data import get_batch, load_meta, load_split  # noqa: E402
+from reference.programs.tokenizers import tokenizer_from_dict  # noqa: E402
 from reference.model import GPT  # noqa: E402
 from reference.programs.plot import plot_curves, read_log  # noqa: E402
 from reference.programs.training.settings import PRESETS, TrainConfig  # noqa: E402

@@ -54,8 +54,9 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
 
 from reference.programs import dpo, sft  # noqa: E402
 from reference.programs.atomic import atomic_write, os_error_line  # noqa: E402
-from reference.programs.data import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
-                                     split_train_val, tokenizer_digest)
+from reference.programs.data import split_train_val  # noqa: E402
+from reference.programs.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
+                                           tokenizer_digest)
 from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
 
 TINY_SHAKESPEARE_URL = (

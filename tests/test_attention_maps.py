@@ -119,7 +119,7 @@ def test_attentions_under_a_cache_equal_the_full_rows(kernels, tile, pos, kv, mo
 
 
 def tiny():
-    from reference.programs.data import CharTokenizer
+    from reference.programs.tokenizers import CharTokenizer
     tok = CharTokenizer.from_text("ab c\nde")
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=3, n_head=2, n_embd=8), seed=0)
     return model, tok

@@ -242,7 +242,7 @@ def test_beam_flags_are_checked(argv, message):
 
 
 def test_run_beams_prints_the_best_hypotheses(capsys):
-    from reference.programs.data import CharTokenizer
+    from reference.programs.tokenizers import CharTokenizer
     tok = CharTokenizer.from_text("abcdefgh ")
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8), seed=0)
     args = sample_parser().parse_args(["--num-beams", "3", "--num-samples", "2", "--max-new-tokens", "5",
@@ -268,7 +268,7 @@ def test_beam_length_is_named_in_the_commands_words(capsys, prompt, n, message):
     """sample --num-beams with a prompt and --max-new-tokens that do not fit the context: one line that
     names the flag and the largest value that fits, exit status 2 (planted: beam_search's own line,
     "max_new_tokens 60 is longer than the context", names no flag and no value that works)."""
-    from reference.programs.data import CharTokenizer
+    from reference.programs.tokenizers import CharTokenizer
     tok = CharTokenizer.from_text("abcdef")
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=8), seed=0)
     args = sample_parser().parse_args(["--num-beams", "2", "--max-new-tokens", str(n)])

@@ -1,4 +1,4 @@
-"""GPT-2's byte-level BPE (reference.programs.data.BPETokenizer), run by the `tokenizers` library (the hf extra).
+"""GPT-2's byte-level BPE (reference.programs.tokenizers.BPETokenizer), run by the `tokenizers` library (the hf extra).
 
 The tokenizer files are made offline: `tokenizers` trains a small byte-level BPE and saves GPT-2's
 pair of files, vocab.json and merges.txt (or tokenizer.json)."""
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 tokenizers = pytest.importorskip("tokenizers", reason="the hf extra (tokenizers) is not installed")
 
-from reference.programs.data import BPETokenizer, tokenizer_from_dict  # noqa: E402
+from reference.programs.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ["First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n",
@@ -99,7 +99,7 @@ def test_missing_library_is_named_and_char_byte_still_work(tmp_path):
     script = f"""
 import sys
 sys.modules['tokenizers'] = None
-from reference.programs.data import BPETokenizer, ByteTokenizer, CharTokenizer
+from reference.programs.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
 assert ByteTokenizer().decode(ByteTokenizer().encode('héllo')) == 'héllo'
 assert CharTokenizer.from_text('abc').decode([2, 1]) == 'cb'
 try:

@@ -15,7 +15,7 @@ from oracle.bridge import twins
 from oracle.core import rel_error
 from reference.programs import atomic
 from reference.programs.checkpoint import METADATA_KEY, CheckpointError, build_model, check_compatible, load_checkpoint, seal
-from reference.programs.data import CharTokenizer
+from reference.programs.tokenizers import CharTokenizer
 from reference.programs.safetensors_io import load_file, save_file
 from reference.programs.training.settings import TrainConfig
 from reference.programs.training.trainer import Trainer

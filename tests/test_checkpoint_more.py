@@ -18,7 +18,7 @@ from reference.programs.checkpoint import (BIT_GENERATORS, METADATA_KEY, seal, S
                                            check_compatible, generator_from_state, load_checkpoint, restore_optimizer,
                                            save_checkpoint, state_from_json)
 from reference.model import GPT
-from reference.programs.data import ByteTokenizer, CharTokenizer
+from reference.programs.tokenizers import ByteTokenizer, CharTokenizer
 from reference.module import Parameter
 from reference.optim import AdamW
 from reference.programs.safetensors_io import load_file, save_file

@@ -1,4 +1,4 @@
-"""Tests for reference/programs/data.py (tokenizers, batches, splits) and data/prepare.py.
+"""Tests for reference/programs/tokenizers.py and data.py (tokenizers, batches, splits) and data/prepare.py.
 
 Fast and offline: corpora are generated in tmp_path and the network is
 monkeypatched.
@@ -22,15 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.programs.data import (
-    ByteTokenizer,
-    CharTokenizer,
-    get_batch,
-    load_meta,
-    load_split,
-    split_train_val,
-    tokenizer_from_dict,
-)
+from reference.programs.data import get_batch, load_meta, load_split, split_train_val
+from reference.programs.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREPARE_PATH = REPO_ROOT / "data" / "prepare.py"
@@ -65,10 +58,11 @@ def write_corpus(tmp_path: Path, content: str | bytes, name: str = "corpus.txt")
 # --------------------------------------------------------------------------- hygiene
 
 
-def test_reference_data_imports_only_numpy_and_stdlib():
-    """At module level, besides the model's token-id check (reference/model.py, numpy only); the BPE
-    tokenizer's library (`tokenizers`, the hf extra) is imported lazily."""
-    tree = ast.parse((REPO_ROOT / "reference" / "programs" / "data.py").read_text())
+@pytest.mark.parametrize("module, allowed", [("tokenizers", {"..model"}), ("data", {".tokenizers"})])
+def test_reference_data_imports_only_numpy_and_stdlib(module, allowed):
+    """At module level, besides the model's token-id check (reference/model.py, numpy only) and, for data.py,
+    the tokenizers (tokenizers.py); the BPE tokenizer's library (`tokenizers`, the hf extra) is imported lazily."""
+    tree = ast.parse((REPO_ROOT / "reference" / "programs" / f"{module}.py").read_text())
     names, own = set(), set()
     for node in tree.body:
         if isinstance(node, ast.Import):
@@ -78,7 +72,7 @@ def test_reference_data_imports_only_numpy_and_stdlib():
         elif isinstance(node, ast.ImportFrom):
             names.add((node.module or "").split(".")[0])
     assert names - {"numpy"} <= set(sys.stdlib_module_names)
-    assert own <= {"..model"}
+    assert own <= allowed
 
 
 # --------------------------------------------------------------------------- CharTokenizer

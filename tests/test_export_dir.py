@@ -1,4 +1,4 @@
-"""An export directory holds exactly what the export wrote (reference/programs/hf.py, `save_pretrained`):
+"""An export directory holds exactly what the export wrote (reference/programs/hf_export.py, `save_pretrained`):
 built beside the target and swapped in, so `--overwrite` of a sharded Hugging Face directory with a
 tokenizer leaves no old shard, index, tokenizer or generation config (transformers loads the new model and
 the new tokenizer, or none), a failure or Ctrl-C mid-export leaves the old directory byte-identical and
@@ -21,10 +21,10 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from reference import GPT, GPTConfig  # noqa: E402
-from reference.programs import hf  # noqa: E402
+from reference.programs import hf, hf_export  # noqa: E402
 from reference.programs.checkpoint import save_checkpoint  # noqa: E402
 from reference.programs.cli import main  # noqa: E402
-from reference.programs.data import BPETokenizer, CharTokenizer  # noqa: E402
+from reference.programs.tokenizers import BPETokenizer, CharTokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -99,12 +99,12 @@ def test_overwrite_with_a_bpe_model_brings_its_tokenizer(old_dir, tmp_path, caps
 def test_a_failure_mid_export_leaves_the_old_directory(old_dir, tmp_path, monkeypatch, capsys, where):
     before = snapshot(old_dir)
     if where == "weights":
-        real = hf._safetensors
+        real = hf_export._safetensors
 
         def half_written(tensors, filename, metadata=None):
             Path(filename).write_bytes(b"\0" * 100)
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(hf, "_safetensors", lambda: (real()[0], half_written))
+        monkeypatch.setattr(hf_export, "_safetensors", lambda: (real()[0], half_written))
     elif where == "config":
         real_dumps = json.dumps
 
@@ -112,11 +112,11 @@ def test_a_failure_mid_export_leaves_the_old_directory(old_dir, tmp_path, monkey
             if isinstance(obj, dict) and "architectures" in obj:
                 raise OSError(errno.EIO, "Input/output error")
             return real_dumps(obj, *a, **k)
-        monkeypatch.setattr(hf.json, "dumps", failing)
+        monkeypatch.setattr(hf_export.json, "dumps", failing)
     else:
         def no_swap(a, b):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        monkeypatch.setattr(hf, "_exchange", no_swap)
+        monkeypatch.setattr(hf_export, "_exchange", no_swap)
     rc, _, err = cli(capsys, "export", "--ckpt", char_ckpt(tmp_path), "--to", old_dir, "--overwrite")
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert snapshot(old_dir) == before
@@ -127,8 +127,8 @@ def test_ctrl_c_mid_export_leaves_nothing_new(tmp_path, monkeypatch):
     def interrupted(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)
         raise KeyboardInterrupt
-    real = hf._safetensors
-    monkeypatch.setattr(hf, "_safetensors", lambda: (real()[0], interrupted))
+    real = hf_export._safetensors
+    monkeypatch.setattr(hf_export, "_safetensors", lambda: (real()[0], interrupted))
     rc = main(["export", "--ckpt", str(char_ckpt(tmp_path)), "--to", str(tmp_path / "new" / "hf")])
     assert rc == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["char.safetensors"]   # not even the parent "new"

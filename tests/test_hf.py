@@ -23,7 +23,7 @@ from oracle.bridge.hf import float64_llama, hf_grads, run_hf  # noqa: E402
 from oracle.core.tolerance import FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_TOL  # noqa: E402
 from reference import GPT, GPTConfig  # noqa: E402
 from reference.model import parameter_shapes  # noqa: E402
-from reference.programs import hf  # noqa: E402
+from reference.programs import hf, hf_export  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -185,7 +185,7 @@ def test_float32_under_the_policy(tmp_path, arch):
 def test_export_round_trip(tmp_path, cfg):
     config = GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=32, dtype="float64", **cfg)
     ours = GPT(config, seed=3)
-    hf.save_pretrained(ours, tmp_path)
+    hf_export.save_pretrained(ours, tmp_path)
     cls = GPT2LMHeadModel if config.pos == "learned" else LlamaForCausalLM
     theirs = cls.from_pretrained(tmp_path, dtype=torch.float64).eval()
     if config.pos == "rope":
@@ -213,7 +213,7 @@ def test_export_round_trip(tmp_path, cfg):
 def test_export_refuses_what_transformers_cannot_load(tmp_path, change, option):
     config = GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=4, n_embd=16, **change)
     with pytest.raises(hf.HFError, match="cannot export " + option.replace("(", r"\(")):
-        hf.save_pretrained(GPT(config), tmp_path / "out")
+        hf_export.save_pretrained(GPT(config), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -292,7 +292,7 @@ def test_sharded_half_and_bfloat16(tmp_path):
         assert (tmp_path / sub / hf.INDEX_NAME).is_file()
         ours = hf.from_pretrained(tmp_path / sub, dtype="float32")
         want = hf_state_of(theirs)
-        got = hf.hf_state(ours)
+        got = hf_export.hf_state(ours)
         assert got.keys() == want.keys()
         for k in want:
             assert np.array_equal(got[k], want[k]), k
@@ -374,7 +374,7 @@ def test_missing_library_is_named(monkeypatch, tmp_path):
     import sys
     monkeypatch.setitem(sys.modules, "safetensors", None)
     with pytest.raises(ImportError, match=r"safetensors library.*pip install -e '\.\[hf\]'"):
-        hf.save_pretrained(GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)), tmp_path)
+        hf_export.save_pretrained(GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)), tmp_path)
 
 
 def test_bf16_widening_is_exact():
@@ -406,7 +406,7 @@ def gpt2_dir(tmp_path):
 
 
 def test_sample_init_from_matches_transformers_greedy(gpt2_dir, capsys):
-    from reference.programs.data import BPETokenizer
+    from reference.programs.tokenizers import BPETokenizer
     rc, out, err = cli(["sample", "--init-from", gpt2_dir, "--prompt", "First Citizen:", "--greedy",
                         "--max-new-tokens", 8], capsys)
     assert rc == 0, err
@@ -424,7 +424,7 @@ def test_fine_tune_then_export(gpt2_dir, tmp_path, capsys):
     import prepare as prep
     from test_bpe import CORPUS
     from reference.programs.checkpoint import build_model, load_checkpoint
-    from reference.programs.data import BPETokenizer
+    from reference.programs.tokenizers import BPETokenizer
     src = tmp_path / "corpus.txt"
     src.write_text("".join(CORPUS) * 3, encoding="utf-8")
     data = tmp_path / "data"
@@ -548,7 +548,7 @@ def test_export_failure_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(OSError, match="No space left"):
-        hf.save_pretrained(model, tmp_path / "out")
+        hf_export.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []                  # no target, no build directory beside it
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from reference import GPT, GPTConfig
-from reference.programs import cli, hf, plot
+from reference.programs import cli, hf, hf_export, plot
 from reference.programs.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint
 from reference.programs.safetensors_io import load_file, save_file
 from reference.programs.sampling.generation import generate
@@ -150,7 +150,7 @@ def test_text_given_as_a_prompt_says_to_encode_it(model, prompt):
                                                             "(the dropout argument of this call")])
 def test_from_pretrained_blames_its_own_argument_not_config_json(tmp_path, kw, words):
     """Was: "DIR/config.json: dtype must be one of ('float32', 'float64'), got 'float16'"."""
-    hf.save_pretrained(GPT(CONFIG.replace(bias=True), seed=0), tmp_path)
+    hf_export.save_pretrained(GPT(CONFIG.replace(bias=True), seed=0), tmp_path)
     with pytest.raises(hf.HFError) as e:
         hf.from_pretrained(tmp_path, **kw)
     assert str(e.value).startswith(words) and f"not a field of {tmp_path / 'config.json'}" in str(e.value)

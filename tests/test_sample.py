@@ -9,7 +9,7 @@ import pytest
 
 from reference import GPT, GPTConfig
 from reference.programs.cli import main
-from reference.programs.data import CharTokenizer
+from reference.programs.tokenizers import CharTokenizer
 from reference.programs.sampling.generation import generate
 from reference.programs.sampling.logits_process import next_token_probs, sample_next
 from reference.programs.training.settings import TrainConfig

@@ -20,7 +20,7 @@ from oracle.core.tolerance import FLOAT64_TOL  # noqa: E402
 from reference import GPT, GPTConfig  # noqa: E402
 from reference.fast import use_kernels  # noqa: E402
 from reference.programs import sft  # noqa: E402
-from reference.programs.data import ByteTokenizer, CharTokenizer  # noqa: E402
+from reference.programs.tokenizers import ByteTokenizer, CharTokenizer  # noqa: E402
 from reference.programs.training.settings import TrainConfig  # noqa: E402
 from reference.programs.training.trainer import Trainer  # noqa: E402
 

@@ -171,7 +171,7 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 12
 
 
 def sgd_trainer(out_dir, resume=None, **changes):
-    from reference.programs.data import CharTokenizer
+    from reference.programs.tokenizers import CharTokenizer
     from reference.programs.training.settings import TrainConfig
     from reference.programs.training.trainer import Trainer
     config = TrainConfig(out_dir=str(out_dir), seed=5, n_layer=1, n_head=2, n_embd=8, block_size=8, batch_size=4,

@@ -98,6 +98,7 @@ def test_cached_positions_continue_from_the_cache_length():
 
 def test_hugging_face_export_refuses_sinusoidal_positions():
     """Neither GPT-2 nor Llama in transformers has fixed sinusoidal positions: export says so."""
-    from reference.programs.hf import HFError, hf_config
+    from reference.programs.hf import HFError
+    from reference.programs.hf_export import hf_config
     with pytest.raises(HFError, match="cannot export pos='sinusoidal'.*no supported architecture has sinusoidal"):
         hf_config(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, pos="sinusoidal"))

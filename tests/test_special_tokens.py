@@ -1,5 +1,5 @@
 """Special tokens of tokenizer files without tokenizer.json (vocab.json + merges.txt), as transformers has
-them (reference.programs.data.BPETokenizer.from_dir): GPT-2's <|endoftext|>, and the added and special
+them (reference.programs.tokenizers.BPETokenizer.from_dir): GPT-2's <|endoftext|>, and the added and special
 tokens of added_tokens.json, special_tokens_map.json and tokenizer_config.json. The oracle is transformers'
 AutoTokenizer (GPT2Tokenizer for model_type gpt2) on the same files: the same ids, the same vocabulary
 size, the same text back, on text that contains the special tokens."""
@@ -14,7 +14,7 @@ import pytest
 tokenizers = pytest.importorskip("tokenizers", reason="the hf extra (tokenizers) is not installed")
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
-from reference.programs.data import BPETokenizer  # noqa: E402
+from reference.programs.tokenizers import BPETokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 CORPUS = ["First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"] * 20

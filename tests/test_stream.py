@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from reference.programs.sampling import generation
 from reference.programs.cli import main
-from reference.programs.data import ByteTokenizer, CharTokenizer
+from reference.programs.tokenizers import ByteTokenizer, CharTokenizer
 from reference.programs.sampling.stream import TextStream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def bpe(tmp_path_factory):
     pytest.importorskip("tokenizers", reason="the BPE tokenizer needs the `hf` extra (tokenizers)")
     from test_bpe import make_bpe_files
 
-    from reference.programs.data import BPETokenizer
+    from reference.programs.tokenizers import BPETokenizer
     return BPETokenizer.from_dir(make_bpe_files(tmp_path_factory.mktemp("bpe")))
 
 

@@ -19,11 +19,11 @@ tokenizers = pytest.importorskip("tokenizers", reason="the hf extra (tokenizers)
 pytest.importorskip("safetensors", reason="the hf extra (safetensors) is not installed")
 
 from reference import GPT, GPTConfig  # noqa: E402
-from reference.programs import hf  # noqa: E402
+from reference.programs import hf_export  # noqa: E402
 from reference.programs.checkpoint import save_checkpoint  # noqa: E402
 from reference.programs.cli import main  # noqa: E402
-from reference.programs.data import (BPETokenizer, CharTokenizer, load_meta, tokenizer_digest,  # noqa: E402
-                                     tokenizer_from_dict)
+from reference.programs.data import load_meta  # noqa: E402
+from reference.programs.tokenizers import BPETokenizer, CharTokenizer, tokenizer_digest, tokenizer_from_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data"))
@@ -59,7 +59,7 @@ def dirs(tmp_path):
     a = BPETokenizer.from_dir(tok_a)
     assert a.vocab_size == BPETokenizer.from_dir(tok_b).vocab_size
     model = tmp_path / "model"
-    hf.save_pretrained(GPT(GPTConfig(vocab_size=a.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)), model)
+    hf_export.save_pretrained(GPT(GPTConfig(vocab_size=a.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)), model)
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(tok_a / f, model / f)
     src = tmp_path / "corpus.txt"
@@ -138,7 +138,7 @@ def test_the_digest_is_the_ids_not_the_file(tmp_path):
 def test_a_prompt_that_is_not_utf8_is_one_line(tmp_path, kind):
     """`--prompt $'\\xff'`: the shell's bytes reach Python as a lone surrogate. Before: a TypeError
     traceback from the tokenizers library with the BPE tokenizer."""
-    from reference.programs.data import ByteTokenizer
+    from reference.programs.tokenizers import ByteTokenizer
     tok = {"bpe": lambda: BPETokenizer.from_dir(make_bpe_files(tmp_path / "t")), "char": lambda: CharTokenizer("ab\xff"),
            "byte": ByteTokenizer}[kind]()
     ckpt = tmp_path / "ckpt.safetensors"

@@ -18,7 +18,7 @@ import pytest
 from reference.programs import train as train_mod
 from reference.programs.checkpoint import load_checkpoint
 from reference.programs.cli import main
-from reference.programs.data import CharTokenizer
+from reference.programs.tokenizers import CharTokenizer
 from reference.optim import AdamW
 from reference.programs.safetensors_io import load_file
 from reference.programs.training.settings import PRESETS, TrainConfig, resolve_config

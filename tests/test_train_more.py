@@ -17,7 +17,7 @@ import pytest
 from reference.programs import train as train_mod
 from reference.programs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reference.programs.cli import main
-from reference.programs.data import CharTokenizer
+from reference.programs.tokenizers import CharTokenizer
 from reference.programs.options import check_field
 from reference.programs.training.settings import TrainConfig, read_config_file, resolve_config
 from reference.programs.training.trainer import Trainer, TrainingDiverged, train

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.programs.checkpoint import build_model, load_checkpoint
-from reference.programs.data import CharTokenizer
+from reference.programs.tokenizers import CharTokenizer
 from reference.programs.sampling.generation import generate
 from reference.programs.training.settings import TrainConfig
 from reference.programs.training.trainer import Trainer

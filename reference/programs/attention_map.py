@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, build_model, load_checkpoint
-    from .data import tokenizer_from_dict
+    from .tokenizers import tokenizer_from_dict
     try:
         if args.init_from:
             from .sample import load_hf_dir

@@ -33,7 +33,7 @@ from ..model import parameter_count, parameter_shapes
 from .checkpoint_format import (BIT_GENERATORS, CHECKSUM_KEY, FORMAT, GROUP_KEYS, METADATA_KEY, MOMENTS, OPT_PREFIX,
                                 READABLE_VERSIONS, SGD_BUFFER, SGD_GROUP_KEYS, STATE_LAYOUTS, field_digests,
                                 tensor_digest, tokenizer_dict)
-from .data import tokenizer_from_dict
+from .tokenizers import tokenizer_from_dict
 from .safetensors_io import CheckpointError, SafetensorsFile
 
 __all__ = ["check_compatible", "state_from_json", "refuse_non_finite", "read_header", "read_checksums",

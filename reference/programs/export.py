@@ -1,13 +1,13 @@
 """Export: `python -m reference export --ckpt out/ckpt.safetensors --to out/hf` writes a checkpoint's
 model as a Hugging Face model directory (config.json + model.safetensors, and tokenizer.json for a BPE
 tokenizer) that transformers' `AutoModelForCausalLM.from_pretrained(DIR)` loads with the same logits:
-GPT2LMHeadModel for a GPT-2-like config, LlamaForCausalLM for a Llama-like one (reference/programs/hf.py,
+GPT2LMHeadModel for a GPT-2-like config, LlamaForCausalLM for a Llama-like one (reference/programs/hf_export.py,
 docs/huggingface.md). Any other config is refused with the option that has no equivalent. A LoRA run's
 checkpoint is exported merged, W + (alpha / r) B A in each adapted layer (peft's `merge_and_unload`); its
 adapters alone are the peft directory `train` writes beside the checkpoint (OUT_DIR/adapter).
 
 The directory holds exactly what the export wrote: it is built beside DIR and swapped in
-(reference/programs/hf.py, `save_pretrained`), so `--overwrite` leaves no file of the model that was
+(reference/programs/hf_export.py, `save_pretrained`), so `--overwrite` leaves no file of the model that was
 there, and a failure or Ctrl-C leaves DIR as it was. While it runs, the export holds the lock of DIR
 (`.DIR.lock` beside it, reference/programs/lock.py): a second export to DIR is refused at start."""
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..lora import merge_lora
     from .checkpoint import CheckpointError, build_model, load_checkpoint
-    from .hf import hf_config, save_pretrained
+    from .hf_export import hf_config, save_pretrained
 
     out = Path(args.to)
     lock = None

@@ -1,7 +1,7 @@
 """LoRA adapters in and out as peft adapter directories (adapter_config.json + adapter_model.safetensors).
 
 A directory written by `save_adapter` loads with `peft.PeftModel.from_pretrained(base, path)` on the
-transformers model that `reference.programs.hf.save_pretrained` writes for the same base weights, and
+transformers model that `reference.programs.hf_export.save_pretrained` writes for the same base weights, and
 computes the same logits; `load_adapter` reads a peft LoRA directory into our GPT. Module names are
 transformers': GPT-2's are ours; for Llama, `reference.programs.hf.LLAMA_LAYER_NAMES`, and our fused
 c_attn is peft's q_proj, k_proj and v_proj: one adapter on c_attn is written as three that share A
@@ -20,7 +20,8 @@ from ..layers import Linear
 from ..lora import apply_lora, lora_layers
 from ..model import GPT
 from .atomic import atomic_write
-from .hf import LLAMA_LAYER_NAMES, HFError, _safetensors, hf_config
+from .hf import LLAMA_LAYER_NAMES, HFError, _safetensors
+from .hf_export import hf_config
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

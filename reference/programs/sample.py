@@ -27,8 +27,8 @@ __all__ = ["add_arguments", "load_hf_dir", "run"]
 
 def load_hf_dir(path):
     """(model, tokenizer) of a Hugging Face model directory: float32 weights (reference/programs/hf.py) and its
-    BPE tokenizer files (reference.programs.data.BPETokenizer). HFError/ValueError name what is missing."""
-    from .data import BPETokenizer
+    BPE tokenizer files (reference.programs.tokenizers.BPETokenizer). HFError/ValueError name what is missing."""
+    from .tokenizers import BPETokenizer
     from .hf import check_dir, from_pretrained
     check_dir(path)                                    # the model's problems are named before the tokenizer's
     tok = BPETokenizer.from_dir(path)
@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, build_model, load_checkpoint
-    from .data import tokenizer_from_dict
+    from .tokenizers import tokenizer_from_dict
 
     top_k = None if args.top_k == 0 else args.top_k
     try:

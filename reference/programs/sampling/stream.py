@@ -10,7 +10,7 @@ import codecs
 
 import numpy as np
 
-from ..data import ByteTokenizer, CharTokenizer
+from ..tokenizers import ByteTokenizer, CharTokenizer
 
 __all__ = ["TextStream"]
 

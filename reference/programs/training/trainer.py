@@ -50,8 +50,8 @@ from ...optim import SGD, AdamW
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
 from .. import dpo, sft
-from ..data import (describe_tokenizer, get_batch, load_meta, load_split, resolve_data_dir, tokenizer_digest,
-                    tokenizer_from_dict)
+from ..data import get_batch, load_meta, load_split, resolve_data_dir
+from ..tokenizers import describe_tokenizer, tokenizer_digest, tokenizer_from_dict
 from ..distributed import DataParallel, data_digest
 from .memory import check_memory
 from .settings import TrainConfig
@@ -245,7 +245,7 @@ class Trainer:
     def _check_model_tokenizer(self, init_from) -> None:
         """The data's tokenizer is the model directory's (when the directory has tokenizer files): the same
         vocabulary size is not enough, two tokenizers of one size give other ids for the same text."""
-        from ..data import BPE_FILES, BPETokenizer
+        from ..tokenizers import BPE_FILES, BPETokenizer
         if self.tokenizer is None or not any((Path(init_from) / f).is_file() for f in BPE_FILES):
             return
         theirs = BPETokenizer.from_dir(init_from)
