@@ -4,7 +4,7 @@
 - pool.py: the thread pool, cache-sized blocks, products on the pool, BLAS thread control and
   recycled memory (`empty`).
 - functional.py: erf, GELU with its derivative in one pass, softmax and its backward, blocked.
-- layers.py, attention.py, model.py, loss.py: subclasses of the textbook classes that override only
+- layers.py, attention.py, model.py, loss.py, lora.py: subclasses of the textbook classes that override only
   forward and backward (and fast attention's `attention_probs`, which reads its own cache layout):
   same parameters, state_dict and cache contract.
 
