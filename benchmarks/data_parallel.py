@@ -134,7 +134,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     med = {n: statistics.median(v) for n, v in tps.items()}
     eff = med[2] / (2 * med[1])
-    compute_s = json.loads((ROOT / "benchmarks" / "results" / "gpt2_scale.json").read_text())["ours-step"][0]["step_s"]
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "gpt2_scale.json").read_text())
+    one_thread = next(r for r in recorded["step-pair"] if r["threads"]["ours"] == 1)      # the one-thread rank
+    compute_s = statistics.median(one_thread["step_s"]["ours"])
     proj = projection(compute_s)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "load_avg": os.getloadavg(), "threads_per_rank": 1, "global_batch_rows": args.batch, "block_size": 64,
