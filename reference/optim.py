@@ -109,14 +109,21 @@ class Adam(Optimizer):
                         p.data *= 1.0 - lr * wd                # AdamW: decay the weights, apart from g
                     else:
                         g = g + wd * p.data                    # Adam: L2 penalty folded into g
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m *= b1
-                m += (1.0 - b1) * g                            # m = b1 m + (1 - b1) g
-                v *= b2
-                v += (1.0 - b2) * (g * g)                      # v = b2 v + (1 - b2) g^2
-                step_size = lr / (1.0 - b1**t)
-                denom = np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
-                p.data -= step_size * (m / denom)
+                adam_update(p.data, g, st["exp_avg"], st["exp_avg_sq"], lr, b1, b2, eps, t)
+
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, b1: float, b2: float,
+                eps: float, t: int) -> None:
+    """Adam's step t >= 1 on arrays of one shape, in place: the moments m and v, then the parameter p, in
+    torch's order (docs/adam.md). The weight decay, if any, is applied before (AdamW) or folded into g
+    (Adam) by the caller. Shared by Adam/AdamW here and ZeRO-1's slices (reference/programs/distributed.py)."""
+    m *= b1
+    m += (1.0 - b1) * g                                        # m = b1 m + (1 - b1) g
+    v *= b2
+    v += (1.0 - b2) * (g * g)                                  # v = b2 v + (1 - b2) g^2
+    step_size = lr / (1.0 - b1**t)
+    denom = np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
+    p -= step_size * (m / denom)
 
 
 def check_param_groups(param_groups: list[dict]) -> None:

@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from ..lora import set_lora_masks
-from ..optim import clip_grad_norm_
+from ..optim import adam_update, clip_grad_norm_
 
 __all__ = ["LocalComm", "MPIComm", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
            "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
@@ -460,13 +460,7 @@ class ZeroAdamW:
             if wd != 0:
                 sel = self.group_of == gi
                 p[sel] *= 1.0 - lr * wd                          # AdamW: decay the weights, apart from g
-        m *= b1
-        m += (1.0 - b1) * g                                      # m = b1 m + (1 - b1) g
-        v *= b2
-        v += (1.0 - b2) * (g * g)                                # v = b2 v + (1 - b2) g^2
-        step_size = lr / (1.0 - b1**t)
-        denom = np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
-        p -= step_size * (m / denom)
+        adam_update(p, g, m, v, lr, b1, b2, eps, t)              # AdamW on this rank's slice, operation for operation
 
     def gather_into(self, optimizer, comm, chunks) -> None:
         counts = [b - a for a, b in chunks]
