@@ -1,6 +1,6 @@
 """docs/fine-tuning.md's commands run as written, one after another, and print no warning.
 
-As tests/test_readme_commands.py does for the README: the bash block after `<!-- fine-tuning-commands -->`
+As tests/test_readme_commands.py does for the README (both through tests/doc_commands.py): the bash block after `<!-- fine-tuning-commands -->`
 is parsed and run in a fresh directory (with docs/examples copied in), each command made tiny: the
 local corpus instead of the download, a one-layer model, a batch of 2, the schedule shrunk in
 proportion to 2 steps, a checkpoint at every evaluation, 5 sampled tokens. The page's own flags are
@@ -10,17 +10,12 @@ run without --lora_rank) shows that it does."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import shlex
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
-from test_readme_commands import CORPUS, shrunk_schedule
+from doc_commands import CORPUS, REPO, commands_after, run_tiny, shrunk_schedule
 
-REPO = Path(__file__).resolve().parent.parent
 MARKER = "<!-- fine-tuning-commands -->"
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16"]        # the preset's context, 64, is kept
 TINY_RUN = ["--batch_size", "2", "--eval_iters", "2", "--eval_interval", "1", "--always_save_checkpoint",
@@ -28,10 +23,7 @@ TINY_RUN = ["--batch_size", "2", "--eval_iters", "2", "--eval_interval", "1", "-
 
 
 def page_commands() -> list[list[str]]:
-    text = (REPO / "docs" / "fine-tuning.md").read_text(encoding="utf-8")
-    assert MARKER in text, f"docs/fine-tuning.md has no {MARKER} marker before its commands"
-    block = re.search(r"```bash\n(.*?)```", text[text.index(MARKER):], re.S).group(1)
-    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return commands_after(REPO / "docs" / "fine-tuning.md", MARKER)
 
 
 def tiny(argv: list[str]) -> list[str]:
@@ -48,14 +40,9 @@ def tiny(argv: list[str]) -> list[str]:
     return run
 
 
-def run(argv: list[str], cwd: Path) -> list[str]:
+def run(argv: list[str], cwd) -> list[str]:
     """Run the page's command argv (made tiny); assert it succeeds; return the lines that warn."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMPY_GPT_THREADS": "1"}
-    env.pop("PYTHONWARNINGS", None)
-    out = subprocess.run(tiny(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    said = out.stdout + out.stderr
-    assert out.returncode == 0, f"{shlex.join(argv)} failed:\n{said}"
-    return [line for line in said.splitlines() if "warning" in line.lower()]
+    return run_tiny(argv, cwd, tiny)
 
 
 def test_fine_tuning_page_commands_run_without_warnings(tmp_path):

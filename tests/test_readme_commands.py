@@ -11,48 +11,18 @@ show that it does."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
-import re
 import shlex
-import subprocess
 import sys
-from pathlib import Path
 
-from reference.programs.training.settings import PRESETS, TrainConfig
+from doc_commands import CORPUS, REPO, commands_after, run_tiny, shrunk_schedule
 
-REPO = Path(__file__).resolve().parent.parent
 MARKER = "<!-- readme-commands -->"
-
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8"]
 TINY_RUN = ["--batch_size", "2", "--eval_iters", "2", "--eval_interval", "1", "--no-progress"]
-CORPUS = "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo!\n" * 20
-STEPS = 2
 
 
 def readme_commands() -> list[list[str]]:
-    """The argv of each command in the README's block after MARKER (continuations joined, comments dropped)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    assert MARKER in text, f"README.md has no {MARKER} marker before its example commands"
-    block = re.search(r"```bash\n(.*?)```", text[text.index(MARKER):], re.S).group(1)
-    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
-
-
-def flag(argv: list[str], name: str):
-    return argv[argv.index(name) + 1] if name in argv else None
-
-
-def shrunk_schedule(argv: list[str]) -> list[str]:
-    """max_iters -> STEPS, lr_decay_iters and warmup_iters scaled alike (rounded up): the README's settings
-    (flags over preset over defaults), in proportion."""
-    settings = dataclasses.asdict(TrainConfig())
-    settings.update(PRESETS.get(flag(argv, "--preset"), {}))
-    settings.update({k: int(flag(argv, f"--{k}")) for k in ("max_iters", "lr_decay_iters", "warmup_iters")
-                     if flag(argv, f"--{k}") is not None})
-    scale = STEPS / settings["max_iters"]
-    return ["--max_iters", str(STEPS), "--lr_decay_iters", str(math.ceil(settings["lr_decay_iters"] * scale)),
-            "--warmup_iters", str(math.ceil(settings["warmup_iters"] * scale))]
+    return commands_after(REPO / "README.md", MARKER)
 
 
 def tiny(argv: list[str]) -> list[str]:
@@ -69,14 +39,9 @@ def tiny(argv: list[str]) -> list[str]:
     return run
 
 
-def run_quietly(argv: list[str], cwd: Path) -> list[str]:
+def run_quietly(argv: list[str], cwd) -> list[str]:
     """Run the README command argv (made tiny); assert it succeeds; return the lines that warn."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMPY_GPT_THREADS": "1"}
-    env.pop("PYTHONWARNINGS", None)
-    out = subprocess.run(tiny(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    said = out.stdout + out.stderr
-    assert out.returncode == 0, f"{shlex.join(argv)} failed:\n{said}"
-    return [line for line in said.splitlines() if "warning" in line.lower()]
+    return run_tiny(argv, cwd, tiny)
 
 
 def without(argv: list[str], name: str) -> list[str]:
