@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +42,21 @@ def shrunk_schedule(argv: list[str]) -> list[str]:
     scale = STEPS / settings["max_iters"]
     return ["--max_iters", str(STEPS), "--lr_decay_iters", str(math.ceil(settings["lr_decay_iters"] * scale)),
             "--warmup_iters", str(math.ceil(settings["warmup_iters"] * scale))]
+
+
+def make_tiny(argv: list[str], *, prepare: list[str], model: list[str], run: list[str]) -> list[str]:
+    """A page's `python ...` argv made runnable here and tiny: this interpreter; prepare.py from this checkout
+    with `prepare` appended; train with its schedule shrunk, `run` and (unless it starts from a
+    directory) `model` appended; sample with 5 new tokens."""
+    assert argv[0] == "python", argv
+    if argv[1] == "data/prepare.py":
+        return [sys.executable, str(REPO / "data" / "prepare.py"), *argv[2:], *prepare]
+    command = [sys.executable, *argv[1:]]
+    if argv[3] == "train":
+        return command + shrunk_schedule(argv) + run + ([] if "--init-from" in argv else model)
+    if argv[3] == "sample":
+        return command + ["--max-new-tokens", "5"]
+    return command
 
 
 def run_tiny(argv: list[str], cwd: Path, tiny: Callable[[list[str]], list[str]]) -> list[str]:

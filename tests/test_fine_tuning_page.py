@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import sys
 
-from doc_commands import CORPUS, REPO, commands_after, run_tiny, shrunk_schedule
+from doc_commands import CORPUS, REPO, commands_after, make_tiny, run_tiny
 
 MARKER = "<!-- fine-tuning-commands -->"
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16"]        # the preset's context, 64, is kept
@@ -28,16 +27,8 @@ def page_commands() -> list[list[str]]:
 
 def tiny(argv: list[str]) -> list[str]:
     """The page's argv made runnable here and tiny: this interpreter, prepare.py from this checkout."""
-    assert argv[0] == "python", argv
-    if argv[1] == "data/prepare.py":
-        local = [] if "--sft" in argv or "--dpo" in argv else ["--from", "corpus.txt", "--out", "data/shakespeare_byte"]
-        return [sys.executable, str(REPO / "data" / "prepare.py"), *argv[2:], *local]
-    run = [sys.executable, *argv[1:]]
-    if argv[3] == "train":
-        return run + shrunk_schedule(argv) + TINY_RUN + ([] if "--init-from" in argv else TINY_MODEL)
-    if argv[3] == "sample":
-        return run + ["--max-new-tokens", "5"]
-    return run
+    corpus = [] if "--sft" in argv or "--dpo" in argv else ["--from", "corpus.txt", "--out", "data/shakespeare_byte"]
+    return make_tiny(argv, prepare=corpus, model=TINY_MODEL, run=TINY_RUN)
 
 
 def run(argv: list[str], cwd) -> list[str]:

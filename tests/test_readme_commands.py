@@ -12,9 +12,8 @@ show that it does."""
 from __future__ import annotations
 
 import shlex
-import sys
 
-from doc_commands import CORPUS, REPO, commands_after, run_tiny, shrunk_schedule
+from doc_commands import CORPUS, REPO, commands_after, make_tiny, run_tiny
 
 MARKER = "<!-- readme-commands -->"
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8"]
@@ -27,16 +26,8 @@ def readme_commands() -> list[list[str]]:
 
 def tiny(argv: list[str]) -> list[str]:
     """argv made runnable here: this interpreter, prepare.py from this checkout, the tiny flags."""
-    assert argv[0] == "python", argv
-    if argv[1] == "data/prepare.py":
-        return [sys.executable, str(REPO / "data" / "prepare.py"), *argv[2:], "--from", "corpus.txt",
-                "--out", "data/shakespeare_char"]
-    run = [sys.executable, *argv[1:]]
-    if argv[3] == "train":
-        return run + shrunk_schedule(argv) + TINY_RUN + ([] if "--init-from" in argv else TINY_MODEL)
-    if argv[3] == "sample":
-        return run + ["--max-new-tokens", "5"]
-    return run
+    return make_tiny(argv, prepare=["--from", "corpus.txt", "--out", "data/shakespeare_char"],
+                     model=TINY_MODEL, run=TINY_RUN)
 
 
 def run_quietly(argv: list[str], cwd) -> list[str]:
