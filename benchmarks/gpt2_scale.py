@@ -44,14 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def peak_mb() -> float:
-    """Peak resident memory of this process (VmHWM), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource                                          # pragma: no cover - not Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from oracle.bridge.bench_config import peak_rss_mb as peak_mb  # noqa: E402  (VmHWM, MB)
 
 
 def loadavg() -> list[float]:

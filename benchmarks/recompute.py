@@ -40,19 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from oracle.bridge.bench_config import peak_rss_mb as peak_mb  # noqa: E402  (VmHWM, MB)
+
 SIDES = ("ours", "ours-recompute", "torch", "torch-checkpoint")
 LABELS = {"ours": "ours (fast path)", "ours-recompute": "ours, `recompute=True`", "torch": "torch eager",
           "torch-checkpoint": "torch, `gradient_checkpointing_enable()`"}
-
-
-def peak_mb() -> float:
-    """Peak resident set of this process (VmHWM), MB: oracle/bridge/bench_config.py's peak_rss_mb, read here
-    without importing the oracle package (which may import torch into our side's process)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource                                            # pragma: no cover - not Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def loadavg() -> str:
