@@ -181,6 +181,9 @@ class GPT:
         dx = self.drop.backward(dx)
         self.wpe.backward(dx.sum(0))
         self.wte.backward(dx)
+        self.sum_tied_shares()
+
+    def sum_tied_shares(self):
         self.wte.grad_weight += self.head.grad_weight                 # the tied weight: both shares
 
 
@@ -209,13 +212,8 @@ class NoTransposeLinear(Linear):
 class UnsummedGPT(GPT):
     """The tied weight keeps only the embedding's share: the head's is never added."""
 
-    def backward(self, dlogits):
-        dx = self.ln_f.backward(self.head.backward(dlogits))
-        for block in reversed(self.blocks):
-            dx = block.backward(dx)
-        dx = self.drop.backward(dx)
-        self.wpe.backward(dx.sum(0))
-        self.wte.backward(dx)
+    def sum_tied_shares(self):
+        pass
 
 
 class InvertedDropout(Dropout):
