@@ -199,6 +199,38 @@ def previous_source(out_dir: Path) -> str | None:
     return str(meta.get("source", "")) if isinstance(meta, dict) else ""
 
 
+def common_meta(tok: Tokenizer, train_tokens: int, val_tokens: int, val_fraction: float, source: str,
+                raw: bytes) -> dict[str, Any]:
+    """The meta.json fields every prepared directory has (text, SFT or DPO): the tokenizer and its digest,
+    the id dtype, the split sizes in tokens and where the data came from."""
+    return {
+        "tokenizer": tok.to_dict(),
+        "tokenizer_digest": tokenizer_digest(tok),
+        "vocab_size": tok.vocab_size,
+        "dtype": DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32",
+        "train_tokens": int(train_tokens),
+        "val_tokens": int(val_tokens),
+        "val_fraction": val_fraction,
+        "source": source,
+        "sha256": sha256_hex(raw),
+        "num_bytes": len(raw),
+    }
+
+
+def write_prepared(out: Path, files: dict[str, bytes], meta: dict[str, Any]) -> None:
+    """Write `files` ({name: bytes}) and meta.json into `out`, meta.json as the commit record: an earlier
+    one is removed first and the new one written last, each file atomically. PrepareError naming the
+    path for a write that fails (read-only, full disk)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+        atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise PrepareError(os_error_line(exc, "choose a writable --out", out)) from None
+
+
 def prepare(
     raw: bytes,
     out_dir: str | Path,
@@ -221,29 +253,9 @@ def prepare(
             f"(a context of {MIN_CONTEXT} plus {MIN_SPLIT_TOKENS - MIN_CONTEXT} more); "
             f"provide at least {min_total_tokens(val_fraction)} tokens"
         )
-    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
-    meta = {
-        "tokenizer": tok.to_dict(),
-        "tokenizer_digest": tokenizer_digest(tok),
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype,
-        "train_tokens": int(len(train)),
-        "val_tokens": int(len(val)),
-        "val_fraction": val_fraction,
-        "source": source,
-        "sha256": sha256_hex(raw),
-        "num_bytes": len(raw),
-    }
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta.json").unlink(missing_ok=True)
-        atomic_write_bytes(out / "train.bin", train.astype(dtype).tobytes())
-        atomic_write_bytes(out / "val.bin", val.astype(dtype).tobytes())
-        text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-        atomic_write_bytes(out / "meta.json", text.encode("utf-8"))
-    except OSError as exc:
-        raise PrepareError(os_error_line(exc, "choose a writable --out", out)) from None
+    meta = common_meta(tok, len(train), len(val), val_fraction, source, raw)
+    write_prepared(Path(out_dir), {"train.bin": train.astype(meta["dtype"]).tobytes(),
+                                   "val.bin": val.astype(meta["dtype"]).tobytes()}, meta)
     return meta
 
 
@@ -267,26 +279,16 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
             encoded[split] = sft.encode(exs, tok, where=f"{path}: {split} example")
         except sft.SFTError as exc:
             raise PrepareError(str(exc)) from None
-    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
-    raw = Path(path).read_bytes()
-    meta = {
-        "tokenizer": tok.to_dict(), "vocab_size": tok.vocab_size, "dtype": dtype,
-        "train_tokens": int(encoded["train"][0].size), "val_tokens": int(encoded["val"][0].size),
-        "val_fraction": val_fraction, "source": str(path), "sha256": sha256_hex(raw), "num_bytes": len(raw),
-        "sft": {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
-                "masks": sft.MASK_FILES, "ignore_index": sft.IGNORE_INDEX,
-                "response_tokens": {k: int(m.sum()) for k, (_, m) in encoded.items()}},
-    }
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta.json").unlink(missing_ok=True)
-        for split, (ids, mask) in encoded.items():
-            atomic_write_bytes(out / f"{split}.bin", ids.astype(dtype).tobytes())
-            atomic_write_bytes(out / sft.MASK_FILES[split], mask.astype(np.uint8).tobytes())
-        atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as exc:
-        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    meta = common_meta(tok, encoded["train"][0].size, encoded["val"][0].size, val_fraction, str(path),
+                       Path(path).read_bytes())
+    meta["sft"] = {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
+                   "masks": sft.MASK_FILES, "ignore_index": sft.IGNORE_INDEX,
+                   "response_tokens": {k: int(m.sum()) for k, (_, m) in encoded.items()}}
+    files = {}
+    for split, (ids, mask) in encoded.items():
+        files[f"{split}.bin"] = ids.astype(meta["dtype"]).tobytes()
+        files[sft.MASK_FILES[split]] = mask.astype(np.uint8).tobytes()
+    write_prepared(Path(out_dir), files, meta)
     return meta
 
 
@@ -308,27 +310,16 @@ def prepare_dpo(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
             encoded[split] = dpo.encode_pairs(ps, tok, block_size=1 << 62, where=f"{path}: {split} pair")
         except dpo.DPOError as exc:
             raise PrepareError(str(exc)) from None
-    dtype = DTYPE if tok.vocab_size <= np.iinfo(DTYPE).max + 1 else "uint32"
-    raw = Path(path).read_bytes()
     streams = {k: np.concatenate([np.concatenate(e) for e in enc]) for k, enc in encoded.items()}
-    meta = {
-        "tokenizer": tok.to_dict(), "vocab_size": tok.vocab_size, "dtype": dtype,
-        "train_tokens": int(streams["train"].size), "val_tokens": int(streams["val"].size),
-        "val_fraction": val_fraction, "source": str(path), "sha256": sha256_hex(raw), "num_bytes": len(raw),
-        "dpo": {"train_pairs": len(splits["train"]), "val_pairs": len(splits["val"]), "pairs": dpo.PAIR_FILES,
-                "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc))},
-    }
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta.json").unlink(missing_ok=True)
-        for split, enc in encoded.items():
-            atomic_write_bytes(out / f"{split}.bin", streams[split].astype(dtype).tobytes())
-            lengths = np.array([[p.size, c.size, r.size] for p, c, r in enc], np.int64)
-            atomic_write_bytes(out / dpo.PAIR_FILES[split], lengths.tobytes())
-        atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as exc:
-        raise PrepareError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    meta = common_meta(tok, streams["train"].size, streams["val"].size, val_fraction, str(path),
+                       Path(path).read_bytes())
+    meta["dpo"] = {"train_pairs": len(splits["train"]), "val_pairs": len(splits["val"]), "pairs": dpo.PAIR_FILES,
+                   "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc))}
+    files = {}
+    for split, enc in encoded.items():
+        files[f"{split}.bin"] = streams[split].astype(meta["dtype"]).tobytes()
+        files[dpo.PAIR_FILES[split]] = np.array([[p.size, c.size, r.size] for p, c, r in enc], np.int64).tobytes()
+    write_prepared(Path(out_dir), files, meta)
     return meta
 
 

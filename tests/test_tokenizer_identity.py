@@ -91,6 +91,26 @@ def test_init_from_refuses_another_tokenizer_of_the_same_size(dirs, tmp_path, ca
     assert rc == 0, err
 
 
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_sft_and_dpo_data_carry_the_digest_and_are_checked(dirs, tmp_path, capsys, kind):
+    """SFT and DPO data record the digest like a text corpus (one meta builder for the three), so
+    `train --init-from` refuses such data prepared with another tokenizer of the same size."""
+    model, _, _ = dirs
+    row = ({"prompt": "ROMEO: what light?", "response": " It is the east."} if kind == "sft" else
+           {"prompt": "the", "chosen": " east", "rejected": " west"})     # a pair within the context
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("\n".join(json.dumps(row) for _ in range(4)) + "\n", encoding="utf-8")
+    for name, tok in (("a", tmp_path / "tok_a"), ("b", tmp_path / "tok_b")):
+        assert prep.main([f"--{kind}", str(jsonl), "--out", str(tmp_path / f"{kind}_{name}"), "--tokenizer", str(tok)]) == 0
+    meta_a, meta_b = load_meta(tmp_path / f"{kind}_a"), load_meta(tmp_path / f"{kind}_b")
+    assert meta_a["tokenizer_digest"] == tokenizer_digest(tokenizer_from_dict(meta_a["tokenizer"]))
+    assert meta_a["tokenizer_digest"] != meta_b["tokenizer_digest"]
+    objective = ["--objective", "dpo"] if kind == "dpo" else []
+    rc, _, err = cli(capsys, "train", "--init-from", model, "--data_dir", tmp_path / f"{kind}_b",
+                     "--out_dir", tmp_path / "o", *objective, *TRAIN)
+    assert rc == 2 and "error: tokenizer mismatch" in err and "Traceback" not in err, err
+
+
 def test_resume_names_both_digests(dirs, tmp_path, capsys):
     model, data_a, data_b = dirs
     out = tmp_path / "o"
