@@ -103,8 +103,8 @@ def test_data_arguments_must_come_together():
     (IDS, IDS[:8], r"^the val split has 8 tokens, too few for one window of block_size 8 \(\+1 target\); "
                    r"use a smaller block_size$"),
     (IDS[:3], IDS, r"^the train split has 3 tokens, too few"),
-    (np.append(IDS, TOK.vocab_size), IDS, rf"^the train split holds token id {TOK.vocab_size} outside the "
-                                          rf"vocabulary of {TOK.vocab_size} "
+    (np.append(IDS, TOK.vocab_size), IDS, rf"^the train split's token id {TOK.vocab_size} is out of range for "
+                                          rf"vocab_size {TOK.vocab_size} "
                                           rf"\(expected 0 <= id < {TOK.vocab_size}\)$"),
 ])
 def test_data_that_cannot_be_trained_on_is_refused(train_data, val_data, message):
@@ -115,11 +115,11 @@ def test_data_that_cannot_be_trained_on_is_refused(train_data, val_data, message
 def test_a_negative_token_id_is_refused():
     """The message names the id that is out of range (here -1), not the largest id of the split."""
     V = TOK.vocab_size
-    with pytest.raises(ValueError, match=rf"^the val split holds token id -1 outside the vocabulary of {V} "
+    with pytest.raises(ValueError, match=rf"^the val split's token id -1 is out of range for vocab_size {V} "
                                          rf"\(expected 0 <= id < {V}\)$"):
         Trainer(tiny(), train_data=IDS, val_data=np.append(IDS, -1), tokenizer=TOK)
     # several bad ids: the first one in the split is named
-    with pytest.raises(ValueError, match=rf"^the train split holds token id -7 outside the vocabulary of {V} "):
+    with pytest.raises(ValueError, match=rf"^the train split's token id -7 is out of range for vocab_size {V} "):
         Trainer(tiny(), train_data=np.concatenate([IDS, [-7, V + 3, -1]]), val_data=IDS, tokenizer=TOK)
 
 
