@@ -25,13 +25,13 @@ proves the tokens and scores equal to transformers' on GPT-2 and Llama directori
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..model import GPT, KVCache, check_token_ids
+from .options import is_int, is_real
 
 __all__ = ["BeamSearchOutput", "beam_search", "check_beam_args", "log_softmax", "add_beam_arguments",
            "check_beam_flags", "check_beam_length", "run_beams"]
@@ -63,31 +63,26 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def check_beam_args(model: GPT, idx, max_new_tokens, *, num_beams, length_penalty, early_stopping,
                     eos_token_id, pad_token_id, num_return_sequences) -> tuple[np.ndarray, np.ndarray]:
     """The prompt as (B, T) int64 and the eos ids as a 1-D array; ValueError (TypeError for non-integer
     token ids) naming the first bad argument and the expected value."""
-    if not _is_int(num_beams) or num_beams < 1:
+    if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-    if not _is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
+    if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
         raise ValueError(f"num_return_sequences must be an integer from 1 to num_beams ({num_beams}), "
                          f"got {num_return_sequences!r}")
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(length_penalty):
+    if not is_real(length_penalty):
         raise ValueError(f"length_penalty must be a finite number (1.0: the mean log-probability), "
                          f"got {length_penalty!r}")
     if not any(early_stopping is e or (isinstance(e, str) and early_stopping == e) for e in EARLY_STOPPING):
         raise ValueError(f"early_stopping must be True, False or \"never\", got {early_stopping!r}")
     V = model.config.vocab_size
-    eos = [] if eos_token_id is None else [eos_token_id] if _is_int(eos_token_id) else list(eos_token_id)
+    eos = [] if eos_token_id is None else [eos_token_id] if is_int(eos_token_id) else list(eos_token_id)
     for e in eos + ([] if pad_token_id is None else [pad_token_id]):
-        if not _is_int(e):
+        if not is_int(e):
             raise ValueError(f"eos_token_id and pad_token_id must be integer token ids, got {e!r}")
     check_token_ids(eos, V, "eos_token_id")
     check_token_ids([] if pad_token_id is None else [pad_token_id], V, "pad_token_id")

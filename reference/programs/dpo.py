@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import is_real
 from .sft import IGNORE_INDEX, SFTError, read_jsonl
 
 KEYS = ("prompt", "chosen", "rejected")
@@ -182,7 +183,7 @@ class DPOObjective:
     the reference's log-probabilities computed once by `prepare(model)` (or given)."""
 
     def __init__(self, train, val, beta: float, reference: dict | None = None):
-        if not (isinstance(beta, (int, float)) and np.isfinite(beta) and beta > 0):
+        if not (is_real(beta) and beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
         self.pairs = {"train": train, "val": val}
         self.beta = float(beta)
