@@ -243,6 +243,19 @@ def _rank_pid(out, rank: int) -> int:
     return start["ranks"][rank]["pid"]
 
 
+def _no_worker_left(out, limit=10.0):
+    """Every rank's worker has ended (the survivors' die with their watchers): nothing is left running."""
+    pids = [r["pid"] for r in json.loads((out / "log.jsonl").read_text().splitlines()[0])["ranks"]]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"]
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"workers {alive} still run {limit} s after the run ended")
+
+
 def test_a_rank_killed_mid_run_ends_the_run_with_the_checkpoint_intact(data_dir, tmp_path):
     out = tmp_path / "run"
     p = _start(3, data_dir, out, "--batch_size", "6", "--max_iters", "100000", "--eval_interval", "5")
@@ -256,11 +269,45 @@ def test_a_rank_killed_mid_run_ends_the_run_with_the_checkpoint_intact(data_dir,
         os.killpg(p.pid, signal.SIGKILL)
         raise AssertionError("the other ranks hung after a rank was killed") from None
     assert p.returncode != 0 and time.monotonic() - t0 < 60
-    # Hydra (MPICH's mpiexec) ends every rank with SIGKILL as soon as one dies, so no rank lives to say
-    # which one was lost; its banner gives the signal and a pid, and the log's "start" record maps pids to ranks.
-    assert "Killed (signal 9)" in said, said
+    # The rank's watcher (reference/programs/rank_watch.py) outlives its worker and names it, in one line.
+    lines = [x for x in err.splitlines() if "was killed by" in x]
+    assert lines == [f"error: rank 1 (pid {pid} on {socket.gethostname()}) was killed by SIGKILL (kill -9, or the "
+                     "out-of-memory killer); every rank stops now. The last checkpoint in out_dir is intact (written "
+                     "atomically): resume with --resume, at any number of ranks"], err
     assert "Traceback" not in err
+    _no_worker_left(out)
     assert load_checkpoint(out / "ckpt.safetensors").step >= 10           # the last checkpoint loads, checked
+
+
+def test_a_killed_watcher_takes_its_worker_along_and_leaves_nothing_running(data_dir, tmp_path):
+    """Killing the process Hydra started (the watcher) instead of the worker: the worker dies with it
+    (PR_SET_PDEATHSIG), Hydra ends the others, and no worker is left running or waiting."""
+    out = tmp_path / "run"
+    p = _start(3, data_dir, out, "--batch_size", "6", "--max_iters", "100000", "--eval_interval", "5")
+    _wait_for_step(out, 7, p)
+    worker = _rank_pid(out, 2)
+    watcher = int(Path(f"/proc/{worker}/stat").read_text().rpartition(")")[2].split()[1])     # its parent
+    os.kill(watcher, signal.SIGKILL)
+    try:
+        p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError("the ranks hung after a watcher was killed") from None
+    assert p.returncode != 0
+    _no_worker_left(out)
+    assert load_checkpoint(out / "ckpt.safetensors").step >= 5
+
+
+def test_the_watchers_line_and_when_a_rank_is_watched():
+    from reference.programs import rank_watch
+    env = {"PMI_FD": "9", "PMI_SIZE": "3", "PMI_RANK": "1"}
+    assert rank_watch.should_watch(env)
+    assert not rank_watch.should_watch({**env, "PMI_SIZE": "1"})                        # one rank: nothing to name
+    assert not rank_watch.should_watch({**env, rank_watch.WORKER_ENV: "123"})          # the worker itself
+    assert not rank_watch.should_watch({"OMPI_COMM_WORLD_SIZE": "3"})                  # Open MPI names ranks itself
+    line = rank_watch.describe_death("1", 42, "h", signal.SIGSEGV)
+    assert line.startswith("error: rank 1 (pid 42 on h) was killed by SIGSEGV; every rank stops now.")
+    assert "\n" not in line
 
 
 def test_a_hostfile_naming_this_machine_twice(data_dir, one_process, tmp_path):

@@ -32,7 +32,7 @@ import numpy as np
 from ..lora import set_lora_masks
 from ..optim import adam_update, clip_grad_norm_
 
-__all__ = ["LocalComm", "MPIComm", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
+__all__ = ["LocalComm", "MPIComm", "PeerLost", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
            "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
 
 # The environment variables MPI launchers set for each rank (MPICH/Hydra and Open MPI).
@@ -76,9 +76,14 @@ class LocalComm:
         raise SystemExit(code)
 
 
+class PeerLost(RuntimeError):
+    """An MPI exchange failed because another rank is gone (killed, its machine lost): MPI's own words."""
+
+
 class MPIComm:
     """mpi4py's COMM_WORLD behind the few operations training needs: Python objects (allgather, bcast) and
-    NumPy buffers (sendrecv, gather), plus abort (MPI_Abort: the launcher ends every rank)."""
+    NumPy buffers (sendrecv, gather), plus abort (MPI_Abort: the launcher ends every rank). An exchange
+    with a rank that has died raises PeerLost (mpi4py raises MPI.Exception; MPICH's message last)."""
 
     def __init__(self, comm=None):
         from mpi4py import MPI                                     # the dist extra
@@ -86,19 +91,26 @@ class MPIComm:
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
 
+    def _exchange(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except self.MPI.Exception as e:
+            lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+            raise PeerLost(lines[-1] if lines else str(e)) from None
+
     def allgather(self, obj) -> list:
-        return self.comm.allgather(obj)
+        return self._exchange(self.comm.allgather, obj)
 
     def bcast(self, obj, root: int = 0):
-        return self.comm.bcast(obj, root=root)
+        return self._exchange(self.comm.bcast, obj, root=root)
 
     def sendrecv(self, send: np.ndarray, dest: int, recv: np.ndarray, source: int) -> None:
-        self.comm.Sendrecv(sendbuf=send, dest=dest, recvbuf=recv, source=source)
+        self._exchange(self.comm.Sendrecv, sendbuf=send, dest=dest, recvbuf=recv, source=source)
 
     def gather_array(self, part: np.ndarray, counts: list[int]) -> np.ndarray | None:
         """The ranks' 1-D parts, concatenated in rank order, on rank 0 (None elsewhere)."""
         out = np.empty(sum(counts), part.dtype) if self.rank == 0 else None
-        self.comm.Gatherv(part, [out, counts] if self.rank == 0 else None, root=0)
+        self._exchange(self.comm.Gatherv, part, [out, counts] if self.rank == 0 else None, root=0)
         return out
 
     def abort(self, code: int) -> None:

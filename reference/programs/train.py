@@ -39,8 +39,9 @@ from typing import Any
 
 from ..config import CHOICES
 from .checkpoint import CheckpointError, load_checkpoint
-from .distributed import DataParallel, world_comm
+from .distributed import DataParallel, PeerLost, world_comm
 from .lock import DirectoryLock, DirectoryLocked, lock_directory
+from . import rank_watch
 from .options import add_kernels_argument
 from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_lora_flags,
                                 check_optimizer_flags, describe_settings, init_config, resolve_settings)
@@ -188,7 +189,12 @@ def run(args: argparse.Namespace) -> int:
     """The command. Under `mpiexec -n N` (N > 1) every rank runs it with the same flags: rank 0 prints and
     writes, the others stay quiet; the ranks meet once after setting up (`_ranks_ready`), so a rank that
     failed to start stops every rank with its own error line, and any later failure of one rank alone
-    ends the whole run (MPI_Abort) rather than leave the others waiting."""
+    ends the whole run (MPI_Abort) rather than leave the others waiting. Under MPICH's mpiexec each rank
+    trains in a child process its launched process watches, so a rank killed by a signal is named in one
+    line (reference/programs/rank_watch.py)."""
+    if rank_watch.should_watch():
+        return rank_watch.watch_worker()
+    rank_watch.become_worker()
     try:
         comm = world_comm()
     except ImportError as e:
@@ -202,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
             lock.release()
 
 
+# How long a rank that lost a peer waits for the lost rank's watcher to name it (and the launcher to end
+# every rank) before it speaks itself: a watcher needs milliseconds; seconds cover a loaded machine.
+PEER_LOST_GRACE_S = 5.0
+
+
 def _run_ranks(args: argparse.Namespace, comm, locks: list[DirectoryLock] | None) -> int:
     if comm.size == 1:
         return _run(args, comm, {}, locks)
@@ -212,6 +223,14 @@ def _run_ranks(args: argparse.Namespace, comm, locks: list[DirectoryLock] | None
     try:
         with quiet:
             code = _run(args, comm, state, locks)
+    except PeerLost as e:                                      # another rank died: its watcher names it
+        import time                                            # (rank_watch.py) and the launcher then ends us;
+        time.sleep(PEER_LOST_GRACE_S)                          # still here: no watcher spoke, so we do
+        print(f"error: rank {comm.rank} lost contact with another rank ({e}); every rank stops now. The last "
+              "checkpoint in out_dir is intact (written atomically): resume with --resume", file=sys.stderr)
+        sys.stderr.flush()
+        comm.abort(1)
+        return 1
     except BaseException:                                      # a bug: its traceback, then no rank left waiting
         import traceback
         traceback.print_exc()
