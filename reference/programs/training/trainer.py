@@ -123,8 +123,9 @@ class Trainer:
         (train mask, val mask) for SFT data given as arrays (reference/programs/sft.py: 1 on response
         tokens, the only targets counted); SFT data in `config.data_dir` brings its own. `objective`:
         another training objective than next-token cross-entropy (reference/programs/dpo.py::DPOObjective):
-        its `prepare(model)` runs once the model is built, and its `get_batch`, `loss_and_backward` and
-        `loss` replace the language model's (one process, no gradient accumulation)."""
+        its `prepare(model)` runs once the model is built (not when resuming: the checkpoint keeps what it
+        made), its `get_batch` and `loss` replace the language model's, and `self.dist` runs its pieces
+        (distributed.py::TokenMean's protocol: micro-batches and ranks)."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -198,15 +199,11 @@ class Trainer:
         self.kernels = kernels
         self.model.recompute = config.recompute
         self.objective = objective
-        if objective is not None:
+        if objective is not None and resume is None:          # resuming: the checkpoint's, loaded below
             objective.prepare(self.model)                     # e.g. DPO's reference log-probs, from these weights
         self.params = [p for _, p in trainable_parameters(self.model)]   # clipped, reduced over ranks, stepped
         self.optimizer = configure_optimizers(self.model, config)
         self.dist = dist if dist is not None else DataParallel(zero_stage=config.zero_stage)
-        if objective is not None and (self.dist.size > 1 or config.gradient_accumulation_steps > 1):
-            raise ValueError(f"objective {config.objective} runs in one process without gradient accumulation: "
-                             f"expected one rank and gradient_accumulation_steps 1, got {self.dist.size} ranks and "
-                             f"gradient_accumulation_steps {config.gradient_accumulation_steps}")
         self.dist.attach(self.params, self.optimizer)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
         self.step = 0                       # optimizer steps done
@@ -351,10 +348,8 @@ class Trainer:
         set_lora_masks(self.model, masks)                     # the adapters' dropout, this step only
         try:
             with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
-                if self.objective is None:                        # micro-batches, ranks; SFT: ignored targets
-                    loss = self.dist.forward_backward(self.model, *batch, masks, cfg.batch_size)
-                else:
-                    loss = self.objective.loss_and_backward(self.model, batch, masks)
+                # micro-batches, ranks; SFT: ignored targets; DPO: pieces of pairs (objective None: the LM)
+                loss = self.dist.forward_backward(self.model, batch, masks, cfg.batch_size, self.objective)
         finally:
             set_lora_masks(self.model, None)                  # evaluation and sampling run without dropout
         with np.errstate(over="ignore", invalid="ignore"):
