@@ -12,6 +12,9 @@ One step of a run with N ranks and `gradient_accumulation_steps` K (docs/data-pa
     clip by the global norm; AdamW step                every rank the same step (ZeRO-1: its slice only,
                                                        then the parameters all-gathered)
 
+Another objective cuts its own units (`TokenMean`'s protocol): DPO shares out pairs, a piece of b pairs
+weighing b / B, each pair's two rows together (reference/programs/dpo.py::DPOObjective, docs/dpo.md).
+
 The reduction order is fixed (the ring's: chunk c is summed starting at rank c + 1), so every rank holds
 the same bits, and ZeRO-1 equals plain data parallel bit for bit. Against one process the sums run in
 another order: equal to round-off (tests/test_data_parallel.py, tests/test_grad_accum.py).
