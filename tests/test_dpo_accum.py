@@ -7,7 +7,8 @@ one process: K micro-batches of pairs equal the one batch K times the size.
   whole batch's, to 1e-13 relative per tensor; the planted bugs (each piece weighted 1/3; a pair's chosen
   and rejected rows in different pieces) are caught.
 - 12 float64 AdamW steps with dropout: K = 3 micro-batches of 3 pairs equal one batch of 9 (losses, every
-  weight, both moments, 1e-13), also with LoRA adapters (frozen base weights untouched). Not bitwise:
+  weight, both moments, 1e-13), on both paths, and with LoRA adapters (frozen base weights untouched);
+  ZeRO-1 on one rank equals plain AdamW bit for bit (without clipping). Not bitwise against one batch:
   each piece pads to its own longest row, so its matrix products have other shapes than the whole
   batch's, and its rows' gradients are added in another order. A planted mask that is drawn per piece
   (not once per step, as one process draws it) is caught.
@@ -110,7 +111,7 @@ def test_planted_bugs_in_the_pieces_are_caught(plant):
     assert errs[1] > 1e-3
 
 
-def run(batch_size, k, *, steps=12, lora=False, zero_stage=0, grad_clip=1.0):
+def run(batch_size, k, *, steps=12, lora=False, zero_stage=0, grad_clip=1.0, kernels="textbook"):
     tok, enc = encoded(24)
     stream = np.concatenate([np.concatenate(e) for e in enc])
     cfg = TrainConfig(out_dir="", seed=1, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=batch_size,
@@ -118,7 +119,7 @@ def run(batch_size, k, *, steps=12, lora=False, zero_stage=0, grad_clip=1.0):
                       lr_decay_iters=steps, dropout=0.1, eval_iters=2, dtype="float64", objective="dpo",
                       zero_stage=zero_stage, grad_clip=grad_clip,
                       **({"lora_rank": 2, "lora_targets": "c_attn,c_fc", "lora_dropout": 0.2} if lora else {}))
-    t = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok, kernels="textbook",
+    t = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok, kernels=kernels,
                 objective=dpo.DPOObjective(enc[:20], enc[20:], BETA))
     losses = np.array([t.train_step()["loss"] for _ in range(steps)])
     t.dist.full_optimizer_state(t.optimizer)
@@ -133,12 +134,12 @@ def differences(a: Trainer, la, b: Trainer, lb) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_k_micro_batches_of_pairs_equal_the_big_batch_over_12_steps(lora):
-    big, lb = run(9, 1, lora=lora)
-    acc, la = run(3, 3, lora=lora)
+@pytest.mark.parametrize("lora, kernels", [(False, "textbook"), (True, "textbook"), (False, "fast")])
+def test_k_micro_batches_of_pairs_equal_the_big_batch_over_12_steps(lora, kernels):
+    big, lb = run(9, 1, lora=lora, kernels=kernels)
+    acc, la = run(3, 3, lora=lora, kernels=kernels)
     diff = differences(acc, la, big, lb)
-    print(f"DPO{' + LoRA' if lora else ''}, K = 3 x 3 pairs vs 9 pairs, 12 steps with dropout: {diff}")
+    print(f"DPO{' + LoRA' if lora else ''} ({kernels}), K = 3 x 3 pairs vs 9 pairs, 12 steps with dropout: {diff}")
     assert all(v <= RTOL for v in diff.values()), diff
     assert not all(np.array_equal(p.data, q.data) for p, q in zip(acc.params, big.params))   # two real runs
     if lora:                                                    # only the adapters moved

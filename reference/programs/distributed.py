@@ -35,8 +35,8 @@ import numpy as np
 from ..lora import set_lora_masks
 from ..optim import adam_update, clip_grad_norm_
 
-__all__ = ["LocalComm", "MPIComm", "DataParallel", "TokenMean", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
-           "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
+__all__ = ["LocalComm", "MPIComm", "DataParallel", "TokenMean", "ZeroAdamW", "shard_bounds", "world_comm",
+           "world_size_from_env", "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
 
 # The environment variables MPI launchers set for each rank (MPICH/Hydra and Open MPI).
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
