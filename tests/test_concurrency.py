@@ -122,7 +122,7 @@ def test_lock_in_process(tmp_path):
 def test_log_lines_are_single_appends(tmp_path, monkeypatch):
     """Each record is one os.write of a whole line to a file opened O_APPEND (a line is never split
     between two writes, which is what interleaves two writers)."""
-    from reference.programs.training import trainer as trainer_mod
+    from reference.programs.training import run_log
     writes = []
     real = os.write
 
@@ -130,11 +130,11 @@ def test_log_lines_are_single_appends(tmp_path, monkeypatch):
         writes.append(bytes(data))
         return real(fd, data)
 
-    monkeypatch.setattr(trainer_mod.os, "write", spy)
-    log = trainer_mod.LogFile(tmp_path / "log.jsonl", append=False)
+    monkeypatch.setattr(run_log.os, "write", spy)
+    log = run_log.LogFile(tmp_path / "log.jsonl", append=False)
     assert os.get_blocking(log.fd) and (os.O_APPEND & __import__("fcntl").fcntl(log.fd, __import__("fcntl").F_GETFL))
-    trainer_mod.Trainer._log(log, {"event": "x", "text": "y" * 100_000})
-    trainer_mod.Trainer._log(log, {"event": "z", "loss": float("nan")})
+    run_log.write_record(log, {"event": "x", "text": "y" * 100_000})
+    run_log.write_record(log, {"event": "z", "loss": float("nan")})
     log.close()
     assert len(writes) == 2 and all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes)
     assert [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == ["x", "z"]

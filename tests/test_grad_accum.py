@@ -104,7 +104,7 @@ def _grads_with_ignored_targets(pieces_rows: int, criterion_patch=None):
     dp.attach(model.parameters(), None)
     if criterion_patch is not None:
         criterion_patch(model)
-    got_loss = dp.forward_backward(model, x, y, None, pieces_rows)
+    got_loss = dp.forward_backward(model, (x, y), None, pieces_rows)
     got = [p.grad.copy() for p in model.parameters()]
     return full, got_loss, want, got
 

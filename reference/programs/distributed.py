@@ -12,6 +12,9 @@ One step of a run with N ranks and `gradient_accumulation_steps` K (docs/data-pa
     clip by the global norm; AdamW step                every rank the same step (ZeRO-1: its slice only,
                                                        then the parameters all-gathered)
 
+Another objective cuts its own units (`TokenMean`'s protocol): DPO shares out pairs, a piece of b pairs
+weighing b / B, each pair's two rows together (reference/programs/dpo.py::DPOObjective, docs/dpo.md).
+
 The reduction order is fixed (the ring's: chunk c is summed starting at rank c + 1), so every rank holds
 the same bits, and ZeRO-1 equals plain data parallel bit for bit. Against one process the sums run in
 another order: equal to round-off (tests/test_data_parallel.py, tests/test_grad_accum.py).
@@ -32,8 +35,8 @@ import numpy as np
 from ..lora import set_lora_masks
 from ..optim import adam_update, clip_grad_norm_
 
-__all__ = ["LocalComm", "MPIComm", "PeerLost", "DataParallel", "ZeroAdamW", "shard_bounds", "world_comm", "world_size_from_env",
-           "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
+__all__ = ["LocalComm", "MPIComm", "PeerLost", "DataParallel", "TokenMean", "ZeroAdamW", "shard_bounds", "world_comm",
+           "world_size_from_env", "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
 
 # The environment variables MPI launchers set for each rank (MPICH/Hydra and Open MPI).
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -204,18 +207,73 @@ class FlatParams:
 
 
 class _StepMasks:
-    """Dropout masks for micro-batches: each layer's mask is drawn once per step for the whole batch (the
-    draw one process makes, in the same order) and every micro-batch takes its rows."""
+    """Dropout masks for the pieces of a step: each layer's mask is drawn once per step for the whole batch
+    (the draw one process makes, in the same order, of the same shape) and every piece takes its rows and,
+    when it is shorter than the batch (a piece of DPO pairs padded to its own longest row), its first
+    positions. `rows`, `time`: the whole batch's rows and length (its x's shape)."""
 
-    def __init__(self, source, rows: int):
-        self.source, self.rows, self.full = source, rows, {}
+    def __init__(self, source, rows: int, time: int):
+        self.source, self.rows, self.time, self.full = source, rows, time, {}
 
-    def rows_of(self, a: int, b: int):
+    def full_shape(self, shape: tuple, time: int) -> tuple:
+        """The whole batch's mask shape for a piece's `shape` of length `time`: the model draws its dropout
+        masks as (rows, T, features) or (rows, heads, T, T) (attention); ValueError for any other layout."""
+        rest = list(shape[1:])
+        if time != self.time:
+            axes = {3: (1,), 4: (2, 3)}.get(len(shape))
+            if axes is None or any(shape[a] != time for a in axes):
+                raise ValueError(f"a dropout mask of shape {shape} for a piece of length {time}: expected "
+                                 "(rows, T, features) or (rows, heads, T, T)")
+            for a in axes:
+                rest[a - 1] = self.time
+        return (self.rows, *rest)
+
+    def rows_of(self, rows, time: int | None = None):
+        """The mask source of one piece: `rows` (a slice or an index array) of the batch's rows, its first
+        `time` positions (default: all)."""
+        time = self.time if time is None else time
+
         def draw(name, shape, p, dtype):
             if name not in self.full:
-                self.full[name] = self.source(name, (self.rows, *shape[1:]), p, dtype)
-            return self.full[name][a:b]
+                self.full[name] = self.source(name, self.full_shape(shape, time), p, dtype)
+            mask = self.full[name][rows]
+            return mask if time == self.time else mask[(slice(None), *(slice(0, d) for d in shape[1:]))]
         return draw
+
+
+class TokenMean:
+    """The language model's objective as a step's pieces see it: a batch (x, y) of rows, its loss the mean
+    cross-entropy over the target tokens (positions whose target is `ignore_index` left out), so a piece's
+    weight is its share of the batch's target tokens. The protocol `DataParallel.forward_backward` asks of
+    an objective (reference/programs/dpo.py::DPOObjective is the other one):
+
+        units(batch)                      what ranks and micro-batches share out: rows here, pairs for DPO
+        count(batch, a, b)                the loss's denominator in units [a, b): target tokens here
+        piece(batch, a, b)                (the sub-batch of units [a, b), its rows of the batch's x)
+        loss_and_backward(model, batch, masks, weight)   forward, the batch's mean loss, and the backward
+                                                         of weight x that loss (gradients accumulate)
+    """
+
+    def __init__(self, ignore_index: int):
+        self.ignore_index = ignore_index
+
+    def units(self, batch) -> int:
+        return len(batch[0])
+
+    def count(self, batch, a: int, b: int) -> int:
+        return int((batch[1][a:b] != self.ignore_index).sum())
+
+    def piece(self, batch, a: int, b: int):
+        x, y = batch
+        return (x[a:b], y[a:b]), slice(a, b)
+
+    def loss_and_backward(self, model, batch, masks=None, weight: float = 1.0) -> float:
+        x, y = batch
+        if weight == 1.0:
+            return model.loss_and_backward(x, y, masks)        # one process, one batch: the plain code
+        loss, _, (cache, c_loss) = model.loss(x, y, masks)
+        model.backward(model.criterion.backward(weight, c_loss), cache)
+        return float(loss)
 
 
 # ------------------------------------------------------------------------------------- data parallel
@@ -270,37 +328,42 @@ class DataParallel:
         count = max(1, -(-(b - a) // micro))
         return [(a + c, a + d) for c, d in shard_bounds(b - a, count) if d > c]
 
-    def describe(self, batch: int, micro: int, block_size: int) -> str:
-        """The settings line's part: N, the shard sizes and the micro-batches."""
+    def describe(self, batch: int, micro: int, block_size: int, unit: str = "rows") -> str:
+        """The settings line's part: N, the shard sizes and the micro-batches, in `unit`s ("rows" of
+        block_size tokens; "pairs" for DPO, two rows each)."""
         shards = [b - a for a, b in shard_bounds(batch, self.size)]
         per = [max(1, -(-s // micro)) for s in shards]
-        return (f"data parallel: {self.size} rank(s), a step's batch {batch} rows ({batch * block_size} tokens) "
-                f"in shards of {shards} rows, {per} micro-batch(es) of <= {micro} rows per rank"
+        size = f" ({batch * block_size} tokens)" if unit == "rows" else ""
+        return (f"data parallel: {self.size} rank(s), a step's batch {batch} {unit}{size} "
+                f"in shards of {shards} {unit}, {per} micro-batch(es) of <= {micro} {unit} per rank"
                 + (", ZeRO-1 (AdamW moments split over the ranks)" if self.zero_stage == 1 else ""))
 
     # ---- one step
 
-    def forward_backward(self, model, x: np.ndarray, y: np.ndarray, masks, micro: int) -> float:
-        """Forward and backward of this rank's micro-batches, gradients weighted by target-token counts and
-        summed over ranks (ZeRO-1: only this rank's slice is summed, in `self.zero.grad`); returns the
-        batch's mean loss, the same float on every rank. `masks`: a DropoutMasks or None."""
-        pieces = self.micro_batches(len(x), micro)
-        if self.size == 1 and pieces == [(0, len(x))] and self.zero_stage == 0:
-            return model.loss_and_backward(x, y, masks)            # one process, one batch: unchanged
-        ignore = model.criterion.ignore_index
-        n_total = int((y != ignore).sum())                         # every rank holds the whole batch
-        step_masks = _StepMasks(masks, len(x)) if masks is not None else None
+    def forward_backward(self, model, batch, masks, micro: int, objective=None) -> float:
+        """Forward and backward of this rank's micro-batches of `batch`, each piece's gradient weighted by its
+        share of the loss's denominator (`objective.count`: target tokens for the language model, pairs for
+        DPO) and summed over ranks (ZeRO-1: only this rank's slice is summed, in `self.zero.grad`); returns
+        the batch's mean loss, the same float on every rank. `batch`: (x, y) for the language model (the
+        default `objective`, TokenMean), the objective's batch otherwise; `micro`: the most units (rows,
+        pairs) one forward holds; `masks`: a DropoutMasks or None."""
+        objective = objective if objective is not None else TokenMean(model.criterion.ignore_index)
+        units = objective.units(batch)
+        pieces = self.micro_batches(units, micro)
+        if self.size == 1 and pieces == [(0, units)] and self.zero_stage == 0:
+            return objective.loss_and_backward(model, batch, masks)    # one process, one batch: unchanged
+        n_total = objective.count(batch, 0, units)                 # every rank holds the whole batch
+        step_masks = _StepMasks(masks, *batch[0].shape) if masks is not None else None
         local = 0.0
         for a, b in pieces:
-            n = int((y[a:b] != ignore).sum())
+            n = objective.count(batch, a, b)
             if n == 0:
                 continue                                           # no targets: no loss, no gradient
             w = n / n_total                                        # this piece's share of the mean
-            piece_masks = step_masks.rows_of(a, b) if step_masks else None
+            part, rows = objective.piece(batch, a, b)
+            piece_masks = step_masks.rows_of(rows, part[0].shape[1]) if step_masks else None
             set_lora_masks(model, piece_masks)                     # LoRA adapters' dropout: the same rows
-            loss, _, (cache, c_loss) = model.loss(x[a:b], y[a:b], piece_masks)
-            model.backward(model.criterion.backward(w, c_loss), cache)
-            local += w * float(loss)
+            local += w * float(objective.loss_and_backward(model, part, piece_masks, w))
         total = sum(self._gather_checking_interrupts(local))      # rank order: the same float everywhere
         if n_total == 0:
             total = math.nan

@@ -126,12 +126,14 @@ def dpo_loss(lp: np.ndarray, ref_lp: np.ndarray, beta: float):
     return float(loss), dlp, stats
 
 
-def dpo_loss_and_backward(model, x: np.ndarray, y: np.ndarray, ref_lp: np.ndarray, beta: float, masks=None):
-    """Forward, DPO loss and backward through `model` (gradients accumulate): (loss, stats)."""
+def dpo_loss_and_backward(model, x: np.ndarray, y: np.ndarray, ref_lp: np.ndarray, beta: float, masks=None,
+                          weight: float = 1.0):
+    """Forward, DPO loss and backward of weight x the loss through `model` (gradients accumulate): (loss,
+    stats). `weight`: a piece's share b / B of a batch of B pairs (DPOObjective; 1 for the whole batch)."""
     logits, cache = model.forward(x, masks)
     lp, c_lp = sequence_logprobs(logits, y)
     loss, dlp, stats = dpo_loss(lp, ref_lp, beta)
-    model.backward(sequence_logprobs_backward(dlp, c_lp).astype(logits.dtype), cache)
+    model.backward(sequence_logprobs_backward(dlp * weight, c_lp).astype(logits.dtype), cache)
     return loss, stats
 
 
@@ -180,7 +182,13 @@ def check_lengths(encoded, block_size: int, where: str = "pair") -> None:
 
 class DPOObjective:
     """What `Trainer` calls for `--objective dpo`: batches of pairs and the loss. Pairs per split,
-    the reference's log-probabilities computed once by `prepare(model)` (or given)."""
+    the reference's log-probabilities computed once by `prepare(model)` (or given).
+
+    A batch is (x, y, ref): 2B rows, B chosen then B rejected (`make_batch`), and their 2B reference
+    log-probabilities. For micro-batches and ranks (reference/programs/distributed.py::DataParallel
+    .forward_backward, whose protocol this follows: `units`, `count`, `piece`, `loss_and_backward`) the
+    units are pairs: a piece of pairs [a, b) holds both rows of each of its pairs, padded to its own
+    longest row, and weighs (b - a) / B, its share of the batch's mean over pairs."""
 
     def __init__(self, train, val, beta: float, reference: dict | None = None):
         if not (is_real(beta) and beta > 0):
@@ -190,6 +198,9 @@ class DPOObjective:
         self.reference = reference
 
     def prepare(self, model) -> None:
+        """The reference's log-probabilities of every pair, from `model` (the starting weights). Every rank of
+        a data-parallel run computes all of them, in the same batches as one process: the same bits on every
+        rank and at any N, and no message before the ranks have met (docs/dpo.md)."""
         if self.reference is None:
             self.reference = {k: reference_logprobs(model, v) for k, v in self.pairs.items()}
 
@@ -212,9 +223,30 @@ class DPOObjective:
         ref = self.reference[split][idx]
         return x, y, np.concatenate([ref[:, 0], ref[:, 1]])
 
-    def loss_and_backward(self, model, batch, masks=None) -> float:
+    # ---- the pieces of a batch (micro-batches, ranks)
+
+    def units(self, batch) -> int:
+        """The batch's pairs, B: what micro-batches and ranks share out."""
+        return len(batch[2]) // 2
+
+    def count(self, batch, a: int, b: int) -> int:
+        """The loss is a mean over pairs: pairs [a, b) count b - a."""
+        return b - a
+
+    def piece(self, batch, a: int, b: int):
+        """Pairs [a, b) of the batch as a batch of their own, (x, y, ref) of 2(b - a) rows, and its rows of the
+        batch: each pair's chosen row a + k and rejected row B + a + k, together. Padded to the piece's own
+        longest row (make_batch of those pairs), cut from the batch's: no column after it holds a target."""
         x, y, ref = batch
-        return dpo_loss_and_backward(model, x, y, ref.astype(np.float64), self.beta, masks)[0]
+        B = self.units(batch)
+        rows = np.r_[a:b, B + a:B + b]                             # chosen rows, then their rejected rows
+        counted = (y[rows] != IGNORE_INDEX).any(0)                 # (T,): a column some row of the piece counts
+        T = int(np.flatnonzero(counted)[-1]) + 1 if counted.any() else 1
+        return (x[rows, :T], y[rows, :T], ref[rows]), rows
+
+    def loss_and_backward(self, model, batch, masks=None, weight: float = 1.0) -> float:
+        x, y, ref = batch
+        return dpo_loss_and_backward(model, x, y, ref.astype(np.float64), self.beta, masks, weight)[0]
 
     def loss(self, model, batch) -> float:
         x, y, ref = batch

@@ -308,7 +308,7 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         line = describe_settings(config, source, kernels=kernels)
         if comm.size > 1 or config.gradient_accumulation_steps > 1 or config.zero_stage:
             line += "; " + dist.describe(config.batch_size * config.gradient_accumulation_steps, config.batch_size,
-                                         config.block_size)
+                                         config.block_size, "pairs" if config.objective == "dpo" else "rows")
         print(line, file=sys.stderr)
         out_dir = Path(config.out_dir)
         if out_dir.exists() and not out_dir.is_dir():

@@ -2,7 +2,8 @@
 
 - settings.py: `TrainConfig`, the presets, the precedence of flags, config file, checkpoint and preset.
 - memory.py: the memory a run needs, estimated from its settings, and the refusal of one that cannot fit.
-- trainer.py: `Trainer` (the loop, evaluation, logs, checkpoints), `configure_optimizers`, `train()`.
+- trainer.py: `Trainer` (the loop, evaluation, checkpoints), `configure_optimizers`, `train()`.
+- run_log.py: what a run reports: log.jsonl (`LogFile`, `RunLog`) and the progress bar or lines on stderr.
 
     from reference.programs.training.settings import TrainConfig
     from reference.programs.training.trainer import train

@@ -23,19 +23,14 @@ are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupt
 Checkpoints go to `out_dir/ckpt.safetensors` (see reference/programs/checkpoint.py) after an evaluation whose
 val loss is the best so far (nanoGPT's `always_save_checkpoint = False` for shakespeare_char), or after
 every evaluation with `always_save_checkpoint`; never at step 0, never with non-finite weights.
-Logs: one JSON object per line in `out_dir/log.jsonl`, each line one whole append (`LogFile`): `{"event": "train", "step", "loss", "lr",
-"grad_norm", "dt_s", "tokens_per_s"}` for every log_interval-th step, `{"event": "eval", "step",
-"train_loss", "val_loss", "lr", "best_val_loss", "saved"}` per evaluation, plus "start", "end" and
-"diverged" records. A non-finite loss, gradient norm, weight or eval loss stops training with
+Logs: one JSON object per line in `out_dir/log.jsonl`, and the progress on stderr (run_log.py: the records
+and what each holds). A non-finite loss, gradient norm, weight or eval loss stops training with
 `TrainingDiverged` naming the step; the last checkpoint on disk is left untouched.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -54,6 +49,7 @@ from ..data import get_batch, load_meta, load_split, resolve_data_dir
 from ..tokenizers import describe_tokenizer, tokenizer_digest, tokenizer_from_dict
 from ..distributed import DataParallel, data_digest
 from .memory import check_memory
+from .run_log import RunLog
 from .settings import TrainConfig
 
 CKPT_NAME = "ckpt.safetensors"
@@ -123,8 +119,9 @@ class Trainer:
         (train mask, val mask) for SFT data given as arrays (reference/programs/sft.py: 1 on response
         tokens, the only targets counted); SFT data in `config.data_dir` brings its own. `objective`:
         another training objective than next-token cross-entropy (reference/programs/dpo.py::DPOObjective):
-        its `prepare(model)` runs once the model is built, and its `get_batch`, `loss_and_backward` and
-        `loss` replace the language model's (one process, no gradient accumulation)."""
+        its `prepare(model)` runs once the model is built (not when resuming: the checkpoint keeps what it
+        made), its `get_batch` and `loss` replace the language model's, and `self.dist` runs its pieces
+        (distributed.py::TokenMean's protocol: micro-batches and ranks)."""
         self.config = config
         if (train_data is None) != (val_data is None):
             raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
@@ -198,15 +195,11 @@ class Trainer:
         self.kernels = kernels
         self.model.recompute = config.recompute
         self.objective = objective
-        if objective is not None:
+        if objective is not None and resume is None:          # resuming: the checkpoint's, loaded below
             objective.prepare(self.model)                     # e.g. DPO's reference log-probs, from these weights
         self.params = [p for _, p in trainable_parameters(self.model)]   # clipped, reduced over ranks, stepped
         self.optimizer = configure_optimizers(self.model, config)
         self.dist = dist if dist is not None else DataParallel(zero_stage=config.zero_stage)
-        if objective is not None and (self.dist.size > 1 or config.gradient_accumulation_steps > 1):
-            raise ValueError(f"objective {config.objective} runs in one process without gradient accumulation: "
-                             f"expected one rank and gradient_accumulation_steps 1, got {self.dist.size} ranks and "
-                             f"gradient_accumulation_steps {config.gradient_accumulation_steps}")
         self.dist.attach(self.params, self.optimizer)
         self.rng = {role: np.random.default_rng([config.seed, k]) for role, k in RNG_ROLES.items()}
         self.step = 0                       # optimizer steps done
@@ -351,10 +344,8 @@ class Trainer:
         set_lora_masks(self.model, masks)                     # the adapters' dropout, this step only
         try:
             with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are caught just below
-                if self.objective is None:                        # micro-batches, ranks; SFT: ignored targets
-                    loss = self.dist.forward_backward(self.model, *batch, masks, cfg.batch_size)
-                else:
-                    loss = self.objective.loss_and_backward(self.model, batch, masks)
+                # micro-batches, ranks; SFT: ignored targets; DPO: pieces of pairs (objective None: the LM)
+                loss = self.dist.forward_backward(self.model, batch, masks, cfg.batch_size, self.objective)
         finally:
             set_lora_masks(self.model, None)                  # evaluation and sampling run without dropout
         with np.errstate(over="ignore", invalid="ignore"):
@@ -387,12 +378,13 @@ class Trainer:
         Raises TrainingDiverged (after logging it) when something becomes non-finite."""
         cfg = self.config
         target = cfg.max_iters if until is None else min(until, cfg.max_iters)
-        log = self._open_log()
-        bar = self._progress_bar(target)
+        main = self.out_dir is not None and self.dist.is_main       # rank 0 writes the log
+        log = RunLog(self.out_dir / LOG_NAME if main else None, append=self.resumed_from is not None,
+                     progress=self.progress, total=target, initial=self.step)
         tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.block_size
         t_start, steps_start, ema = time.perf_counter(), self.step, None
         try:
-            self._log(log, {"event": "start", "step": self.step, "resumed": self.resumed_from is not None,
+            log.record({"event": "start", "step": self.step, "resumed": self.resumed_from is not None,
                             "params": self.model.num_parameters(),
                             "trainable_params": sum(p.data.size for p in self.params), "kernels": self.kernels, "ranks": self.dist.ranks(),
                             "model": self.model_config.to_dict(),
@@ -400,47 +392,36 @@ class Trainer:
             while True:
                 if (self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters) \
                         and self.last_eval_step != self.step:
-                    self._eval_and_save(log, bar)
+                    self._eval_and_save(log)
                 if self.step >= target:
                     break
                 try:
                     rec = self.train_step()
                 except TrainingDiverged as e:
-                    self._log(log, {"event": "diverged", "step": e.step, "message": str(e),
-                                    "checkpoint": str(self.ckpt_path) if self.ckpt_path else None})
+                    log.record({"event": "diverged", "step": e.step, "message": str(e),
+                                "checkpoint": str(self.ckpt_path) if self.ckpt_path else None})
                     raise
                 tps = tokens_per_step / rec["dt_s"] if rec["dt_s"] > 0 else float("inf")
                 ema = tps if ema is None else 0.9 * ema + 0.1 * tps
-                if rec["step"] % cfg.log_interval == 0:
-                    self._log(log, {"event": "train", **rec, "tokens_per_s": tps})
-                    if bar is None and self.progress:
-                        print(f"step {rec['step']}: loss {rec['loss']:.4f}, lr {rec['lr']:.3e}, "
-                              f"{ema:,.0f} tok/s", file=sys.stderr)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{ema:,.0f}",
-                                    refresh=False)
+                log.step(rec, tps, ema, logged=rec["step"] % cfg.log_interval == 0)
             steps = self.step - steps_start
             summary = {"step": self.step, "best_val_loss": self.best_val_loss,
                        "last_eval": self.history[-1] if self.history else None,
                        "wall_s": time.perf_counter() - t_start, "train_s": self.train_time,
                        "tokens_per_s": steps * tokens_per_step / self.train_time if self.train_time > 0 else None}
-            self._log(log, {"event": "end", **{k: v for k, v in summary.items() if k != "last_eval"}})
+            log.record({"event": "end", **{k: v for k, v in summary.items() if k != "last_eval"}})
             return summary
         finally:
-            if bar is not None:
-                bar.close()
-            if log is not None:
-                log.close()
+            log.close()
 
-    def _eval_and_save(self, log, bar) -> None:
+    def _eval_and_save(self, log: RunLog) -> None:
         losses = self.evaluate()
         step = self.step
         self.last_eval_step = step
         if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
             msg = (f"non-finite eval loss (train {losses['train']}, val {losses['val']}) at step {step}; "
                    "training stopped")
-            self._log(log, {"event": "diverged", "step": step, "message": msg})
+            log.record({"event": "diverged", "step": step, "message": msg})
             raise TrainingDiverged(step, msg)
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
         if improved:
@@ -452,54 +433,7 @@ class Trainer:
         rec = {"event": "eval", "step": step, "train_loss": losses["train"], "val_loss": losses["val"],
                "lr": self.lr_at(step), "best_val_loss": self.best_val_loss, "saved": saved}
         self.history.append(rec)
-        self._log(log, rec)
-        if self.progress:
-            line = (f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                    + (f" (saved {self.ckpt_path})" if saved else ""))
-            bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
-
-    def _open_log(self):
-        if self.out_dir is None or not self.dist.is_main:
-            return None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        return LogFile(self.out_dir / LOG_NAME, append=self.resumed_from is not None)
-
-    @staticmethod
-    def _log(log, record: dict) -> None:
-        if log is not None:
-            record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-            log.write(json.dumps(record) + "\n")
-
-    def _progress_bar(self, target: int):
-        if not self.progress:
-            return None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            print("note: install tqdm for a progress bar (pip install tqdm); printing log lines instead",
-                  file=sys.stderr)
-            return None
-        return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-
-
-class LogFile:
-    """log.jsonl opened O_APPEND: each `write(line)` is one os.write of the whole line, so lines from two
-    writers never interleave inside a line (POSIX appends each write at the end, in one piece)."""
-
-    def __init__(self, path: Path, *, append: bool):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
-        self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
-
-    def write(self, line: str) -> None:
-        data = line.encode("utf-8")
-        written = os.write(self.fd, data)
-        while written < len(data):                   # a short write (a full disk): finish it or raise ENOSPC
-            written += os.write(self.fd, data[written:])
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        log.evaluated(rec, self.ckpt_path)
 
 
 def train(config: TrainConfig, **kwargs) -> dict:
