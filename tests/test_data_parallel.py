@@ -59,7 +59,7 @@ PLANTS = {
     "one_over_n": "import reference.loss as L; b = L.CrossEntropyLoss.backward; "
                   "L.CrossEntropyLoss.backward = lambda self, d, c: b(self, 1 / int(os.environ['PMI_SIZE']), c)",
     # a ring all-reduce one step short: one rank's share never arrives
-    "short_ring": "import reference.programs.distributed as D; f = D.ring_reduce_scatter\n"
+    "short_ring": "import reference.programs.collectives as D; f = D.ring_reduce_scatter\n"
                   "def short(comm, flat, chunks):\n"
                   "    class C: rank, size = comm.rank, comm.size - 1\n"
                   "    C.sendrecv = comm.sendrecv\n"

@@ -1,4 +1,4 @@
-"""The ring all-reduce of reference/programs/distributed.py on N threads standing in for N ranks (no MPI
+"""The ring all-reduce of reference/programs/collectives.py on N threads standing in for N ranks (no MPI
 needed): reduce-scatter leaves rank r the sum of chunk r, all-gather copies every chunk everywhere, the
 all-reduce gives every rank the same bits, equal to the sum to round-off, for N = 1..5 and vectors
 shorter than N; and ZeRO-1's step over the slices equals AdamW on the whole, bit for bit. A ring one
@@ -14,7 +14,8 @@ import pytest
 
 from reference.module import Parameter
 from reference.optim import AdamW
-from reference.programs import distributed as D
+from reference.programs import collectives as D
+from reference.programs.distributed import DataParallel, shard_bounds
 
 
 class ThreadComm:
@@ -56,7 +57,7 @@ def vectors(size, length):
 @pytest.mark.parametrize("length", [3, 17])
 def test_ring_allreduce_sums_and_every_rank_holds_the_same_bits(size, length):
     xs = vectors(size, length)
-    chunks = D.shard_bounds(length, size)
+    chunks = shard_bounds(length, size)
 
     def body(comm):
         flat = xs[comm.rank].copy()
@@ -71,7 +72,7 @@ def test_ring_allreduce_sums_and_every_rank_holds_the_same_bits(size, length):
 @pytest.mark.parametrize("size", [2, 3, 4])
 def test_reduce_scatter_then_allgather(size):
     xs = vectors(size, 11)
-    chunks = D.shard_bounds(11, size)
+    chunks = shard_bounds(11, size)
 
     def body(comm):
         flat = xs[comm.rank].copy()
@@ -91,7 +92,7 @@ def test_reduce_scatter_then_allgather(size):
 
 def test_a_ring_one_step_short_is_caught():
     xs = vectors(3, 9)
-    chunks = D.shard_bounds(9, 3)
+    chunks = shard_bounds(9, 3)
 
     def short(comm):
         flat = xs[comm.rank].copy()
@@ -128,7 +129,7 @@ def test_zero1_slices_equal_adamw_on_the_whole_bit_for_bit(size):
     def body(comm):
         params = [Parameter(x.copy()) for x in init]
         adamw = AdamW(groups(params), lr=1e-2, betas=(0.9, 0.99))
-        dp = D.DataParallel(comm, zero_stage=1)
+        dp = DataParallel(comm, zero_stage=1)
         dp.attach(params, adamw)
         lo, hi = dp.chunks[comm.rank]
         for g in grads:

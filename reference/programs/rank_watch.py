@@ -44,7 +44,7 @@ _PR_SET_PDEATHSIG = 1                                        # <linux/prctl.h>
 
 def should_watch(environ=os.environ) -> bool:
     """True in a process Hydra started as one of N > 1 ranks, on Linux, that is not already a worker."""
-    from .distributed import world_size_from_env
+    from .collectives import world_size_from_env
     return (sys.platform.startswith("linux") and "PMI_FD" in environ and WORKER_ENV not in environ
             and world_size_from_env(environ) > 1)
 

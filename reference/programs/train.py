@@ -39,7 +39,8 @@ from typing import Any
 
 from ..config import CHOICES
 from .checkpoint import CheckpointError, load_checkpoint
-from .distributed import DataParallel, PeerLost, world_comm
+from .collectives import PeerLost, world_comm
+from .distributed import DataParallel
 from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from . import rank_watch
 from .options import add_kernels_argument
