@@ -276,18 +276,20 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     encoded = {}
     for split, exs in splits.items():
         try:
-            encoded[split] = sft.encode(exs, tok, where=f"{path}: {split} example")
+            encoded[split] = sft.encode_examples(exs, tok, where=f"{path}: {split} example")
         except sft.SFTError as exc:
             raise PrepareError(str(exc)) from None
     meta = common_meta(tok, encoded["train"][0].size, encoded["val"][0].size, val_fraction, str(path),
                        Path(path).read_bytes())
     meta["sft"] = {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
-                   "masks": sft.MASK_FILES, "ignore_index": sft.IGNORE_INDEX,
-                   "response_tokens": {k: int(m.sum()) for k, (_, m) in encoded.items()}}
+                   "masks": sft.MASK_FILES, "lengths": sft.LENGTH_FILES, "ignore_index": sft.IGNORE_INDEX,
+                   "response_tokens": {k: int(m.sum()) for k, (_, m, _) in encoded.items()},
+                   "longest": int(max(n.max() for _, _, n in encoded.values()))}
     files = {}
-    for split, (ids, mask) in encoded.items():
+    for split, (ids, mask, lengths) in encoded.items():
         files[f"{split}.bin"] = ids.astype(meta["dtype"]).tobytes()
         files[sft.MASK_FILES[split]] = mask.astype(np.uint8).tobytes()
+        files[sft.LENGTH_FILES[split]] = lengths.astype("<i8").tobytes()
     write_prepared(Path(out_dir), files, meta)
     return meta
 
