@@ -54,6 +54,7 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
 
 from reference.programs import dpo, sft  # noqa: E402
 from reference.programs.atomic import atomic_write, os_error_line  # noqa: E402
+from reference.programs.chat_template import ChatTemplate, ChatTemplateError  # noqa: E402
 from reference.programs.data import split_train_val  # noqa: E402
 from reference.programs.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
                                            tokenizer_digest)
@@ -264,8 +265,9 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     """Read a JSONL of SFT examples, tokenise, split by example, write ids, masks and meta; return the meta.
     The char tokenizer's alphabet is every character of every prompt and response (template included)."""
     try:
-        examples = sft.read_examples(path)
-    except sft.SFTError as exc:
+        template = ChatTemplate.from_dir(kind) if kind not in ("char", "byte") and Path(kind).is_dir() else None
+        examples = sft.read_examples(path, template)
+    except (sft.SFTError, ChatTemplateError) as exc:
         raise PrepareError(str(exc)) from None
     if len(examples) < 2:
         raise PrepareError(f"{path} holds {len(examples)} example; expected at least 2 (one for validation)")
@@ -284,7 +286,8 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     meta["sft"] = {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
                    "masks": sft.MASK_FILES, "lengths": sft.LENGTH_FILES, "ignore_index": sft.IGNORE_INDEX,
                    "response_tokens": {k: int(m.sum()) for k, (_, m, _) in encoded.items()},
-                   "longest": int(max(n.max() for _, _, n in encoded.values()))}
+                   "longest": int(max(n.max() for _, _, n in encoded.values())),
+                   "chat_template": ({"source": "ours", "sha256": sft.CHAT_TEMPLATE_DIGEST} if template is None else {"source": template.source, "sha256": template.digest})}
     files = {}
     for split, (ids, mask, lengths) in encoded.items():
         files[f"{split}.bin"] = ids.astype(meta["dtype"]).tobytes()
@@ -412,7 +415,12 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
             print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "
                   f"({sizes['response_tokens']['train']:,} in responses); val: {sizes['val_examples']} examples, "
                   f"{meta['val_tokens']:,} tokens ({sizes['response_tokens']['val']:,} in responses)")
-            print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, meta.json")
+            used = sizes["chat_template"]
+            print(f"chat template for \"messages\": "
+                  f"{'ours (reference/programs/sft.py)' if used['source'] == 'ours' else used['source']} "
+                  f"(sha256 {used['sha256'][:12]})")
+            print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, train_lengths.bin, "
+                  "val_lengths.bin, meta.json")
             return 0
         if args.src:
             raw = read_source(args.src)

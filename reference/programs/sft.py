@@ -23,6 +23,7 @@ val.bin and the masks as train_mask.bin / val_mask.bin (uint8); `train` reads th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 IGNORE_INDEX = -100
 CHAT_TEMPLATE = "<|{role}|>\n{content}\n"
 ASSISTANT_PREFIX = "<|assistant|>\n"
+CHAT_TEMPLATE_DIGEST = hashlib.sha256((CHAT_TEMPLATE + ASSISTANT_PREFIX).encode("utf-8")).hexdigest()   # meta.json
 MASK_FILES = {"train": "train_mask.bin", "val": "val_mask.bin"}
 LENGTH_FILES = {"train": "train_lengths.bin", "val": "val_lengths.bin"}   # int64 tokens per example
 PAD_ID = 0                 # x of a padded position: any id does (its output reaches no target and no earlier position)
@@ -40,8 +42,9 @@ class SFTError(ValueError):
     """A bad SFT file or example: one line naming the file, the line and what was expected."""
 
 
-def render(example: dict, where: str) -> tuple[str, str]:
-    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing."""
+def render(example: dict, where: str, template=None) -> tuple[str, str]:
+    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing. `template`: a
+    model directory's chat template (chat_template.ChatTemplate) for "messages", else CHAT_TEMPLATE."""
     if not isinstance(example, dict):
         raise SFTError(f"{where}: expected a JSON object with \"prompt\" and \"response\" (or \"messages\"), "
                        f"got {type(example).__name__}")
@@ -54,6 +57,8 @@ def render(example: dict, where: str) -> tuple[str, str]:
         if msgs[-1]["role"] != "assistant":
             raise SFTError(f"{where}: the last message is the {msgs[-1]['role']!r}'s; expected the assistant's "
                            "(it is the response the loss is computed on)")
+        if template is not None:
+            return render_with(template, msgs, where)
         prompt = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs[:-1])
         return prompt + ASSISTANT_PREFIX, msgs[-1]["content"] + "\n"
     missing = [k for k in ("prompt", "response") if k not in example]
@@ -64,6 +69,23 @@ def render(example: dict, where: str) -> tuple[str, str]:
         if not isinstance(example[k], str):
             raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}")
     return example["prompt"], example["response"]
+
+
+def render_with(template, msgs: list[dict], where: str) -> tuple[str, str]:
+    """(prompt, response) as apply_chat_template gives them: prompt = render(msgs[:-1], add_generation_prompt=True),
+    response = render(msgs)[len(prompt):]. SFTError naming `where` for a template error, or for a full
+    rendering that does not start with the prompt's (the response would not be what follows the prompt)."""
+    from .chat_template import ChatTemplateError
+    try:
+        prompt = template.render(msgs[:-1], add_generation_prompt=True)
+        full = template.render(msgs)
+    except ChatTemplateError as e:
+        raise SFTError(f"{where}: {e}") from None
+    if not full.startswith(prompt):
+        raise SFTError(f"{where}: the chat template of {template.source} renders the conversation as {full[:60]!r}..., "
+                       f"which does not start with its rendering of the prompt {prompt[-60:]!r} (expected a template "
+                       "whose generation prompt is where the last message begins)")
+    return prompt, full[len(prompt):]
 
 
 def read_jsonl(path, error: type[Exception] = None):
@@ -89,9 +111,10 @@ def read_jsonl(path, error: type[Exception] = None):
             raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
-def read_examples(path) -> list[tuple[str, str]]:
-    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example."""
-    out = [render(obj, where) for where, obj in read_jsonl(path)]
+def read_examples(path, template=None) -> list[tuple[str, str]]:
+    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example.
+    `template`: a model directory's chat template for "messages" lines (`render`)."""
+    out = [render(obj, where, template) for where, obj in read_jsonl(path)]
     if not out:
         raise SFTError(f"{path} holds no example: expected one JSON object per line")
     return out
