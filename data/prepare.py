@@ -23,7 +23,10 @@ the validation split.
 With ``--sft FILE.jsonl`` (reference/programs/sft.py: the format and the chat template), the
 examples are split by example (the last 10%, at least one, for validation), packed, and written as
 ``train.bin`` / ``val.bin`` with ``train_mask.bin`` / ``val_mask.bin`` (uint8, 1 on response tokens:
-the loss is computed on those only); ``meta.json`` gets an ``"sft"`` key. With ``--dpo FILE.jsonl``
+the loss is computed on those only) and ``train_lengths.bin`` / ``val_lengths.bin`` (int64, each
+example's tokens: ``train --no-packing`` needs them); ``meta.json`` gets an ``"sft"`` key, naming the chat
+template ``messages`` lines were rendered with (ours, or with ``--tokenizer DIR`` the directory's own:
+reference/programs/chat_template.py) and its SHA-256. With ``--dpo FILE.jsonl``
 (reference/programs/dpo.py), each pair's prompt, chosen and rejected ids are written one after another
 in ``train.bin`` / ``val.bin``, their lengths in ``train_pairs.bin`` / ``val_pairs.bin`` (int64, n x 3),
 and ``meta.json`` gets a ``"dpo"`` key.

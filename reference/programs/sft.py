@@ -8,8 +8,11 @@ A JSONL file holds one example per line, either
 
 A `messages` line is rendered with CHAT_TEMPLATE: every message as `<|role|>\\n` + content + `\\n`;
 the prompt is every message but the last, followed by `<|assistant|>\\n`; the response is the last
-message's content + `\\n`, and the last message must be the assistant's. A `prompt`/`response` line is
-used as written (no template).
+message's content + `\\n`, and the last message must be the assistant's. Data prepared with
+`--tokenizer MODEL_DIR` whose directory has a chat template of its own is rendered with that one, as
+transformers' apply_chat_template does (reference/programs/chat_template.py): prompt =
+render(messages[:-1], add_generation_prompt=True), response = render(messages)[len(prompt):]
+(`render_with`). A `prompt`/`response` line is used as written (no template).
 
 Each example is tokenised as prompt then response, and the examples are packed one after another
 into one stream of ids with a mask beside it: mask[j] = 1 where token j belongs to a response. A
@@ -17,8 +20,12 @@ window of block_size + 1 tokens at i gives x = ids[i:i+T] and targets y[t] = ids
 mask[i+t+1] = 1, else -100 (`IGNORE_INDEX`, reference/loss.py's ignore_index): the loss is the mean
 over response tokens only. Windows are drawn only where at least one target counts, so no batch has
 every target ignored (a NaN loss). `data/prepare.py --sft FILE.jsonl` writes the stream as train.bin /
-val.bin and the masks as train_mask.bin / val_mask.bin (uint8); `train` reads them (meta.json's
-"sft" key).
+val.bin, the masks as train_mask.bin / val_mask.bin (uint8) and each example's length as
+train_lengths.bin / val_lengths.bin (int64); `train` reads them (meta.json's "sft" key).
+
+That is packing (`--packing`, the default; TRL's SFTConfig name). With `--no-packing` each row is one
+whole example instead, right-padded to the longest row of the batch, targets IGNORE_INDEX on prompt
+tokens and padding (`PaddedExamples`); an example longer than block_size + 1 tokens is refused.
 """
 
 from __future__ import annotations
