@@ -23,7 +23,10 @@ the validation split.
 With ``--sft FILE.jsonl`` (reference/programs/sft.py: the format and the chat template), the
 examples are split by example (the last 10%, at least one, for validation), packed, and written as
 ``train.bin`` / ``val.bin`` with ``train_mask.bin`` / ``val_mask.bin`` (uint8, 1 on response tokens:
-the loss is computed on those only); ``meta.json`` gets an ``"sft"`` key. With ``--dpo FILE.jsonl``
+the loss is computed on those only) and ``train_lengths.bin`` / ``val_lengths.bin`` (int64, each
+example's tokens: ``train --no-packing`` needs them); ``meta.json`` gets an ``"sft"`` key, naming the chat
+template ``messages`` lines were rendered with (ours, or with ``--tokenizer DIR`` the directory's own:
+reference/programs/chat_template.py) and its SHA-256. With ``--dpo FILE.jsonl``
 (reference/programs/dpo.py), each pair's prompt, chosen and rejected ids are written one after another
 in ``train.bin`` / ``val.bin``, their lengths in ``train_pairs.bin`` / ``val_pairs.bin`` (int64, n x 3),
 and ``meta.json`` gets a ``"dpo"`` key.
@@ -54,6 +57,7 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
 
 from reference.programs import dpo, sft  # noqa: E402
 from reference.programs.atomic import atomic_write, os_error_line  # noqa: E402
+from reference.programs.chat_template import ChatTemplate, ChatTemplateError  # noqa: E402
 from reference.programs.data import split_train_val  # noqa: E402
 from reference.programs.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
                                            tokenizer_digest)
@@ -264,8 +268,9 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     """Read a JSONL of SFT examples, tokenise, split by example, write ids, masks and meta; return the meta.
     The char tokenizer's alphabet is every character of every prompt and response (template included)."""
     try:
-        examples = sft.read_examples(path)
-    except sft.SFTError as exc:
+        template = ChatTemplate.from_dir(kind) if kind not in ("char", "byte") and Path(kind).is_dir() else None
+        examples = sft.read_examples(path, template)
+    except (sft.SFTError, ChatTemplateError) as exc:
         raise PrepareError(str(exc)) from None
     if len(examples) < 2:
         raise PrepareError(f"{path} holds {len(examples)} example; expected at least 2 (one for validation)")
@@ -276,18 +281,21 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     encoded = {}
     for split, exs in splits.items():
         try:
-            encoded[split] = sft.encode(exs, tok, where=f"{path}: {split} example")
+            encoded[split] = sft.encode_examples(exs, tok, where=f"{path}: {split} example")
         except sft.SFTError as exc:
             raise PrepareError(str(exc)) from None
     meta = common_meta(tok, encoded["train"][0].size, encoded["val"][0].size, val_fraction, str(path),
                        Path(path).read_bytes())
     meta["sft"] = {"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
-                   "masks": sft.MASK_FILES, "ignore_index": sft.IGNORE_INDEX,
-                   "response_tokens": {k: int(m.sum()) for k, (_, m) in encoded.items()}}
+                   "masks": sft.MASK_FILES, "lengths": sft.LENGTH_FILES, "ignore_index": sft.IGNORE_INDEX,
+                   "response_tokens": {k: int(m.sum()) for k, (_, m, _) in encoded.items()},
+                   "longest": int(max(n.max() for _, _, n in encoded.values())),
+                   "chat_template": ({"source": "ours", "sha256": sft.CHAT_TEMPLATE_DIGEST} if template is None else {"source": template.source, "sha256": template.digest})}
     files = {}
-    for split, (ids, mask) in encoded.items():
+    for split, (ids, mask, lengths) in encoded.items():
         files[f"{split}.bin"] = ids.astype(meta["dtype"]).tobytes()
         files[sft.MASK_FILES[split]] = mask.astype(np.uint8).tobytes()
+        files[sft.LENGTH_FILES[split]] = lengths.astype("<i8").tobytes()
     write_prepared(Path(out_dir), files, meta)
     return meta
 
@@ -410,7 +418,12 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
             print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "
                   f"({sizes['response_tokens']['train']:,} in responses); val: {sizes['val_examples']} examples, "
                   f"{meta['val_tokens']:,} tokens ({sizes['response_tokens']['val']:,} in responses)")
-            print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, meta.json")
+            used = sizes["chat_template"]
+            print(f"chat template for \"messages\": "
+                  f"{'ours (reference/programs/sft.py)' if used['source'] == 'ours' else used['source']} "
+                  f"(sha256 {used['sha256'][:12]})")
+            print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, train_lengths.bin, "
+                  "val_lengths.bin, meta.json")
             return 0
         if args.src:
             raw = read_source(args.src)

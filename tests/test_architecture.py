@@ -47,7 +47,7 @@ LIBRARIES = {
     "programs": {"numpy", "safetensors"},
     "entry": set(),
 }
-LAZY_LIBRARIES = {"programs": {"tqdm", "matplotlib", "tokenizers", "mpi4py"}}
+LAZY_LIBRARIES = {"programs": {"tqdm", "matplotlib", "tokenizers", "mpi4py", "jinja2"}}
 FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "mlx", "transformers", "peft"}
 
 # Dynamic imports whose target is computed: (module, source of the call) -> why it stays in its layer.

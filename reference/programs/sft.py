@@ -8,8 +8,11 @@ A JSONL file holds one example per line, either
 
 A `messages` line is rendered with CHAT_TEMPLATE: every message as `<|role|>\\n` + content + `\\n`;
 the prompt is every message but the last, followed by `<|assistant|>\\n`; the response is the last
-message's content + `\\n`, and the last message must be the assistant's. A `prompt`/`response` line is
-used as written (no template).
+message's content + `\\n`, and the last message must be the assistant's. Data prepared with
+`--tokenizer MODEL_DIR` whose directory has a chat template of its own is rendered with that one, as
+transformers' apply_chat_template does (reference/programs/chat_template.py): prompt =
+render(messages[:-1], add_generation_prompt=True), response = render(messages)[len(prompt):]
+(`render_with`). A `prompt`/`response` line is used as written (no template).
 
 Each example is tokenised as prompt then response, and the examples are packed one after another
 into one stream of ids with a mask beside it: mask[j] = 1 where token j belongs to a response. A
@@ -17,12 +20,17 @@ window of block_size + 1 tokens at i gives x = ids[i:i+T] and targets y[t] = ids
 mask[i+t+1] = 1, else -100 (`IGNORE_INDEX`, reference/loss.py's ignore_index): the loss is the mean
 over response tokens only. Windows are drawn only where at least one target counts, so no batch has
 every target ignored (a NaN loss). `data/prepare.py --sft FILE.jsonl` writes the stream as train.bin /
-val.bin and the masks as train_mask.bin / val_mask.bin (uint8); `train` reads them (meta.json's
-"sft" key).
+val.bin, the masks as train_mask.bin / val_mask.bin (uint8) and each example's length as
+train_lengths.bin / val_lengths.bin (int64); `train` reads them (meta.json's "sft" key).
+
+That is packing (`--packing`, the default; TRL's SFTConfig name). With `--no-packing` each row is one
+whole example instead, right-padded to the longest row of the batch, targets IGNORE_INDEX on prompt
+tokens and padding (`PaddedExamples`); an example longer than block_size + 1 tokens is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,15 +39,19 @@ import numpy as np
 IGNORE_INDEX = -100
 CHAT_TEMPLATE = "<|{role}|>\n{content}\n"
 ASSISTANT_PREFIX = "<|assistant|>\n"
+CHAT_TEMPLATE_DIGEST = hashlib.sha256((CHAT_TEMPLATE + ASSISTANT_PREFIX).encode("utf-8")).hexdigest()   # meta.json
 MASK_FILES = {"train": "train_mask.bin", "val": "val_mask.bin"}
+LENGTH_FILES = {"train": "train_lengths.bin", "val": "val_lengths.bin"}   # int64 tokens per example
+PAD_ID = 0                 # x of a padded position: any id does (its output reaches no target and no earlier position)
 
 
 class SFTError(ValueError):
     """A bad SFT file or example: one line naming the file, the line and what was expected."""
 
 
-def render(example: dict, where: str) -> tuple[str, str]:
-    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing."""
+def render(example: dict, where: str, template=None) -> tuple[str, str]:
+    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing. `template`: a
+    model directory's chat template (chat_template.ChatTemplate) for "messages", else CHAT_TEMPLATE."""
     if not isinstance(example, dict):
         raise SFTError(f"{where}: expected a JSON object with \"prompt\" and \"response\" (or \"messages\"), "
                        f"got {type(example).__name__}")
@@ -52,6 +64,8 @@ def render(example: dict, where: str) -> tuple[str, str]:
         if msgs[-1]["role"] != "assistant":
             raise SFTError(f"{where}: the last message is the {msgs[-1]['role']!r}'s; expected the assistant's "
                            "(it is the response the loss is computed on)")
+        if template is not None:
+            return render_with(template, msgs, where)
         prompt = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs[:-1])
         return prompt + ASSISTANT_PREFIX, msgs[-1]["content"] + "\n"
     missing = [k for k in ("prompt", "response") if k not in example]
@@ -62,6 +76,23 @@ def render(example: dict, where: str) -> tuple[str, str]:
         if not isinstance(example[k], str):
             raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}")
     return example["prompt"], example["response"]
+
+
+def render_with(template, msgs: list[dict], where: str) -> tuple[str, str]:
+    """(prompt, response) as apply_chat_template gives them: prompt = render(msgs[:-1], add_generation_prompt=True),
+    response = render(msgs)[len(prompt):]. SFTError naming `where` for a template error, or for a full
+    rendering that does not start with the prompt's (the response would not be what follows the prompt)."""
+    from .chat_template import ChatTemplateError
+    try:
+        prompt = template.render(msgs[:-1], add_generation_prompt=True)
+        full = template.render(msgs)
+    except ChatTemplateError as e:
+        raise SFTError(f"{where}: {e}") from None
+    if not full.startswith(prompt):
+        raise SFTError(f"{where}: the chat template of {template.source} renders the conversation as {full[:60]!r}..., "
+                       f"which does not start with its rendering of the prompt {prompt[-60:]!r} (expected a template "
+                       "whose generation prompt is where the last message begins)")
+    return prompt, full[len(prompt):]
 
 
 def read_jsonl(path, error: type[Exception] = None):
@@ -87,9 +118,10 @@ def read_jsonl(path, error: type[Exception] = None):
             raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
-def read_examples(path) -> list[tuple[str, str]]:
-    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example."""
-    out = [render(obj, where) for where, obj in read_jsonl(path)]
+def read_examples(path, template=None) -> list[tuple[str, str]]:
+    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example.
+    `template`: a model directory's chat template for "messages" lines (`render`)."""
+    out = [render(obj, where, template) for where, obj in read_jsonl(path)]
     if not out:
         raise SFTError(f"{path} holds no example: expected one JSON object per line")
     return out
@@ -98,7 +130,15 @@ def read_examples(path) -> list[tuple[str, str]]:
 def encode(examples: list[tuple[str, str]], tokenizer, where: str = "example") -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask) of the examples packed one after another: int64 ids and uint8 mask, 1 on response tokens.
     SFTError for a response that is empty after tokenisation (its targets would all be ignored)."""
-    ids, mask = [], []
+    ids, mask, _ = encode_examples(examples, tokenizer, where)
+    return ids, mask
+
+
+def encode_examples(examples: list[tuple[str, str]], tokenizer, where: str = "example"
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`encode`'s (ids, mask) and each example's length in tokens (int64, prompt + response): the boundaries
+    the one-example-per-row layout needs (`PaddedExamples`)."""
+    ids, mask, lengths = [], [], []
     for k, (prompt, response) in enumerate(examples, 1):
         p, r = np.asarray(tokenizer.encode(prompt), np.int64), np.asarray(tokenizer.encode(response), np.int64)
         if r.size == 0:
@@ -106,7 +146,8 @@ def encode(examples: list[tuple[str, str]], tokenizer, where: str = "example") -
                            "be ignored (expected at least one response token)")
         ids += [p, r]
         mask += [np.zeros(p.size, np.uint8), np.ones(r.size, np.uint8)]
-    return np.concatenate(ids), np.concatenate(mask)
+        lengths.append(p.size + r.size)
+    return np.concatenate(ids), np.concatenate(mask), np.array(lengths, np.int64)
 
 
 def targets(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -149,3 +190,78 @@ def load_mask(data_dir, split: str, n_tokens: int) -> np.ndarray:
         raise ValueError(f"{path} holds {mask.size} mask bytes for {n_tokens} tokens (expected one 0 or 1 per "
                          "token): the data is corrupt, re-run python data/prepare.py --sft FILE.jsonl")
     return mask
+
+
+def load_lengths(data_dir, split: str, n_examples: int, n_tokens: int) -> np.ndarray:
+    """The int64 example lengths of a prepared SFT split (LENGTH_FILES, written by data/prepare.py --sft);
+    ValueError, one line, if the file is missing (data prepared before it was recorded), not `n_examples`
+    positive int64s, or they do not add up to the split's `n_tokens`."""
+    path = Path(data_dir) / LENGTH_FILES[split]
+    redo = "re-run python data/prepare.py --sft FILE.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: --no-packing needs each example's length, which this data does not "
+                         f"record; {redo}")
+    raw = path.read_bytes()
+    lengths = np.frombuffer(raw, dtype="<i8") if len(raw) % 8 == 0 else np.zeros(0, np.int64)
+    if len(raw) % 8 or lengths.size != n_examples or (lengths < 1).any() or int(lengths.sum()) != n_tokens:
+        raise ValueError(f"{path} does not hold {n_examples} example lengths (int64, each >= 1) adding up to the "
+                         f"{n_tokens} tokens of {split}.bin: the data is corrupt, {redo}")
+    return lengths.astype(np.int64)
+
+
+class PaddedExamples:
+    """One split's examples laid out one per row (`--no-packing`, TRL's `SFTConfig(packing=False)`).
+
+    Row r of a batch is one whole example of n tokens: x[r, :n-1] = ids[s:s+n-1] and y[r, t] = ids[s+t+1]
+    where mask[s+t+1] = 1, else IGNORE_INDEX; the rows are right-padded to the longest row of the batch
+    (TRL's collator pads to the longest row too): x with PAD_ID, y with IGNORE_INDEX. The loss is the same
+    whatever the padding: attention is causal, so a pad at the right never reaches an earlier position,
+    and its targets are ignored. So x, y are (B, L) int64 with L = max(n) - 1 <= block_size.
+
+    Examples are drawn uniformly with replacement by the caller's Generator, as the packed windows are.
+    ValueError, one line, at construction: an example longer than block_size + 1 tokens (TRL truncates
+    it to max_length; we refuse it rather than train on a cut response), one with no counted target (an
+    empty prompt and a one-token response: the first token has nothing to be predicted from), or lengths
+    that do not cover the split."""
+
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, block_size: int,
+                 where: str = "example"):
+        ids, mask, lengths = np.asarray(ids), np.asarray(mask), np.asarray(lengths, np.int64)
+        if mask.shape != ids.shape:
+            raise ValueError(f"{where}s: the loss mask has {mask.size} entries for {ids.size} tokens (expected one "
+                             "per token)")
+        if lengths.ndim != 1 or lengths.size == 0 or (lengths < 1).any() or int(lengths.sum()) != len(ids):
+            raise ValueError(f"{where}s: their lengths add up to {int(lengths.sum())} tokens for {len(ids)} "
+                             "ids (expected one length >= 1 per example, covering the split)")
+        self.ids, self.mask, self.lengths, self.block_size = ids, mask, lengths, block_size
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        long = np.flatnonzero(lengths > block_size + 1)
+        if long.size:
+            k = int(long[0])
+            raise ValueError(f"{where} {k + 1} has {lengths[k]} tokens, more than block_size + 1 = {block_size + 1} "
+                             f"(--no-packing puts each example whole in one row; {long.size} example(s) are too long): "
+                             "raise --block_size, shorten the example, or train with --packing")
+        counted = np.add.reduceat(mask.astype(np.int64), self.offsets) - mask[self.offsets]
+        if (counted == 0).any():
+            k = int(np.flatnonzero(counted == 0)[0])
+            raise ValueError(f"{where} {k + 1} has no target to count: its only response token is its first token, "
+                             "which nothing precedes (expected a prompt, or a response of 2 tokens or more)")
+
+    def __len__(self) -> int:
+        return self.lengths.size
+
+    def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The examples `index` as padded rows: x, y (len(index), max length - 1) int64."""
+        n = self.lengths[index]
+        width = int(n.max()) - 1
+        x = np.full((len(index), width), PAD_ID, np.int64)                 # (B, L)
+        y = np.full((len(index), width), IGNORE_INDEX, np.int64)           # (B, L)
+        for r, (s, m) in enumerate(zip(self.offsets[index], n)):
+            x[r, :m - 1] = self.ids[s:s + m - 1]
+            y[r, :m - 1] = np.where(self.mask[s + 1:s + m].astype(bool), self.ids[s + 1:s + m].astype(np.int64),
+                                    IGNORE_INDEX)
+        return x, y
+
+    def get_batch(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`batch_size` examples drawn with `rng` (uniform, with replacement), as padded rows (`rows`)."""
+        return self.rows(rng.integers(0, len(self), size=batch_size))

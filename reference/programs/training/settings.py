@@ -88,6 +88,7 @@ class TrainConfig:
     # objective
     objective: str = "lm"           # lm: next-token cross-entropy (SFT data: on responses); dpo: preference pairs
     beta: float = 0.1               # DPO's beta (reference/programs/dpo.py)
+    packing: bool = True            # SFT data: windows of the packed stream; False: one example per row, padded
     # LoRA (reference/lora.py): adapters on the lora_targets layers, every other weight frozen
     lora_rank: int | None = None    # None: no adapters, every weight trains
     lora_alpha: float = 8.0         # peft's LoraConfig defaults: alpha 8, dropout 0, GPT-2's c_attn
@@ -157,7 +158,7 @@ FIELD_RULES = (
     (("learning_rate",), float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
     (("min_lr", "weight_decay", "eps", "grad_clip"), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
     (("beta1", "beta2"), float, lambda v: 0 <= v < 1, "in [0, 1)"),
-    (("decay_lr", "always_save_checkpoint", "nesterov", "recompute"), bool, lambda v: True, "a boolean"),
+    (("decay_lr", "always_save_checkpoint", "nesterov", "recompute", "packing"), bool, lambda v: True, "a boolean"),
     (("optimizer",), str, lambda v: v in TRAIN_CHOICES["optimizer"], f"one of {TRAIN_CHOICES['optimizer']}"),
     (("momentum",), float, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
     (("dampening",), float, math.isfinite, "finite"),
@@ -179,6 +180,9 @@ FIELD_HELP = {
                  "dpo: direct preference optimisation on data/prepare.py --dpo pairs, the starting weights as "
                  "the frozen reference",
     "beta": "DPO's beta, > 0: how far the policy may move from the reference",
+    "packing": "TRL's SFTConfig name, for data/prepare.py --sft data: --packing draws windows of block_size tokens "
+               "from the examples packed one after another; --no-packing makes each row one whole example, "
+               "right-padded to the batch's longest (an example longer than block_size + 1 tokens is refused)",
     "recompute": "activation checkpointing: keep each block's input only and run its forward again in the "
                  "backward (the same gradients bit for bit, less memory, about 1/3 more compute; "
                  "docs/checkpointing.md)",

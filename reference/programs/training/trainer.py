@@ -110,14 +110,16 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
                  vocab_size: int | None = None, resume=None, progress: bool = False, init_from=None,
                  kernels: str = "fast", dist: DataParallel | None = None, loss_masks: tuple | None = None,
-                 objective=None):
+                 example_lengths: tuple | None = None, objective=None):
         """`init_from`: a Hugging Face model directory whose weights replace the initialisation (its
         settings must already be in `config`: `init_config`). `kernels`: the path the model runs on,
         "fast" or "textbook" (reference/fast/kernels.py); the "start" log record names it, checkpoints do not
         (either path resumes either's run). `dist`: this process's part in a data-parallel run
         (reference/programs/distributed.py; default: one process, with config.zero_stage). `loss_masks`:
         (train mask, val mask) for SFT data given as arrays (reference/programs/sft.py: 1 on response
-        tokens, the only targets counted); SFT data in `config.data_dir` brings its own. `objective`:
+        tokens, the only targets counted); SFT data in `config.data_dir` brings its own. `example_lengths`:
+        (train lengths, val lengths) of those examples in tokens, for `config.packing` False (one example per
+        row, sft.PaddedExamples); data in `config.data_dir` brings its own. `objective`:
         another training objective than next-token cross-entropy (reference/programs/dpo.py::DPOObjective):
         its `prepare(model)` runs once the model is built (not when resuming: the checkpoint keeps what it
         made), its `get_batch` and `loss` replace the language model's, and `self.dist` runs its pieces
@@ -135,6 +137,9 @@ class Trainer:
             if meta.get("sft"):
                 loss_masks = tuple(sft.load_mask(data_dir, k, len(d)) for k, d in (("train", train_data),
                                                                                    ("val", val_data)))
+                if not config.packing:
+                    example_lengths = tuple(sft.load_lengths(data_dir, k, meta["sft"].get(f"{k}_examples"), len(d))
+                                            for k, d in (("train", train_data), ("val", val_data)))
             if bool(meta.get("dpo")) != (config.objective == "dpo"):
                 raise ValueError(f"the data in {data_dir} is {'preference pairs' if meta.get('dpo') else 'not preference pairs'}"
                                  f" but the objective is {config.objective}: expected --objective dpo with data from "
@@ -150,16 +155,24 @@ class Trainer:
         if vocab_size is None:
             raise ValueError("give a tokenizer or a vocab_size with train_data/val_data")
         self.train_data, self.val_data = np.asarray(train_data), np.asarray(val_data)
+        if not config.packing and (loss_masks is None or example_lengths is None):
+            raise ValueError(f"--no-packing lays out SFT examples one per row, but {self.data_source} "
+                             f"{'is not SFT data' if loss_masks is None else 'gives no example lengths'}: expected data "
+                             "from python data/prepare.py --sft FILE.jsonl, or --packing")
         for split, data in (("train", self.train_data), ("val", self.val_data)):
             if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
                 raise ValueError(f"{split} data must be a 1-D array of token ids, got {data.dtype} {data.shape}")
-            if len(data) < config.block_size + 1:
+            if len(data) < config.block_size + 1 and config.packing:
                 raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
                                  f"block_size {config.block_size} (+1 target); use a smaller block_size")
             _check_split_ids(split, data, vocab_size)
         self.loss_masks = None if loss_masks is None else dict(zip(("train", "val"), loss_masks))
-        self.window_starts = None
-        if self.loss_masks is not None:
+        self.window_starts = self.examples = None
+        if not config.packing:                              # one example per row (sft.PaddedExamples)
+            self.examples = {k: sft.PaddedExamples(d, self.loss_masks[k], n, config.block_size, f"the {k} split's example")
+                             for k, d, n in (("train", self.train_data, example_lengths[0]),
+                                             ("val", self.val_data, example_lengths[1]))}
+        elif self.loss_masks is not None:
             self.window_starts = {k: sft.window_starts(np.asarray(m), config.block_size)
                                   for k, m in self.loss_masks.items()}
             for k, starts in self.window_starts.items():
@@ -319,6 +332,8 @@ class Trainer:
         if self.objective is not None:
             return self.objective.get_batch(split, rows, rng)
         data = self.train_data if split == "train" else self.val_data
+        if self.examples is not None:
+            return self.examples[split].get_batch(rows, rng)
         if self.loss_masks is None:
             return get_batch(data, rows, cfg.block_size, rng)
         return sft.get_batch(data, self.loss_masks[split], rows, cfg.block_size, rng, self.window_starts[split])
