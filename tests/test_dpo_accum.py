@@ -164,3 +164,13 @@ def test_a_planted_per_piece_dropout_draw_is_caught(monkeypatch):
     monkeypatch.setattr(distributed._StepMasks, "rows_of", lambda self, rows, time=None: self.source)
     acc, la = run(3, 3, steps=3)
     assert differences(acc, la, big, lb)["weights"] > 1e-6
+
+
+def test_a_dpo_step_feeds_two_rows_a_pair_and_memory_is_estimated_for_them():
+    from reference.programs.training.memory import estimate_memory
+    t, _ = run(3, 2, steps=1)
+    x = t.get_batch("train", np.random.default_rng(0), 6)[0]
+    assert x.shape[0] == 12 and t.step_tokens <= 12 * 16            # 6 pairs: 12 rows, each <= block_size
+    lm = estimate_memory(t.config.replace(objective="lm"), 50)
+    pairs = estimate_memory(t.config, 50)
+    assert pairs["weights"] == lm["weights"] and pairs["activations"] == 2 * lm["activations"]

@@ -280,3 +280,17 @@ def test_under_mpi_equals_one_process(tmp_path):
     diffs = dp.differences(tmp_path / "two", tmp_path / "one")
     print(f"--no-packing, 2 ranks x 2 micro-batches vs one process: {diffs}")
     assert max(diffs.values()) <= dp.RTOL, diffs
+
+
+def test_tokens_per_second_counts_the_positions_fed_not_batch_times_block():
+    """Padded rows are as wide as the batch's longest example: a step's tokens are rows x that width, and
+    the run's summary divides their sum by the training time (not batch_size x block_size per step)."""
+    t = sft_trainer(varied_examples(40, seed=7), 5, block_size=16, batch_size=2, gradient_accumulation_steps=2,
+                    max_iters=4, eval_interval=100)
+    t.record = True
+    widths = []
+    for _ in range(3):
+        t.train_step()
+        widths.append(t.last_batch[0].shape[1])
+        assert t.step_tokens == 4 * widths[-1]
+    assert min(widths) < 16                                     # narrower than block_size: the old count was wrong

@@ -15,7 +15,7 @@ from .settings import TrainConfig
 def estimate_memory(config: TrainConfig, vocab_size: int) -> dict[str, int]:
     """Bytes a training step of `config` needs, estimated from the config before anything is allocated:
     {"weights": parameters + gradients + AdamW's two moments, "activations": what forward keeps for
-    backward at batch_size x block_size, "total"}.
+    backward at batch_size x block_size (DPO: 2 batch_size rows, a pair's chosen and rejected), "total"}.
 
     The parameters are `reference.model.parameter_shapes` (the model's own list). Per layer forward keeps
     about 8 (B, T, C)-sized arrays, the q/k/v projection, 2 (B, T, hidden)-sized arrays and one
@@ -24,7 +24,8 @@ def estimate_memory(config: TrainConfig, vocab_size: int) -> dict[str, int]:
     peak); NumPy's short-lived temporaries are not counted."""
     gc = config.model_config(vocab_size)
     item = np.dtype(gc.dtype).itemsize
-    C, L, H, T, B, V = gc.n_embd, gc.n_layer, gc.n_head, gc.block_size, config.batch_size, vocab_size
+    rows = config.batch_size * (2 if config.objective == "dpo" else 1)   # DPO: a pair is two rows
+    C, L, H, T, B, V = gc.n_embd, gc.n_layer, gc.n_head, gc.block_size, rows, vocab_size
     params = sum(math.prod(shape) for shape in parameter_shapes(gc).values())
     qkv = (gc.n_head + 2 * gc.kv_heads) * gc.head_dim
     per_layer = B * T * (8 * C + qkv + 2 * gc.hidden) + B * H * T * T

@@ -221,6 +221,7 @@ class Trainer:
         self.progress = progress
         self.history: list[dict] = []       # eval records
         self.train_time = 0.0               # seconds inside training steps (no eval, no I/O)
+        self.step_tokens = 0                # positions the last step fed through the model
         self.resumed_from: int | None = None
         self.record = False                 # keep the last batch and dropout masks (to replay them in tests)
         self.last_batch = self.last_masks = None
@@ -351,6 +352,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self.get_batch("train", self.rng["train"], cfg.batch_size * cfg.gradient_accumulation_steps)
+        self.step_tokens = int(np.asarray(batch[0]).size)    # positions fed: rows x width (padded rows, DPO pairs)
         lora_dropout = cfg.lora_rank is not None and cfg.lora_dropout > 0
         masks = DropoutMasks(self.rng["dropout"], record=self.record) if cfg.dropout > 0 or lora_dropout else None
         if self.record:
@@ -396,8 +398,7 @@ class Trainer:
         main = self.out_dir is not None and self.dist.is_main       # rank 0 writes the log
         log = RunLog(self.out_dir / LOG_NAME if main else None, append=self.resumed_from is not None,
                      progress=self.progress, total=target, initial=self.step)
-        tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.block_size
-        t_start, steps_start, ema = time.perf_counter(), self.step, None
+        t_start, ema, tokens = time.perf_counter(), None, 0
         try:
             log.record({"event": "start", "step": self.step, "resumed": self.resumed_from is not None,
                             "params": self.model.num_parameters(),
@@ -416,14 +417,14 @@ class Trainer:
                     log.record({"event": "diverged", "step": e.step, "message": str(e),
                                 "checkpoint": str(self.ckpt_path) if self.ckpt_path else None})
                     raise
-                tps = tokens_per_step / rec["dt_s"] if rec["dt_s"] > 0 else float("inf")
+                tokens += self.step_tokens
+                tps = self.step_tokens / rec["dt_s"] if rec["dt_s"] > 0 else float("inf")
                 ema = tps if ema is None else 0.9 * ema + 0.1 * tps
                 log.step(rec, tps, ema, logged=rec["step"] % cfg.log_interval == 0)
-            steps = self.step - steps_start
             summary = {"step": self.step, "best_val_loss": self.best_val_loss,
                        "last_eval": self.history[-1] if self.history else None,
                        "wall_s": time.perf_counter() - t_start, "train_s": self.train_time,
-                       "tokens_per_s": steps * tokens_per_step / self.train_time if self.train_time > 0 else None}
+                       "tokens_per_s": tokens / self.train_time if self.train_time > 0 else None}
             log.record({"event": "end", **{k: v for k, v in summary.items() if k != "last_eval"}})
             return summary
         finally:
