@@ -55,6 +55,8 @@ def child(out: str, argv: list[str]) -> int:
         return run(self, *a, **k)
     trainer_mod.Trainer.run = keep
     rc = main(argv)
+    if "trainer" not in seen:       # this process watched the rank's worker (reference/programs/rank_watch.py),
+        return rc                   # which ran this function too and wrote the record
     t = seen["trainer"]
     if t.dist.zero is not None:
         opt_bytes = t.dist.zero.nbytes()
