@@ -353,3 +353,34 @@ def test_against_torch_ddp_and_zero_redundancy_optimizer(data_dir, tmp_path):
         assert rel(w, twin[f"w.{name}"]) <= 1e-8, name
         for key in ("exp_avg", "exp_avg_sq"):
             assert rel(ckpt.optimizer["state"][name][key], twin[f"{key}.{name}"]) <= 1e-8, (name, key)
+
+
+def test_a_rank_that_loses_a_peer_and_hears_no_watcher_says_so_in_one_line(monkeypatch, capsys):
+    """Where no watcher names the lost rank (a rank on another machine, another launcher), the survivor
+    whose exchange failed waits PEER_LOST_GRACE_S, then prints one line and aborts every rank."""
+    from mpi4py import MPI
+    from reference.programs import train as train_mod
+    from reference.programs.collectives import MPIComm, PeerLost
+
+    class Dead:                                   # COMM_WORLD after a peer died: every exchange fails
+        def Get_rank(self):
+            return 0
+
+        def Get_size(self):
+            return 2
+
+        def allgather(self, obj):
+            raise MPI.Exception(MPI.ERR_OTHER)
+    comm = MPIComm(Dead())
+    with pytest.raises(PeerLost):
+        comm.allgather(1)
+    aborted = []
+    comm.abort = aborted.append
+
+    def run(*a):
+        return comm.allgather("ready")
+    monkeypatch.setattr(train_mod, "_run", run)
+    monkeypatch.setattr(train_mod, "PEER_LOST_GRACE_S", 0.0)
+    assert train_mod._run_ranks(None, comm, []) == 1 and aborted == [1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: rank 0 lost contact with another rank (") and "--resume" in err[0]
