@@ -27,7 +27,7 @@ from reference.programs.training.trainer import Trainer
 from reference import GPT, GPTConfig
 
 from test_dpo import BETA, pairs
-from test_grad_accum import rel
+from test_grad_accum import differences, rel
 
 RTOL = 1e-13
 
@@ -126,12 +126,6 @@ def run(batch_size, k, *, steps=12, lora=False, zero_stage=0, grad_clip=1.0, ker
     return t, losses
 
 
-def differences(a: Trainer, la, b: Trainer, lb) -> dict[str, float]:
-    out = {"loss": rel(la, lb), "weights": max(rel(p.data, q.data) for p, q in zip(a.params, b.params))}
-    for key in ("exp_avg", "exp_avg_sq"):
-        out[key] = max(rel(a.optimizer.state[id(p)][key], b.optimizer.state[id(q)][key])
-                       for p, q in zip(a.params, b.params))
-    return out
 
 
 @pytest.mark.parametrize("lora, kernels", [(False, "textbook"), (True, "textbook"), (False, "fast")])

@@ -178,14 +178,21 @@ def test_prepare_sft_then_train(tmp_path, capsys):
 
 def test_train_on_sft_data_resumes_bit_identical(tmp_path, capsys):
     """python -m reference train on prepare.py --sft data: straight to 6 steps equals 3 and a resume to 6."""
-    from reference.programs.cli import main
-    from reference.programs.safetensors_io import load_file
     f = tmp_path / "ex.jsonl"
     f.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in reverse_examples(30)) + "\n")
     assert prepare.main(["--sft", str(f), "--out", str(tmp_path / "d")]) == 0
     common = ["--data_dir", tmp_path / "d", "--eval_interval", 3, "--always_save_checkpoint", "--n_layer", 1,
               "--n_head", 2, "--n_embd", 16, "--block_size", 8, "--batch_size", 4, "--eval_iters", 2,
               "--dropout", 0.1, "--no-progress"]
+    assert_resume_bit_identical(tmp_path, common)
+    capsys.readouterr()
+
+
+def assert_resume_bit_identical(tmp_path, common: list) -> None:
+    """`train` 6 steps in one go (tmp_path/a) and 3 + a resumed 3 (tmp_path/b) with the flags `common`: the
+    two final checkpoints hold the same bits."""
+    from reference.programs.cli import main
+    from reference.programs.safetensors_io import load_file
     run = lambda *a: main(["train", *map(str, a)])               # noqa: E731
     assert run("--out_dir", tmp_path / "a", "--max_iters", 6, *common) == 0
     assert run("--out_dir", tmp_path / "b", "--max_iters", 3, *common) == 0
@@ -193,4 +200,3 @@ def test_train_on_sft_data_resumes_bit_identical(tmp_path, capsys):
     a, _ = load_file(tmp_path / "a" / "ckpt.safetensors")
     b, _ = load_file(tmp_path / "b" / "ckpt.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    capsys.readouterr()

@@ -31,15 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "data"))
 sys.path.insert(0, str(ROOT / "tests"))
 import prepare  # noqa: E402
-from test_sft import reverse_examples  # noqa: E402
+from test_sft import assert_resume_bit_identical, reverse_examples  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from test_trajectory import one_torch_thread  # noqa: E402,F401  (autouse: torch on one thread here too)
 
 
 def varied_examples(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -250,19 +245,11 @@ def test_prepare_records_lengths_and_train_checks_them(tmp_path, capsys):
 
 
 def test_no_packing_resumes_bit_identical(tmp_path, capsys):
-    from reference.programs.cli import main
-    from reference.programs.safetensors_io import load_file
     d = prepared(tmp_path)
     common = ["--data_dir", d, "--eval_interval", 3, "--always_save_checkpoint", "--n_layer", 1, "--n_head", 2,
               "--n_embd", 16, "--block_size", 12, "--batch_size", 4, "--eval_iters", 2, "--dropout", 0.1,
               "--no-progress", "--no-packing"]
-    run = lambda *a: main(["train", *map(str, a)])               # noqa: E731
-    assert run("--out_dir", tmp_path / "a", "--max_iters", 6, *common) == 0
-    assert run("--out_dir", tmp_path / "b", "--max_iters", 3, *common) == 0
-    assert run("--out_dir", tmp_path / "b", "--resume", "--max_iters", 6, "--no-progress") == 0
-    a, _ = load_file(tmp_path / "a" / "ckpt.safetensors")
-    b, _ = load_file(tmp_path / "b" / "ckpt.safetensors")
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert_resume_bit_identical(tmp_path, common)
     capsys.readouterr()
 
 
