@@ -266,16 +266,21 @@ def prepare(
 def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_fraction: float = VAL_FRACTION
                 ) -> dict[str, Any]:
     """Read a JSONL of SFT examples, tokenise, split by example, write ids, masks and meta; return the meta.
-    The char tokenizer's alphabet is every character of every prompt and response (template included)."""
+    The char tokenizer's alphabet is every character of every prompt and response (template included).
+    A model directory's eos_token is appended to prompt/response examples' responses, as TRL does
+    (reference/programs/sft.py); meta.json's "sft" records it ("eos_token", null for char and byte)."""
+    model_dir = kind not in ("char", "byte") and Path(kind).is_dir()
+    tok = tokenize(b" ", kind)[1] if model_dir else None          # a directory's BPE (char: built from the text)
     try:
-        template = ChatTemplate.from_dir(kind) if kind not in ("char", "byte") and Path(kind).is_dir() else None
-        examples = sft.read_examples(path, template)
+        template = ChatTemplate.from_dir(kind) if model_dir else None
+        eos = sft.eos_token(kind, tok) if model_dir else None
+        examples = sft.read_examples(path, template, eos)
     except (sft.SFTError, ChatTemplateError) as exc:
         raise PrepareError(str(exc)) from None
     if len(examples) < 2:
         raise PrepareError(f"{path} holds {len(examples)} example; expected at least 2 (one for validation)")
-    text = "".join(p + r for p, r in examples).encode("utf-8")
-    _, tok = tokenize(text, kind)
+    if tok is None:
+        _, tok = tokenize("".join(p + r for p, r, _ in examples).encode("utf-8"), kind)
     n_val = max(1, round(len(examples) * val_fraction))
     splits = {"train": examples[:-n_val], "val": examples[-n_val:]}
     encoded = {}
@@ -290,7 +295,8 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
                    "masks": sft.MASK_FILES, "lengths": sft.LENGTH_FILES, "ignore_index": sft.IGNORE_INDEX,
                    "response_tokens": {k: int(m.sum()) for k, (_, m, _) in encoded.items()},
                    "longest": int(max(n.max() for _, _, n in encoded.values())),
-                   "chat_template": ({"source": "ours", "sha256": sft.CHAT_TEMPLATE_DIGEST} if template is None else {"source": template.source, "sha256": template.digest})}
+                   "chat_template": ({"source": "ours", "sha256": sft.CHAT_TEMPLATE_DIGEST} if template is None else {"source": template.source, "sha256": template.digest}),
+                   "eos_token": eos}
     files = {}
     for split, (ids, mask, lengths) in encoded.items():
         files[f"{split}.bin"] = ids.astype(meta["dtype"]).tobytes()
@@ -310,19 +316,23 @@ def prepare_dpo(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     if len(pairs) < 2:
         raise PrepareError(f"{path} holds {len(pairs)} pair; expected at least 2 (one for validation)")
     _, tok = tokenize("".join("".join(p) for p in pairs).encode("utf-8"), kind)
+    try:
+        eos = sft.eos_token(kind, tok)                    # appended to chosen and rejected, as TRL's DPOTrainer does
+    except ChatTemplateError as exc:
+        raise PrepareError(str(exc)) from None
     n_val = max(1, round(len(pairs) * val_fraction))
     splits = {"train": pairs[:-n_val], "val": pairs[-n_val:]}
     encoded = {}
     for split, ps in splits.items():
         try:
-            encoded[split] = dpo.encode_pairs(ps, tok, block_size=1 << 62, where=f"{path}: {split} pair")
+            encoded[split] = dpo.encode_pairs(ps, tok, block_size=1 << 62, where=f"{path}: {split} pair", eos=eos)
         except dpo.DPOError as exc:
             raise PrepareError(str(exc)) from None
     streams = {k: np.concatenate([np.concatenate(e) for e in enc]) for k, enc in encoded.items()}
     meta = common_meta(tok, streams["train"].size, streams["val"].size, val_fraction, str(path),
                        Path(path).read_bytes())
     meta["dpo"] = {"train_pairs": len(splits["train"]), "val_pairs": len(splits["val"]), "pairs": dpo.PAIR_FILES,
-                   "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc))}
+                   "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc)), "eos_token": eos}
     files = {}
     for split, enc in encoded.items():
         files[f"{split}.bin"] = streams[split].astype(meta["dtype"]).tobytes()
@@ -412,7 +422,11 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
         if args.sft:
             if args.src:
                 raise PrepareError("give --sft FILE.jsonl or --from PATH, not both")
-            meta = prepare_sft(args.sft, out_dir, kind=args.tokenizer)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                meta = prepare_sft(args.sft, out_dir, kind=args.tokenizer)
+            for w in caught:
+                print(f"prepare.py: warning: {w.message}", file=sys.stderr)
             sizes = meta["sft"]
             print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
             print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .options import is_real
-from .sft import IGNORE_INDEX, SFTError, read_jsonl
+from .sft import IGNORE_INDEX, SFTError, encode_text, prefix_warning, read_jsonl
 
 KEYS = ("prompt", "chosen", "rejected")
 
@@ -61,20 +61,35 @@ def read_pairs(path) -> list[tuple[str, str, str]]:
     return out
 
 
-def encode_pairs(pairs, tokenizer, block_size: int, where: str = "pair") -> list[tuple[np.ndarray, ...]]:
-    """(prompt ids, chosen ids, rejected ids) of each pair. DPOError for a response empty after
-    tokenisation, or a prompt + response longer than block_size + 1 tokens."""
-    out = []
+def encode_pairs(pairs, tokenizer, block_size: int, where: str = "pair", eos: str | None = None
+                 ) -> list[tuple[np.ndarray, ...]]:
+    """(prompt ids, chosen ids, rejected ids) of each pair, as TRL's DPOTrainer makes them (trl 1.13,
+    dpo_trainer.py `_prepare_dataset`): `eos` (the tokenizer's eos_token; None for char and byte) appended to
+    chosen and rejected unless they end with it, then prompt ids = tokenise(prompt) and chosen ids =
+    tokenise(prompt + chosen)[len(prompt ids):] (likewise rejected), each text tokenised as the tokenizer's
+    __call__ does (sft.encode_text); the model is fed prompt ids + chosen ids. A UserWarning, as TRL's, names
+    the pairs whose prompt ids are not a prefix of tokenise(prompt + response). DPOError for a response
+    empty after tokenisation, or a prompt + response longer than block_size + 1 tokens."""
+    out, mismatched = [], []
     for k, (p, c, r) in enumerate(pairs, 1):
-        ids = tuple(np.asarray(tokenizer.encode(s), np.int64) for s in (p, c, r))
-        for name, resp in (("chosen", ids[1]), ("rejected", ids[2])):
-            if resp.size == 0:
+        prompt = encode_text(tokenizer, p)
+        ids = [prompt]
+        for name, resp in (("chosen", c), ("rejected", r)):
+            if eos and not resp.endswith(eos):
+                resp += eos
+            full = encode_text(tokenizer, p + resp)
+            if not np.array_equal(full[:prompt.size], prompt) and k not in mismatched:
+                mismatched.append(k)
+            ids.append(full[prompt.size:])
+            if ids[-1].size == 0:
                 raise DPOError(f"{where} {k}: the {name} response is empty after tokenisation: its log-probability "
                                "would be over no token (expected at least one response token)")
-            if ids[0].size + resp.size > block_size + 1:
-                raise DPOError(f"{where} {k}: prompt + {name} is {ids[0].size + resp.size} tokens, longer than "
+            if prompt.size + ids[-1].size > block_size + 1:
+                raise DPOError(f"{where} {k}: prompt + {name} is {prompt.size + ids[-1].size} tokens, longer than "
                                f"block_size + 1 = {block_size + 1} (expected shorter pairs or a larger block_size)")
-        out.append(ids)
+        out.append(tuple(ids))
+    if mismatched:
+        warnings.warn(prefix_warning(where, mismatched, "chosen or rejected"), stacklevel=2)
     return out
 
 

@@ -12,11 +12,23 @@ message's content + `\\n`, and the last message must be the assistant's. Data pr
 `--tokenizer MODEL_DIR` whose directory has a chat template of its own is rendered with that one, as
 transformers' apply_chat_template does (reference/programs/chat_template.py): prompt =
 render(messages[:-1], add_generation_prompt=True), response = render(messages)[len(prompt):]
-(`render_with`). A `prompt`/`response` line is used as written (no template).
+(`render_with`). A `prompt`/`response` line is used as written (no template); "completion", TRL's
+name, is accepted for "response".
 
-Each example is tokenised as prompt then response, and the examples are packed one after another
-into one stream of ids with a mask beside it: mask[j] = 1 where token j belongs to a response. A
-window of block_size + 1 tokens at i gives x = ids[i:i+T] and targets y[t] = ids[i+t+1] where
+Each example is tokenised as TRL's SFTTrainer tokenises a prompt-completion example (trl 1.13,
+sft_trainer.py `_prepare_dataset`): a `prompt`/`response` line gets the tokenizer's eos_token appended
+to its response unless it already ends with it (`add_eos`; char and byte tokenizers have none), and is
+tokenised as the tokenizer's __call__ does (`encode_text`: with the special tokens its post-processor
+adds, a BOS for Llama's); a `messages` line is conversational: no eos appended, tokenised without
+special tokens, as apply_chat_template(tokenize=True) does. Then
+
+    ids  = tokenise(prompt + response)     (the whole text at once: a BPE merge may cross the boundary)
+    mask = [0] * len(tokenise(prompt)) + [1] * (len(ids) - len(tokenise(prompt)))
+
+with a warning, as TRL gives, when tokenise(prompt) is not a prefix of ids. Char and byte tokenizers have
+no merges, so for them this equals the prompt's ids followed by the response's. The examples are packed
+one after another into one stream of ids with a mask beside it: mask[j] = 1 where token j belongs to a
+response. A window of block_size + 1 tokens at i gives x = ids[i:i+T] and targets y[t] = ids[i+t+1] where
 mask[i+t+1] = 1, else -100 (`IGNORE_INDEX`, reference/loss.py's ignore_index): the loss is the mean
 over response tokens only. Windows are drawn only where at least one target counts, so no batch has
 every target ignored (a NaN loss). `data/prepare.py --sft FILE.jsonl` writes the stream as train.bin /
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +62,11 @@ class SFTError(ValueError):
     """A bad SFT file or example: one line naming the file, the line and what was expected."""
 
 
-def render(example: dict, where: str, template=None) -> tuple[str, str]:
-    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing. `template`: a
-    model directory's chat template (chat_template.ChatTemplate) for "messages", else CHAT_TEMPLATE."""
+def render(example: dict, where: str, template=None, eos: str | None = None) -> tuple[str, str]:
+    """(prompt, response) text of one decoded JSONL object; SFTError names what is missing, or both "response"
+    and "completion" given. `template`: a model directory's chat template (chat_template.ChatTemplate) for
+    "messages", else CHAT_TEMPLATE. `eos`: the tokenizer's eos_token, appended to a prompt/response example's
+    response unless it ends with it (TRL's add_eos; a "messages" example is left as its template renders it)."""
     if not isinstance(example, dict):
         raise SFTError(f"{where}: expected a JSON object with \"prompt\" and \"response\" (or \"messages\"), "
                        f"got {type(example).__name__}")
@@ -68,14 +83,21 @@ def render(example: dict, where: str, template=None) -> tuple[str, str]:
             return render_with(template, msgs, where)
         prompt = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs[:-1])
         return prompt + ASSISTANT_PREFIX, msgs[-1]["content"] + "\n"
-    missing = [k for k in ("prompt", "response") if k not in example]
+    if "response" in example and "completion" in example:
+        raise SFTError(f"{where}: both 'response' and 'completion' (TRL's name for the response); expected one of them")
+    key = "completion" if "completion" in example else "response"
+    missing = [k for k in ("prompt", key) if k not in example]
     if missing:
         raise SFTError(f"{where}: no {' and no '.join(repr(k) for k in missing)} key (it has {sorted(example)}); "
-                       "expected {\"prompt\": ..., \"response\": ...} or {\"messages\": [...]}")
-    for k in ("prompt", "response"):
+                       "expected {\"prompt\": ..., \"response\": ...} (\"completion\", TRL's name, is accepted for "
+                       "\"response\") or {\"messages\": [...]}")
+    for k in ("prompt", key):
         if not isinstance(example[k], str):
             raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}")
-    return example["prompt"], example["response"]
+    response = example[key]
+    if eos and not response.endswith(eos):                   # TRL's add_eos: non-conversational examples only
+        response += eos
+    return example["prompt"], response
 
 
 def render_with(template, msgs: list[dict], where: str) -> tuple[str, str]:
@@ -118,36 +140,77 @@ def read_jsonl(path, error: type[Exception] = None):
             raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
-def read_examples(path, template=None) -> list[tuple[str, str]]:
-    """Every (prompt, response) of a JSONL file, blank lines skipped; SFTError for a bad line or no example.
-    `template`: a model directory's chat template for "messages" lines (`render`)."""
-    out = [render(obj, where, template) for where, obj in read_jsonl(path)]
+def read_examples(path, template=None, eos: str | None = None) -> list[tuple[str, str, bool]]:
+    """Every (prompt, response, chat) of a JSONL file, blank lines skipped, chat True for a "messages" line;
+    SFTError for a bad line or no example. `template`, `eos`: as `render` takes them."""
+    out = [(*render(obj, where, template, eos), isinstance(obj, dict) and "messages" in obj)
+           for where, obj in read_jsonl(path)]
     if not out:
         raise SFTError(f"{path} holds no example: expected one JSON object per line")
     return out
 
 
-def encode(examples: list[tuple[str, str]], tokenizer, where: str = "example") -> tuple[np.ndarray, np.ndarray]:
+def eos_token(tokenizer_dir, tokenizer) -> str | None:
+    """The eos_token TRL appends to a prompt/response example's response: the model directory's eos_token
+    (chat_template.special_tokens: special_tokens_map.json, tokenizer_config.json, GPT-2's <|endoftext|>)
+    where it is one token of `tokenizer`; None for the char and byte tokenizers (`tokenizer_dir` "char" or
+    "byte": they have no eos token) and for a directory that names none."""
+    if tokenizer_dir in ("char", "byte") or not Path(tokenizer_dir).is_dir():
+        return None
+    from .chat_template import special_tokens
+    eos = special_tokens(tokenizer_dir).get("eos_token")
+    return eos if eos and np.asarray(tokenizer.encode(eos)).size == 1 else None
+
+
+def encode_text(tokenizer, text: str, special_tokens: bool = True) -> np.ndarray:
+    """The ids of `text` as transformers' tokenizer(text) gives them (int64): with the special tokens the BPE
+    tokenizer's post-processor adds (add_special_tokens=True: a BOS for Llama's, none for GPT-2's), or none
+    (`special_tokens` False: apply_chat_template(tokenize=True) tokenises its rendering so). The char and
+    byte tokenizers add none."""
+    from .tokenizers import BPETokenizer
+    if special_tokens and isinstance(tokenizer, BPETokenizer):
+        return tokenizer.encode(text, add_special_tokens=True)
+    return np.asarray(tokenizer.encode(text), np.int64)
+
+
+def encode(examples, tokenizer, where: str = "example") -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask) of the examples packed one after another: int64 ids and uint8 mask, 1 on response tokens.
     SFTError for a response that is empty after tokenisation (its targets would all be ignored)."""
     ids, mask, _ = encode_examples(examples, tokenizer, where)
     return ids, mask
 
 
-def encode_examples(examples: list[tuple[str, str]], tokenizer, where: str = "example"
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_examples(examples, tokenizer, where: str = "example") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`encode`'s (ids, mask) and each example's length in tokens (int64, prompt + response): the boundaries
-    the one-example-per-row layout needs (`PaddedExamples`)."""
-    ids, mask, lengths = [], [], []
-    for k, (prompt, response) in enumerate(examples, 1):
-        p, r = np.asarray(tokenizer.encode(prompt), np.int64), np.asarray(tokenizer.encode(response), np.int64)
-        if r.size == 0:
+    the one-example-per-row layout needs (`PaddedExamples`). `examples`: (prompt, response) or (prompt,
+    response, chat) as `read_examples` gives them; chat True tokenises without special tokens.
+
+    As TRL's SFTTrainer: ids = tokenise(prompt + response), mask 0 on the first len(tokenise(prompt)) of
+    them, 1 after; a UserWarning naming the examples whose prompt ids are not a prefix of their ids (TRL
+    warns too; its mask is the same)."""
+    ids, mask, lengths, mismatched = [], [], [], []
+    for k, (prompt, response, *chat) in enumerate(examples, 1):
+        special = not (chat and chat[0])
+        p = encode_text(tokenizer, prompt, special)
+        full = encode_text(tokenizer, prompt + response, special)
+        if full.size <= p.size:
             raise SFTError(f"{where} {k}: the response {response!r} is empty after tokenisation: every target would "
                            "be ignored (expected at least one response token)")
-        ids += [p, r]
-        mask += [np.zeros(p.size, np.uint8), np.ones(r.size, np.uint8)]
-        lengths.append(p.size + r.size)
+        if not np.array_equal(full[:p.size], p):
+            mismatched.append(k)
+        ids.append(full)
+        mask += [np.zeros(p.size, np.uint8), np.ones(full.size - p.size, np.uint8)]
+        lengths.append(full.size)
+    if mismatched:
+        warnings.warn(prefix_warning(where, mismatched, "response"), stacklevel=2)
     return np.concatenate(ids), np.concatenate(mask), np.array(lengths, np.int64)
+
+
+def prefix_warning(where: str, numbers: list[int], response: str) -> str:
+    """TRL's warning, naming the examples: their prompt's ids are not a prefix of prompt + response's."""
+    shown = ", ".join(map(str, numbers[:5])) + (" ..." if len(numbers) > 5 else "")
+    return (f"{where} {shown}: the prompt's tokens are not a prefix of the tokens of prompt + {response} (a token "
+            f"spans the boundary); as TRL does, the first len(prompt tokens) tokens count as the prompt")
 
 
 def targets(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -212,13 +212,14 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> IdArray:
+    def encode(self, text: str, add_special_tokens: bool = False) -> IdArray:
         """The token ids of ``text`` (no special tokens added; those in the text are one id each).
-        ValueError for text that is not UTF-8 (a lone surrogate), naming the character and its position."""
+        ``add_special_tokens``: also those the tokenizer.json's post-processor adds (a BOS for Llama's, none
+        for GPT-2's), as transformers' ``tokenizer(text)`` does. ValueError for text that is not UTF-8 (a lone surrogate), naming the character and its position."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         try:
-            return np.array(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+            return np.array(self._tok.encode(text, add_special_tokens=add_special_tokens).ids, dtype=np.int64)
         except TypeError:                                   # the library refuses a str it cannot make UTF-8
             try:
                 text.encode("utf-8")
