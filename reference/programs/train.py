@@ -357,8 +357,8 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         print(f"error: out of memory at step {trainer.step} (about {trainer.memory['total'] / 2**30:.1f} GiB "
               f"estimated); lower batch_size or block_size; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
         return 1
-    except OSError as e:
-        state["alone"] = True
+    except OSError as e:                                       # a failed save every rank was told of (Trainer.save)
+        state["alone"] = not getattr(e, "every_rank_knows", False)      # ends every rank alike: no MPI_Abort
         print(f"error: writing to {config.out_dir} failed: {_os_error(e)}; {_checkpoint_state(trainer.ckpt_path)}",
               file=sys.stderr)
         return 1
