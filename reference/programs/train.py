@@ -15,7 +15,7 @@ relative `data_dir` that does not exist from the current directory is looked up 
 Failures of the environment or of user input end the command with one line on stderr and a non-zero
 exit: bad values (2), a run that cannot fit in memory (2, checked before allocating, see
 training/memory.py), an OUT_DIR another run is using (2: one run per directory, reference/programs/lock.py), a disk that fills up or a directory that cannot be written (1), divergence (1), and
-Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
+Ctrl-C or SIGTERM (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
 from a Hugging Face GPT-2 or Llama directory (reference/programs/hf.py); `--block_size` may shorten its
@@ -202,11 +202,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     locks: list[DirectoryLock] | None = [] if comm.rank == 0 else None     # rank 0 holds OUT_DIR's lock
+    previous = _sigterm_as_ctrl_c() if comm.size == 1 else None
     try:
         return _run_ranks(args, comm, locks)
     finally:
         for lock in locks or ():
             lock.release()
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_ctrl_c():
+    """One process: SIGTERM (`kill`, a scheduler's stop) ends the run as Ctrl-C does (KeyboardInterrupt: one
+    line, exit 130, the lock released, the last checkpoint as it was) rather than at once with the lock file
+    left behind. Returns the handler it replaced (None off the main thread, where none can be set). Several
+    ranks raise a flag instead (DataParallel.catch_interrupts)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 # How long a rank that lost a peer waits for the lost rank's watcher to name it (and the launcher to end
