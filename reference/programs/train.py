@@ -243,6 +243,12 @@ def _run_ranks(args: argparse.Namespace, comm, locks: list[DirectoryLock] | None
     try:
         with quiet:
             code = _run(args, comm, state, locks)
+    except KeyboardInterrupt:
+        # Ctrl-C while setting up (DPO's reference log-probabilities, say): a failure to start, told to the
+        # others at the meeting below; from the meeting on, Ctrl-C only raises a flag (catch_interrupts).
+        with quiet:
+            print("interrupted: python -m reference train stopped before training started", file=sys.stderr)
+        code = 130
     except PeerLost as e:                                      # another rank died: its watcher names it
         import time                                            # (rank_watch.py) and the launcher then ends us;
         time.sleep(PEER_LOST_GRACE_S)                          # still here: no watcher spoke, so we do
@@ -355,10 +361,10 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         print(f"error: {_os_error(e)}", file=sys.stderr)
         return 1
     if comm.size > 1:
-        code = _ranks_ready(comm, trainer, state)
+        trainer.dist.catch_interrupts()                        # before the meeting: no KeyboardInterrupt from
+        code = _ranks_ready(comm, trainer, state)              # inside it, so a rank met is a rank ready
         if code:
             return code
-        trainer.dist.catch_interrupts()
     if progress:
         print(f"model: {trainer.model.num_parameters():,} parameters, {trainer.model_config.dtype}; "
               f"data: {len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens; "
