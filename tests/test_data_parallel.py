@@ -14,7 +14,8 @@ What is proven, and to what:
 - Planted bugs are caught: shard losses averaged 1/N instead of by token count; a ring one step short.
 - Faults: ranks started with different settings are refused in one line; a rank that cannot start stops
   every rank with its line; Ctrl-C stops every rank with exit 130; a rank killed with SIGKILL ends the run
-  non-zero in bounded time (Hydra kills the others at once) with the last checkpoint intact; a hostfile
+  non-zero in bounded time (Hydra kills the others at once) with the last checkpoint intact; a full disk
+  on rank 0 stops every rank with rank 0's line and no lock left behind; a hostfile
   naming this machine twice runs.
 Skipped, with the reason, where mpi4py or mpiexec is missing.
 """
@@ -234,6 +235,29 @@ def test_ctrl_c_stops_every_rank_with_130(data_dir, tmp_path):
     assert p.returncode == 130, err
     assert "interrupted at step" in err and "is left as it was" in err and "Traceback" not in err
     assert load_checkpoint(out / "ckpt.safetensors").step % 5 == 0
+
+
+# Rank 0's checkpoint writes fail as on a full disk (reference/programs/atomic.py opens every file it writes).
+DISK_FULL = ("import errno, reference.programs.atomic as A\n"
+             "def full(path, mode):\n"
+             "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+             "if os.environ.get('PMI_RANK') == '0': A.open = full\n")
+
+
+def test_a_full_disk_on_rank_0_stops_every_rank_with_its_line_and_leaves_no_lock(data_dir, tmp_path):
+    """Rank 0 tells every rank that its save failed (Trainer.save's broadcast), so every rank stops alike: rank
+    0's line, exit 1, no MPI_Abort (whose launcher may kill rank 0 before its line is out), the lock released."""
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-c", f"import os, sys\n{DISK_FULL}from reference.programs.cli "
+           "import main\nsys.exit(main(sys.argv[1:]))", "train", "--data_dir", str(data_dir), "--out_dir", str(out),
+           *TINY, "--batch_size", "4", "--max_iters", "10", "--eval_interval", "5"]
+    p = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.startswith("error")]
+    assert lines == [f"error: writing to {out} failed: No space left on device; free some space; no checkpoint "
+                     "was written"], p.stderr
+    assert "Abort" not in p.stderr and "Traceback" not in p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ["log.jsonl"]           # no lock, no temporary file
 
 
 def _rank_pid(out, rank: int) -> int:

@@ -280,3 +280,24 @@ def test_resume_keeps_the_runs_reference(tmp_path):
     c = Trainer(cfg.replace(seed=2), train_data=stream, val_data=stream, tokenizer=tok,
                 objective=dpo.DPOObjective(enc[:8], enc[8:], BETA))
     assert not np.array_equal(c.objective.reference["train"], a.objective.reference["train"])
+
+
+def test_resume_on_other_pairs_of_the_same_count_is_refused(tmp_path):
+    """The saved reference log-probabilities belong to the run's pairs: resumed on other pairs of the same
+    count (chosen and rejected swapped here), they would be compared with the wrong sequences and the loss
+    would silently be another one. The checkpoint names its pairs (sha256) and such a resume is refused."""
+    _, tok, enc, _ = setup(n=12)
+    stream = np.concatenate([np.concatenate(e) for e in enc])
+    cfg = TrainConfig(out_dir=str(tmp_path), seed=1, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2,
+                      max_iters=2, warmup_iters=0, eval_iters=1, dtype="float64", objective="dpo")
+    a = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok, objective=dpo.DPOObjective(enc[:8], enc[8:], BETA))
+    a.train_step()
+    path = a.save()
+    swapped = [(p, r, c) for p, c, r in enc[:8]]
+    with pytest.raises(ValueError, match=r"holds DPO reference log-probabilities of other train pairs \(sha256 "
+                                         r"[0-9a-f]{12}, these pairs' [0-9a-f]{12}\): expected the data the run"):
+        Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok,
+                objective=dpo.DPOObjective(swapped, enc[8:], BETA), resume=path)
+    b = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok,
+                objective=dpo.DPOObjective([tuple(q.copy() for q in e) for e in enc[:8]], enc[8:], BETA), resume=path)
+    assert np.array_equal(b.objective.reference["train"], a.objective.reference["train"])   # equal pairs: resumed

@@ -8,7 +8,8 @@ proven equal to one process with tests/test_data_parallel.py's helpers and bound
 - ZeRO-1 equals plain data parallel bit for bit; a run checkpointed at N = 2 resumes at N = 1 on the
   uninterrupted N = 2 trajectory (the reference log-probabilities come from the checkpoint);
 - planted bugs are caught: shard losses weighted 1/N instead of by their pairs, and a pair's chosen and
-  rejected rows sent to different ranks (the rows shared out as the language model's).
+  rejected rows sent to different ranks (the rows shared out as the language model's);
+- Ctrl-C while the ranks compute the reference (before they meet) is one line and exit 130.
 Skipped, with the reason, where mpi4py or mpiexec is missing (as tests/test_data_parallel.py).
 """
 
@@ -129,3 +130,39 @@ def test_planted_bugs_are_caught(plant, data_dir, one_process, tmp_path):
     diff = dp.differences(tmp_path / "bug", one_process)
     print(f"planted {plant}: weights off by {diff['weights']:.2g}")
     assert diff["weights"] > 1e-6
+
+
+def test_ctrl_c_while_the_ranks_compute_the_reference_is_one_line_and_130(data_dir, tmp_path):
+    """Ctrl-C before the ranks have met (here: while they compute the reference's log-probabilities, which
+    takes minutes on a real preference set): every rank stops with one line and exit 130, no traceback, no
+    MPI_Abort, nothing left in out_dir. A plant holds each rank in the reference computation until then."""
+    import os
+    import signal
+    import time
+    out, marks = tmp_path / "run", tmp_path / "marks"
+    marks.mkdir()
+    hold = ("import time, reference.programs.dpo as D\n"
+            "def held(model, encoded, batch_size=8):\n"
+            f"    open(os.path.join({str(marks)!r}, os.environ['PMI_RANK']), 'w').close()\n"
+            "    while True: time.sleep(0.01)\n"
+            "D.reference_logprobs = held\n")
+    code = f"import os, sys\n{hold}from reference.programs.cli import main\nsys.exit(main(sys.argv[1:]))"
+    cmd = [dp.MPIEXEC, "-n", "2", sys.executable, "-c", code, "train", "--data_dir", str(data_dir), "--out_dir",
+           str(out), *dp.TINY, *DPO, *WHOLE]
+    p = subprocess.Popen(cmd, cwd=dp.REPO, env=dp.ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    t0 = time.monotonic()
+    while len(list(marks.iterdir())) < 2:
+        assert p.poll() is None and time.monotonic() - t0 < 60, p.communicate()
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)                  # a terminal's Ctrl-C: every process of the group
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError("the ranks did not stop within 60 s of Ctrl-C") from None
+    assert p.returncode == 130, err
+    assert [x for x in err.splitlines() if "interrupted" in x] == [
+        "interrupted: python -m reference train stopped before training started"], err
+    assert "Traceback" not in err and "Abort" not in err
+    assert not out.exists()                          # the lock made the directory, and took it away again

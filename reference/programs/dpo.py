@@ -18,6 +18,7 @@ response only.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -222,14 +223,37 @@ class DPOObjective:
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the reference's log-probabilities (JSON floats round-trip exactly), so a
         resumed run compares with the weights its run started from, whatever the resumed model was built from."""
-        return {"kind": "dpo", "reference": {k: v.tolist() for k, v in self.reference.items()}}
+        return {"kind": "dpo", "reference": {k: v.tolist() for k, v in self.reference.items()},
+                "pairs_sha256": self.pairs_digest()}
+
+    def pairs_digest(self) -> dict[str, str]:
+        """Per split, the sha256 of its pairs' token ids (each pair's three lengths, then its ids, as int64):
+        the sequences the reference's log-probabilities belong to."""
+        out = {}
+        for split, pairs in self.pairs.items():
+            h = hashlib.sha256()
+            for parts in pairs:
+                h.update(np.array([q.size for q in parts], np.int64).tobytes())
+                for q in parts:
+                    h.update(np.ascontiguousarray(q, np.int64).tobytes())
+            out[split] = h.hexdigest()
+        return out
 
     def load_state_dict(self, state, where="the checkpoint") -> None:
+        """The reference's log-probabilities from a checkpoint's state; ValueError when it holds none for these
+        pairs: another count, or (its "pairs_sha256") other pairs of the same count, whose log-probabilities
+        would be compared with the wrong sequences."""
         ok = isinstance(state, dict) and state.get("kind") == "dpo" and isinstance(state.get("reference"), dict)
         ref = {k: np.asarray(v, np.float64) for k, v in state["reference"].items()} if ok else {}
         if not ok or {k: v.shape for k, v in ref.items()} != {k: (len(p), 2) for k, p in self.pairs.items()}:
             raise ValueError(f"{where} holds no DPO reference log-probabilities for these pairs: expected a run "
                              "trained with --objective dpo on the same data")
+        saved, ours = state.get("pairs_sha256"), self.pairs_digest()
+        for split in ours:
+            if saved is not None and saved.get(split) != ours[split]:
+                raise ValueError(f"{where} holds DPO reference log-probabilities of other {split} pairs (sha256 "
+                                 f"{str(saved.get(split))[:12]}, these pairs' {ours[split][:12]}): expected the "
+                                 "data the run was trained on (its --data_dir), or a new run on this data")
         self.reference = ref
 
     def get_batch(self, split: str, batch_size: int, rng: np.random.Generator):

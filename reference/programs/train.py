@@ -15,7 +15,7 @@ relative `data_dir` that does not exist from the current directory is looked up 
 Failures of the environment or of user input end the command with one line on stderr and a non-zero
 exit: bad values (2), a run that cannot fit in memory (2, checked before allocating, see
 training/memory.py), an OUT_DIR another run is using (2: one run per directory, reference/programs/lock.py), a disk that fills up or a directory that cannot be written (1), divergence (1), and
-Ctrl-C (130); in each case the last good checkpoint on disk is left as it was.
+Ctrl-C or SIGTERM (130); in each case the last good checkpoint on disk is left as it was.
 
 Fine-tuning (`--init-from DIR`, as nanoGPT's `init_from='gpt2'`): the model settings and weights come
 from a Hugging Face GPT-2 or Llama directory (reference/programs/hf.py); `--block_size` may shorten its
@@ -202,11 +202,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     locks: list[DirectoryLock] | None = [] if comm.rank == 0 else None     # rank 0 holds OUT_DIR's lock
+    previous = _sigterm_as_ctrl_c() if comm.size == 1 else None
     try:
         return _run_ranks(args, comm, locks)
     finally:
         for lock in locks or ():
             lock.release()
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_ctrl_c():
+    """One process: SIGTERM (`kill`, a scheduler's stop) ends the run as Ctrl-C does (KeyboardInterrupt: one
+    line, exit 130, the lock released, the last checkpoint as it was) rather than at once with the lock file
+    left behind. Returns the handler it replaced (None off the main thread, where none can be set). Several
+    ranks raise a flag instead (DataParallel.catch_interrupts)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 # How long a rank that lost a peer waits for the lost rank's watcher to name it (and the launcher to end
@@ -224,6 +243,12 @@ def _run_ranks(args: argparse.Namespace, comm, locks: list[DirectoryLock] | None
     try:
         with quiet:
             code = _run(args, comm, state, locks)
+    except KeyboardInterrupt:
+        # Ctrl-C while setting up (DPO's reference log-probabilities, say): a failure to start, told to the
+        # others at the meeting below; from the meeting on, Ctrl-C only raises a flag (catch_interrupts).
+        with quiet:
+            print("interrupted: python -m reference train stopped before training started", file=sys.stderr)
+        code = 130
     except PeerLost as e:                                      # another rank died: its watcher names it
         import time                                            # (rank_watch.py) and the launcher then ends us;
         time.sleep(PEER_LOST_GRACE_S)                          # still here: no watcher spoke, so we do
@@ -336,10 +361,10 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         print(f"error: {_os_error(e)}", file=sys.stderr)
         return 1
     if comm.size > 1:
-        code = _ranks_ready(comm, trainer, state)
+        trainer.dist.catch_interrupts()                        # before the meeting: no KeyboardInterrupt from
+        code = _ranks_ready(comm, trainer, state)              # inside it, so a rank met is a rank ready
         if code:
             return code
-        trainer.dist.catch_interrupts()
     if progress:
         print(f"model: {trainer.model.num_parameters():,} parameters, {trainer.model_config.dtype}; "
               f"data: {len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens; "
@@ -357,8 +382,8 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         print(f"error: out of memory at step {trainer.step} (about {trainer.memory['total'] / 2**30:.1f} GiB "
               f"estimated); lower batch_size or block_size; {_checkpoint_state(trainer.ckpt_path)}", file=sys.stderr)
         return 1
-    except OSError as e:
-        state["alone"] = True
+    except OSError as e:                                       # a failed save every rank was told of (Trainer.save)
+        state["alone"] = not getattr(e, "every_rank_knows", False)      # ends every rank alike: no MPI_Abort
         print(f"error: writing to {config.out_dir} failed: {_os_error(e)}; {_checkpoint_state(trainer.ckpt_path)}",
               file=sys.stderr)
         return 1

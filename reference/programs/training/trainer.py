@@ -316,8 +316,12 @@ class Trainer:
         finally:
             self.dist.release_optimizer_state(self.optimizer)
             told = self.dist.agree(None if error is None else str(error))
-            if told is not None and error is None:
-                raise OSError(f"rank 0 could not write {path}: {told}")
+            if error is not None:
+                error.every_rank_knows = True               # each rank raises it here: none is left waiting
+            elif told is not None:
+                lost = OSError(f"rank 0 could not write {path}: {told}")
+                lost.every_rank_knows = True
+                raise lost
         return path
 
     # ------------------------------------------------------------------------------------- one step
