@@ -408,3 +408,25 @@ def test_a_rank_that_loses_a_peer_and_hears_no_watcher_says_so_in_one_line(monke
     assert train_mod._run_ranks(None, comm, []) == 1 and aborted == [1]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: rank 0 lost contact with another rank (") and "--resume" in err[0]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_watcher_names_a_worker_killed_by_a_signal_on_a_line_of_its_own(monkeypatch, capfd, progress):
+    """watch_worker on a worker that SIGKILLs itself: exit 137 and one line, after a newline that ends rank 0's
+    progress bar (a bar's line has none) unless the run shows no bar."""
+    from reference.programs import rank_watch
+    r, w = os.pipe()                                           # stands in for Hydra's PMI socket
+    monkeypatch.setenv("PMI_FD", str(r))
+    monkeypatch.setenv("PMI_RANK", "1")
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = rank_watch.watch_worker([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)",
+                                        *([] if progress else ["--no-progress"])])
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+        os.close(r), os.close(w)
+    err = capfd.readouterr().err
+    assert code == 137
+    assert err.startswith("\nerror: rank 1 (pid " if progress else "error: rank 1 (pid "), err
+    assert err.count("\n") == (2 if progress else 1) and "was killed by SIGKILL" in err

@@ -242,10 +242,15 @@ def test_train_objective_dpo_resumes_bit_identical(tmp_path, capsys, kernels):
 def test_train_objective_and_data_must_agree(tmp_path, capsys):
     from test_sft import prepare
     assert prepare.main(["--dpo", str(write_pairs(tmp_path / "p.jsonl")), "--out", str(tmp_path / "d")]) == 0
-    args = [a for a in TINY if a not in ("--objective", "dpo")]
+    args = [a for a in TINY if a not in ("--objective", "dpo", "--beta", "0.5")]
     rc, err = cli(capsys, "--data_dir", tmp_path / "d", "--out_dir", tmp_path / "o", "--max_iters", 1, *args)
     assert rc == 2 and "is preference pairs but the objective is lm" in err and len(err.strip().splitlines()) >= 1
     assert "Traceback" not in err
+    rc, err = cli(capsys, "--data_dir", tmp_path / "d", "--out_dir", tmp_path / "o", "--max_iters", 1, *args,
+                  "--beta", "0.5")                          # DPO's setting on a run that is not DPO: not ignored
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "error: --beta is a setting of --objective dpo, but this run's objective is lm; drop it, or pass "
+        "--objective dpo (with data from python data/prepare.py --dpo FILE.jsonl)")
     rc, err = cli(capsys, "--data_dir", tmp_path / "d", "--out_dir", tmp_path / "o", "--max_iters", 1,
                   *[a if a != "12" else "4" for a in TINY])
     assert rc == 2 and "prompt + chosen is" in err and "longer than block_size + 1 = 5" in err

@@ -79,8 +79,9 @@ def watch_worker(argv: list[str] | None = None) -> int:
     code = worker.wait()
     if code >= 0:
         return code
-    print(describe_death(os.environ.get("PMI_RANK", "?"), worker.pid, socket.gethostname(), -code),
-          file=sys.stderr, flush=True)
+    bar = "--no-progress" not in argv                          # rank 0's progress bar ends in no newline:
+    print(("\n" if bar else "") + describe_death(os.environ.get("PMI_RANK", "?"), worker.pid,   # a line of its own
+                                                  socket.gethostname(), -code), file=sys.stderr, flush=True)
     return 128 - code
 
 

@@ -45,7 +45,8 @@ from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from . import rank_watch
 from .options import add_kernels_argument
 from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_lora_flags,
-                                check_optimizer_flags, describe_settings, init_config, resolve_settings)
+                                check_objective_flags, check_optimizer_flags, describe_settings, init_config,
+                                resolve_settings)
 from .training.trainer import CKPT_NAME, Trainer, TrainingDiverged
 
 __all__ = ["add_arguments", "parse_args", "run"]
@@ -329,6 +330,7 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         config.model_config(1)                                 # model settings checked before reading any data
         check_optimizer_flags(config, source)
         check_lora_flags(config, source)
+        check_objective_flags(config, source)
         kernels = getattr(args, "kernels", "fast")
         dist = DataParallel(comm, config.zero_stage)
         line = describe_settings(config, source, kernels=kernels)

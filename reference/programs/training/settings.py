@@ -291,6 +291,13 @@ def check_lora_flags(config: TrainConfig, source: dict[str, str]) -> None:
                          f"(e.g. 8) to train adapters, or drop {'it' if len(given) == 1 else 'them'}")
 
 
+def check_objective_flags(config: TrainConfig, source: dict[str, str]) -> None:
+    """`--beta` is DPO's: given with another objective it is a ValueError, not a setting ignored without a word."""
+    if source.get("beta") == "flag" and config.objective != "dpo":
+        raise ValueError(f"--beta is a setting of --objective dpo, but this run's objective is {config.objective}; "
+                         "drop it, or pass --objective dpo (with data from python data/prepare.py --dpo FILE.jsonl)")
+
+
 def init_config(config: TrainConfig, path, *, block_size: int | None = None,
                 source: dict[str, str] | None = None) -> TrainConfig:
     """`config` with the model settings of the Hugging Face model directory `path` (reference/programs/hf.py);
