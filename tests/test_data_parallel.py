@@ -222,17 +222,23 @@ def _wait_for_step(out, step, p, limit=60.0):
     raise AssertionError(f"no step {step} within {limit} s")
 
 
-def test_ctrl_c_stops_every_rank_with_130(data_dir, tmp_path):
-    out = tmp_path / "run"
-    p = _start(2, data_dir, out, "--batch_size", "4", "--max_iters", "100000", "--eval_interval", "5")
-    _wait_for_step(out, 7, p)
-    os.killpg(p.pid, signal.SIGINT)                  # a terminal's Ctrl-C: every process of the group
+def ctrl_c(p: subprocess.Popen) -> str:
+    """A terminal's Ctrl-C to every process of `p`'s group; its stderr, once every rank stopped with 130."""
+    os.killpg(p.pid, signal.SIGINT)
     try:
         _, err = p.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         raise AssertionError("the ranks did not stop within 60 s of Ctrl-C") from None
     assert p.returncode == 130, err
+    return err
+
+
+def test_ctrl_c_stops_every_rank_with_130(data_dir, tmp_path):
+    out = tmp_path / "run"
+    p = _start(2, data_dir, out, "--batch_size", "4", "--max_iters", "100000", "--eval_interval", "5")
+    _wait_for_step(out, 7, p)
+    err = ctrl_c(p)
     assert "interrupted at step" in err and "is left as it was" in err and "Traceback" not in err
     assert load_checkpoint(out / "ckpt.safetensors").step % 5 == 0
 

@@ -269,16 +269,21 @@ def test_prepare_dpo_warns_chosen_equal_rejected(tmp_path, capsys):
                    "(loss log 2, gradient 0)"]
 
 
-def test_resume_keeps_the_runs_reference(tmp_path):
-    """The reference is the weights the run started from, kept in the checkpoint: a resumed Trainer whose own
-    starting weights differ (another seed here; a model directory given again, in practice) uses the saved one."""
+def saved_run(tmp_path):
+    """A DPO Trainer on 8 train and 4 val pairs, one step taken and saved: (cfg, stream, tok, enc, trainer, path)."""
     _, tok, enc, _ = setup(n=12)
     stream = np.concatenate([np.concatenate(e) for e in enc])
     cfg = TrainConfig(out_dir=str(tmp_path), seed=1, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2,
                       max_iters=2, warmup_iters=0, eval_iters=1, dtype="float64", objective="dpo")
     a = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok, objective=dpo.DPOObjective(enc[:8], enc[8:], BETA))
     a.train_step()
-    path = a.save()
+    return cfg, stream, tok, enc, a, a.save()
+
+
+def test_resume_keeps_the_runs_reference(tmp_path):
+    """The reference is the weights the run started from, kept in the checkpoint: a resumed Trainer whose own
+    starting weights differ (another seed here; a model directory given again, in practice) uses the saved one."""
+    cfg, stream, tok, enc, a, path = saved_run(tmp_path)
     b = Trainer(cfg.replace(seed=2), train_data=stream, val_data=stream, tokenizer=tok,
                 objective=dpo.DPOObjective(enc[:8], enc[8:], BETA), resume=path)
     assert all(np.array_equal(a.objective.reference[k], b.objective.reference[k]) for k in ("train", "val"))
@@ -291,13 +296,7 @@ def test_resume_on_other_pairs_of_the_same_count_is_refused(tmp_path):
     """The saved reference log-probabilities belong to the run's pairs: resumed on other pairs of the same
     count (chosen and rejected swapped here), they would be compared with the wrong sequences and the loss
     would silently be another one. The checkpoint names its pairs (sha256) and such a resume is refused."""
-    _, tok, enc, _ = setup(n=12)
-    stream = np.concatenate([np.concatenate(e) for e in enc])
-    cfg = TrainConfig(out_dir=str(tmp_path), seed=1, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2,
-                      max_iters=2, warmup_iters=0, eval_iters=1, dtype="float64", objective="dpo")
-    a = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok, objective=dpo.DPOObjective(enc[:8], enc[8:], BETA))
-    a.train_step()
-    path = a.save()
+    cfg, stream, tok, enc, a, path = saved_run(tmp_path)
     swapped = [(p, r, c) for p, c, r in enc[:8]]
     with pytest.raises(ValueError, match=r"holds DPO reference log-probabilities of other train pairs \(sha256 "
                                          r"[0-9a-f]{12}, these pairs' [0-9a-f]{12}\): expected the data the run"):
