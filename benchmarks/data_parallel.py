@@ -146,7 +146,7 @@ def main() -> int:
               "memory": {"plain": memory[0], "zero1": memory[1], "one": single},
               "gpt2_compute_s": compute_s, "projection": proj}
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
-    md = [f"# Data parallel on MPI: N = 1 against N = 2, and a projection",
+    md = ["# Data parallel on MPI: N = 1 against N = 2, and a projection",
           "", f"`python benchmarks/data_parallel.py` on {result['machine']}, {result['when']}; load average "
           f"{', '.join(f'{x:.1f}' for x in result['load_avg'])} at the end (a shared machine: indicative).",
           f"Model: 4 layers, 128 wide, context 64, float32 ({memory[0][0]['params']:,} parameters); a step's batch "

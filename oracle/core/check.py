@@ -242,7 +242,7 @@ def defect_of(name: str, kind: str, ours, expected, dtype) -> str:
                 "no gradient: the backward left none") + (f" (expected shape {np.shape(expected)})"
                                                            if expected is not None else "")
     if expected is None:
-        return f"input gradient present on one side only (reference: True, twin: False)"
+        return "input gradient present on one side only (reference: True, twin: False)"
     if np.shape(ours) != np.shape(expected):
         return f"shape {np.shape(ours)} here, {np.shape(expected)} in the reference"
     if np.asarray(ours).dtype != dtype:

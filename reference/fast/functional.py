@@ -10,8 +10,6 @@ float32 kernel uses (Abramowitz-Stegun 7.1.26, error below 1.5e-7).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..functional import _ERF_T, _ERF_U, _ERFC_P, _ERFC_Q, INV_SQRT_2PI, SQRT_2, SQRT_2_OVER_PI
