@@ -87,7 +87,8 @@ def differences(src: Path, merged: Path) -> list[str]:
     if ours.chat_template != theirs.chat_template:
         diffs.append(f"chat_template: {str(ours.chat_template)[:20]!r} != {str(theirs.chat_template)[:20]!r}")
     for role in ROLES:
-        a, b = (getattr(ours, role), getattr(ours, role + "_id")), (getattr(theirs, role), getattr(theirs, role + "_id"))
+        a = (getattr(ours, role), getattr(ours, role + "_id"))
+        b = (getattr(theirs, role), getattr(theirs, role + "_id"))
         if a != b:
             diffs.append(f"{role}: {a} != {b}")
     if ours.all_special_tokens != theirs.all_special_tokens:
@@ -146,7 +147,8 @@ def without_template(self, _to_dict=BPETokenizer.to_dict):
 
 PLANTED = {   # bug: (source style, where, mutant, the difference reported)
     "template dropped on the way": ("v5", BPETokenizer, "to_dict", without_template, "chat_template: 'None'"),
-    "eos id not written": ("v5", tokenizer_settings, "special_ids", lambda tok: {"bos_token_id": None, "eos_token_id": None},
+    "eos id not written": ("v5", tokenizer_settings, "special_ids",
+                           lambda tok: {"bos_token_id": None, "eos_token_id": None},
                            "generation_config eos_token_id: None != 2"),
     "special_tokens_map.json ignored": ("v4", tokenizer_settings, "special_tokens", lambda d: {},
                                         "pad_token: (None, None) != ('<pad>', 3)"),
@@ -197,3 +199,24 @@ def test_old_and_char_checkpoints_export_as_before(tmp_path, capsys):
         assert np.isfinite(logits.detach().numpy()).all()
     out = capsys.readouterr()
     assert "wrote" in out.out and "char tokenizer has no Hugging Face form" in out.err
+
+
+@pytest.mark.parametrize("case", ["special_tokens_map.json", "tokenizer_config.json"])
+def test_vocab_merges_directories_keep_their_special_tokens(tmp_path, capsys, case):
+    """GPT-2's file pair with the roles in special_tokens_map.json or tokenizer_config.json (no class named:
+    AutoTokenizer picks GPT2Tokenizer from config.json): the export's AutoTokenizer has the same roles and ids."""
+    from reference import GPT, GPTConfig
+    from test_special_tokens import CASES, TEXTS, files
+    in_vocab, extra = CASES[case]
+    src = files(tmp_path / "src", in_vocab=in_vocab, extra=extra)
+    tok = tokenizer_settings.tokenizer_from_dir(src)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_checkpoint(tmp_path / "ckpt.safetensors", model, tokenizer=tok)
+    assert main(["export", "--ckpt", str(tmp_path / "ckpt.safetensors"), "--to", str(tmp_path / "out")]) == 0
+    theirs, ours = (transformers.AutoTokenizer.from_pretrained(d) for d in (src, tmp_path / "out"))
+    assert [(getattr(ours, r), getattr(ours, r + "_id")) for r in ROLES] == \
+        [(getattr(theirs, r), getattr(theirs, r + "_id")) for r in ROLES]
+    assert ours.all_special_tokens == theirs.all_special_tokens
+    assert all(ours.encode(t) == theirs.encode(t) for t in TEXTS)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["eos_token_id"] == theirs.eos_token_id

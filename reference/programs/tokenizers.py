@@ -265,7 +265,8 @@ class BPETokenizer:
         _check_kind(d, "bpe")
         if not isinstance(d.get("tokenizer_json"), str):
             raise ValueError("a tokenizer dict of kind 'bpe' needs its 'tokenizer_json' (the tokenizer.json text)")
-        return cls(d["tokenizer_json"], tokenizer_config=d.get("tokenizer_config"), chat_template=d.get("chat_template"))
+        return cls(d["tokenizer_json"], tokenizer_config=d.get("tokenizer_config"),
+                   chat_template=d.get("chat_template"))
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
