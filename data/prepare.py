@@ -15,7 +15,9 @@ Usage (from the repository root)::
 Writes ``train.bin`` and ``val.bin`` (token ids as raw uint16, like nanoGPT;
 uint32 for a BPE vocabulary of more than 65,536 ids)
 and ``meta.json`` (tokenizer, its digest, vocab size, dtype, token counts,
-source, SHA-256) into the output directory.  Each file is written atomically, and
+source, SHA-256) into the output directory. A ``--tokenizer DIR`` tokenizer carries the directory's
+special tokens and chat template (reference/programs/tokenizer_settings.py), which ``train`` keeps
+in its checkpoint and ``export`` writes back.  Each file is written atomically, and
 ``meta.json`` is written last, so a present ``meta.json`` means a complete
 data set.  The first 90% of the tokens are the training split, the last 10%
 the validation split.
@@ -57,8 +59,9 @@ if str(_REPO_ROOT) not in sys.path:  # so that `python data/prepare.py` finds `r
 from reference.programs import dpo, sft  # noqa: E402
 from reference.programs.atomic import atomic_write, os_error_line  # noqa: E402
 from reference.programs.chat_template import ChatTemplate, ChatTemplateError  # noqa: E402
+from reference.programs.tokenizer_settings import tokenizer_from_dir  # noqa: E402
 from reference.programs.data import split_train_val  # noqa: E402
-from reference.programs.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
+from reference.programs.tokenizers import (ByteTokenizer, CharTokenizer, Tokenizer,  # noqa: E402
                                            tokenizer_digest)
 from reference.programs.lock import DirectoryLocked, lock_directory  # noqa: E402
 
@@ -172,7 +175,7 @@ def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
         ) from None
     if kind != "char":
         try:
-            tok = BPETokenizer.from_dir(kind)
+            tok = tokenizer_from_dir(kind)                   # with its special tokens and chat template
         except (ImportError, ValueError, OSError) as exc:
             raise PrepareError(str(exc)) from None
         return tok.encode(text), tok

@@ -1,6 +1,7 @@
 """Export: `python -m reference export --ckpt out/ckpt.safetensors --to out/hf` writes a checkpoint's
 model as a Hugging Face model directory (config.json + model.safetensors, and tokenizer.json for a BPE
-tokenizer) that transformers' `AutoModelForCausalLM.from_pretrained(DIR)` loads with the same logits:
+tokenizer, with chat_template.jinja, tokenizer_config.json and generation_config.json where the tokenizer
+carries a chat template and special tokens: reference/programs/tokenizer_settings.py) that transformers' `AutoModelForCausalLM.from_pretrained(DIR)` loads with the same logits:
 GPT2LMHeadModel for a GPT-2-like config, LlamaForCausalLM for a Llama-like one (reference/programs/hf_export.py,
 docs/huggingface.md). Any other config is refused with the option that has no equivalent. A LoRA run's
 checkpoint is exported merged, W + (alpha / r) B A in each adapted layer (peft's `merge_and_unload`); its
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
     kind = (ckpt.tokenizer or {}).get("kind")
-    files = "config.json, model.safetensors" + (", tokenizer.json" if kind == "bpe" else "")
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
     print(f"wrote {out} ({files}): {arch}, {model.num_parameters():,} parameters, {ckpt.config.dtype}")
     if kind != "bpe":
         print(f"note: the checkpoint's {kind or 'missing'} tokenizer has no Hugging Face form; "

@@ -3,7 +3,9 @@
 `save_pretrained(model, DIR)` writes config.json (`hf_config`) and model.safetensors (`hf_state`, our
 parameters under transformers' names through `reference.programs.hf.key_map`) that transformers'
 `from_pretrained` loads as GPT2LMHeadModel (a GPT-2-like config) or LlamaForCausalLM (a Llama-like
-config), with the same logits; a BPE tokenizer is written as tokenizer.json. Anything transformers
+config), with the same logits; a BPE tokenizer is written as tokenizer.json, with its settings where it
+carries them (chat_template.jinja, tokenizer_config.json, and its bos and eos ids in config.json and
+generation_config.json: reference/programs/tokenizer_settings.py). Anything transformers
 cannot express is refused with `HFError` naming the option, before anything is written. The directory
 is built beside the target and swapped in by one rename (`_exchange`). Reading such directories:
 `reference.programs.hf`. The key maps and the limits: docs/huggingface.md.
@@ -150,9 +152,16 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+GENERATION_NAME = "generation_config.json"
+
+
 def save_pretrained(model: GPT, path, *, tokenizer=None) -> Path:
     """Write `model` as a Hugging Face model directory (config.json + model.safetensors, plus
-    tokenizer.json for a BPE tokenizer) that transformers' `from_pretrained` loads.
+    tokenizer.json for a BPE tokenizer) that transformers' `from_pretrained` loads. A BPE tokenizer that
+    carries settings (reference/programs/tokenizer_settings.py) also brings chat_template.jinja and
+    tokenizer_config.json as transformers 5 writes them, and its bos and eos ids into config.json and
+    generation_config.json (as transformers' model save_pretrained writes a config's ids); without
+    settings, the ids stay null and no generation config is written.
 
     The directory holds exactly what this call wrote: it is built beside `path` (a hidden sibling,
     `.<name>.build-<pid>-<hex>.tmp`), synced, and swapped in by a rename, so no file of an earlier model
@@ -178,10 +187,16 @@ def save_pretrained(model: GPT, path, *, tokenizer=None) -> Path:
         tensors = hf_state(model)
         save_file(tensors, str(build / WEIGHTS_NAME), metadata={"format": "pt"})
         del tensors
-        (build / CONFIG_NAME).write_text(json.dumps(config_json, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         tok = tokenizer.to_dict() if tokenizer is not None and not isinstance(tokenizer, dict) else tokenizer
         if tok is not None and tok.get("kind") == "bpe":
+            from .tokenizer_settings import special_ids, write_settings
             (build / "tokenizer.json").write_text(tok["tokenizer_json"], encoding="utf-8")
+            write_settings(tok, build)
+            ids = special_ids(tok)
+            if any(i is not None for i in ids.values()):     # the model config names the tokenizer's ids
+                config_json.update(ids)
+                (build / GENERATION_NAME).write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
+        (build / CONFIG_NAME).write_text(json.dumps(config_json, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         for file in build.iterdir():
             with open(file, "rb+") as f:
                 os.fsync(f.fileno())

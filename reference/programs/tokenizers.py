@@ -174,17 +174,29 @@ class BPETokenizer:
     back exactly. ``to_dict`` embeds the whole tokenizer (as ``tokenizer.json`` text), so a checkpoint
     or ``meta.json`` that names it needs no other file. The ids are GPT-2's: id ``i`` is the vocabulary
     entry ``i`` of the files, as the model was trained with.
+
+    ``tokenizer_config`` and ``chat_template``: the directory's settings beyond its ids (the special-token
+    roles bos/eos/unk/pad, the tokenizer class, the chat template), carried so that an export writes them
+    back (reference/programs/tokenizer_settings.py reads and writes them). Both None unless given; they
+    are not part of :func:`tokenizer_identity` (they name and render text, they do not change its ids).
     """
 
-    def __init__(self, tokenizer_json: str) -> None:
+    def __init__(self, tokenizer_json: str, *, tokenizer_config: Mapping[str, Any] | None = None,
+                 chat_template: str | None = None) -> None:
         if not isinstance(tokenizer_json, str):
             raise TypeError(f"tokenizer_json must be a str, got {type(tokenizer_json).__name__}")
+        if tokenizer_config is not None and not isinstance(tokenizer_config, Mapping):
+            raise ValueError(f"tokenizer_config must be a JSON object, got {type(tokenizer_config).__name__}")
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise ValueError(f"chat_template must be a str (the Jinja text), got {type(chat_template).__name__}")
         lib = _tokenizers_library()
         try:
             self._tok = lib.Tokenizer.from_str(tokenizer_json)
         except Exception as e:                              # the library's own parse error
             raise ValueError(f"not a valid tokenizer.json: {e}") from None
         self._json = tokenizer_json
+        self.tokenizer_config = None if tokenizer_config is None else dict(tokenizer_config)
+        self.chat_template = chat_template
 
     @classmethod
     def from_dir(cls, path: str | Path) -> BPETokenizer:
@@ -233,15 +245,28 @@ class BPETokenizer:
         """Ids back to text; a cut multi-byte character becomes U+FFFD, as with the byte tokenizer."""
         return self._tok.decode(_check_ids(ids, self.vocab_size).tolist(), skip_special_tokens=False)
 
+    def token_id(self, token: str) -> int | None:
+        """The id of the vocabulary entry or added token ``token``, or None if it has none."""
+        return self._tok.token_to_id(token)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "bpe", "tokenizer_json": self._json}
+        """{"kind": "bpe", "tokenizer_json": ...}, with "tokenizer_config" and "chat_template" when set."""
+        d = {"kind": "bpe", "tokenizer_json": self._json}
+        if self.tokenizer_config is not None:
+            d["tokenizer_config"] = dict(self.tokenizer_config)
+        if self.chat_template is not None:
+            d["chat_template"] = self.chat_template
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BPETokenizer:
+        """The inverse of ``to_dict``; a dict without "tokenizer_config" or "chat_template" (written before
+        they were carried) gives None for them."""
         _check_kind(d, "bpe")
         if not isinstance(d.get("tokenizer_json"), str):
             raise ValueError("a tokenizer dict of kind 'bpe' needs its 'tokenizer_json' (the tokenizer.json text)")
-        return cls(d["tokenizer_json"])
+        return cls(d["tokenizer_json"], tokenizer_config=d.get("tokenizer_config"),
+                   chat_template=d.get("chat_template"))
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
@@ -325,7 +350,10 @@ _TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteTokenizer] | type[BPEToken
 def tokenizer_identity(tok: Tokenizer | Mapping[str, Any]) -> dict[str, Any]:
     """What makes two tokenizers the same ids for the same text: a char tokenizer's table, the byte
     tokenizer's kind, a BPE's vocabulary, merges and added/special tokens (id, text, special) as its
-    tokenizer.json holds them (merges in one form, "a b", whichever form the file used)."""
+    tokenizer.json holds them (merges in one form, "a b", whichever form the file used). A BPE's
+    "tokenizer_config" and "chat_template" are left out: which token is called eos, and how a
+    conversation is rendered to text, change no id of any text, so data and checkpoints made before they
+    were carried still match those made after."""
     d = tok if isinstance(tok, Mapping) else tok.to_dict()
     kind = d.get("kind")
     if kind == "char":

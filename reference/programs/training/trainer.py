@@ -246,16 +246,21 @@ class Trainer:
 
     def _check_model_tokenizer(self, init_from) -> None:
         """The data's tokenizer is the model directory's (when the directory has tokenizer files): the same
-        vocabulary size is not enough, two tokenizers of one size give other ids for the same text."""
-        from ..tokenizers import BPE_FILES, BPETokenizer
+        vocabulary size is not enough, two tokenizers of one size give other ids for the same text. Data whose
+        tokenizer carries no settings (prepared before they were carried) takes the directory's special
+        tokens and chat template (reference/programs/tokenizer_settings.py), so the checkpoint keeps them."""
+        from ..tokenizer_settings import tokenizer_from_dir
+        from ..tokenizers import BPE_FILES
         if self.tokenizer is None or not any((Path(init_from) / f).is_file() for f in BPE_FILES):
             return
-        theirs = BPETokenizer.from_dir(init_from)
+        theirs = tokenizer_from_dir(init_from)
         if tokenizer_digest(theirs) != tokenizer_digest(self.tokenizer):
             raise ValueError(f"tokenizer mismatch: {self.data_source} was prepared with tokenizer "
                              f"{describe_tokenizer(self.tokenizer)}, the model in {init_from} has "
                              f"{describe_tokenizer(theirs)}; prepare the data with the model's tokenizer: "
                              f"python data/prepare.py --tokenizer {init_from}")
+        if self.tokenizer.tokenizer_config is None and self.tokenizer.chat_template is None:
+            self.tokenizer = theirs                       # the same ids, and the directory's settings
 
     def _resume(self, ckpt: Checkpoint) -> None:
         same = (self.tokenizer is None or ckpt.tokenizer is None
