@@ -608,13 +608,14 @@ def test_tokenize_unknown_kind(prep):
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path, prep, monkeypatch):
+    from reference.programs import atomic
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
 
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(prep.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)        # the rename that publishes the file
     with pytest.raises(OSError, match="disk full"):
         prep.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
