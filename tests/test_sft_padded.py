@@ -280,4 +280,4 @@ def test_tokens_per_second_counts_the_positions_fed_not_batch_times_block():
         t.train_step()
         widths.append(t.last_batch[0].shape[1])
         assert t.step_tokens == 4 * widths[-1]
-    assert min(widths) < 16                                     # narrower than block_size: the old count was wrong
+    assert min(widths) < 16                                     # narrower than block_size: B x T overcounts

@@ -3,8 +3,8 @@ our token ids and loss masks equal TRL's SFTTrainer processed dataset (input_ids
 (prompt, chosen, rejected) ids equal TRL's DPOTrainer's (prompt_ids, chosen_ids, rejected_ids), on tiny
 GPT-2 directories built offline, for examples whose BPE merges cross the prompt/response boundary, unicode,
 a response that already ends with the eos token, `{"messages": [...]}` rendered with a directory's chat
-template and with ours, and a tokenizer whose post-processor adds a BOS. Planted bugs (the old separate
-tokenisation, no eos, the mask cut at the response's own length) are reported as mismatches."""
+template and with ours, and a tokenizer whose post-processor adds a BOS. Planted bugs (prompt and response
+tokenised apart, no eos, the mask cut at the response's own length) are reported as mismatches."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def mismatches(ours, theirs) -> list[int]:
 
 
 def separate(examples, tok):
-    """Planted bug: the old tokenisation, prompt and response each on its own, ids concatenated."""
+    """Planted bug: prompt and response each tokenised on its own, ids concatenated."""
     rows = []
     for p, r, *_ in examples:
         pi, ri = tok.encode(p).tolist(), tok.encode(r).tolist()
@@ -198,7 +198,7 @@ def test_sft_messages_ids_and_mask_equal_trl(dirs, name, template, tmp_path, cap
                                                     for m in CONVERSATIONS]
     ours, _ = ours_sft(examples, tok)
     assert mismatches(ours, theirs) == []
-    if template == PLAIN_JINJA:     # "日本" + "語" merges across the boundary: the old tokenisation differs
+    if template == PLAIN_JINJA:     # "日本" + "語" merges across the boundary: separate() differs
         assert mismatches(separate(examples, tok), theirs) == [2, 3]     # and "hear me" + "speak"
     if name == "bos":      # a chat example tokenised as text would get the BOS: caught
         assert mismatches(ours_sft([e[:2] for e in examples], tok)[0], theirs) == [0, 1, 2, 3]
@@ -221,7 +221,7 @@ def test_dpo_ids_equal_trl(dirs, name, tmp_path, caplog):
     for row, (p, c) in enumerate([(t[0], t[1]) for t in theirs] + [(t[0], t[2]) for t in theirs]):
         n = len(p) + len(c)
         assert x[row, :n - 1].tolist() == (p + c)[:-1] and y[row, len(p) - 1:n - 1].tolist() == c
-    # planted: the old separate tokenisation (and no eos) is reported
+    # planted: prompt and responses tokenised apart (and no eos) is reported
     old = [tuple(tok.encode(s).tolist() for s in pair) for pair in PAIRS]
     assert mismatches(old, theirs) == list(range(len(PAIRS)))
     if name == "gpt2":
@@ -270,8 +270,8 @@ def test_prepare_writes_trls_ids_and_records_the_eos(dirs, tmp_path, caplog, cap
 
 @pytest.mark.parametrize("kind", ["char", "byte"])
 def test_char_and_byte_have_no_merges_joint_equals_separate(kind):
-    """No merges: tokenising prompt + response at once equals the prompt's ids then the response's, so the
-    char and byte tokenizers' data is what it was; they have no eos token, so none is appended."""
+    """No merges: tokenising prompt + response at once equals the prompt's ids then the response's, for the
+    char and byte tokenizers; they have no eos token, so none is appended."""
     texts = [p + r for p, r in EXAMPLES]
     tok = CharTokenizer.from_text("".join(texts)) if kind == "char" else ByteTokenizer()
     assert sft.eos_token(kind, tok) is None

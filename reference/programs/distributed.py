@@ -1,4 +1,5 @@
-"""Data-parallel training on MPI: the communicator, the shard arithmetic, the ring all-reduce, ZeRO-1.
+"""Data-parallel training on MPI: the shard arithmetic, the objective's weighted pieces, gradient accumulation,
+ZeRO-1 (the communicators and the ring: reference/programs/collectives.py).
 
     mpiexec -n N python -m reference train ...          the same flags as one process
 

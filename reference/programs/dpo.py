@@ -10,9 +10,10 @@ averaged over the pairs, where log pi(s) sums the policy's log-probabilities of 
 sequence s (prompt + response) and ref is the frozen reference model: the starting weights, whose
 log-probabilities are computed once (`reference_logprobs`).
 
-A JSONL file holds one pair a line: {"prompt": ..., "chosen": ..., "rejected": ...}. A batch of B
-pairs is 2B rows, the chosen sequences then the rejected ones, right-padded with id 0 to the longest;
-targets are IGNORE_INDEX on prompt tokens and padding, so each row's log-probability is over its
+A JSONL file holds one pair a line: {"prompt": ..., "chosen": ..., "rejected": ...}, tokenised as TRL's
+DPOTrainer tokenises it, the tokenizer's eos token appended to chosen and rejected (`encode_pairs`). A
+batch of B pairs is 2B rows, the chosen sequences then the rejected ones, right-padded with id 0 to the
+longest; targets are IGNORE_INDEX on prompt tokens and padding, so each row's log-probability is over its
 response only.
 """
 

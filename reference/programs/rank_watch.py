@@ -4,7 +4,7 @@ process that its launched process watches.
 Why a second process. When a rank dies (kill -9, the out-of-memory killer), Hydra kills every other rank
 within milliseconds of seeing the dead rank's connection to it close, and prints a banner naming a
 process id, not the rank, and not always the dead one's. No rank lives long enough to say which was lost:
-a watchdog thread inside the ranks lost that race in 4 runs out of 10 here. So the process Hydra starts
+a watchdog thread inside the ranks loses that race (measured: 4 runs out of 10). So the process Hydra starts
 (the *watcher*) runs the training itself in a child (the *worker*) and waits for it, as torchrun's agent
 does for its workers:
 

@@ -257,7 +257,7 @@ def load_mask(data_dir, split: str, n_tokens: int) -> np.ndarray:
 
 def load_lengths(data_dir, split: str, n_examples: int, n_tokens: int) -> np.ndarray:
     """The int64 example lengths of a prepared SFT split (LENGTH_FILES, written by data/prepare.py --sft);
-    ValueError, one line, if the file is missing (data prepared before it was recorded), not `n_examples`
+    ValueError, one line, if the file is missing (data that does not record its example lengths), not `n_examples`
     positive int64s, or they do not add up to the split's `n_tokens`."""
     path = Path(data_dir) / LENGTH_FILES[split]
     redo = "re-run python data/prepare.py --sft FILE.jsonl"

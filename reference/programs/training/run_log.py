@@ -1,11 +1,12 @@
 """What a training run reports as it goes: `out_dir/log.jsonl` and the progress shown on stderr.
 
 Logs: one JSON object per line, each line one whole append (`LogFile`): `{"event": "train", "step", "loss",
-"lr", "grad_norm", "dt_s", "tokens_per_s"}` for every log_interval-th step, `{"event": "eval", "step",
-"train_loss", "val_loss", "lr", "best_val_loss", "saved"}` per evaluation, plus "start", "end" and
-"diverged" records; a non-finite float is written as null. Progress (rank 0, unless --no-progress): a tqdm
-bar with the loss, lr and tokens/s, each evaluation's line written above it; without tqdm, a note and
-then the logged steps' lines and the evaluations' lines printed instead.
+"lr", "grad_norm", "dt_s", "tokens_per_s"}` for every log_interval-th step (tokens_per_s: the positions the
+step fed through the model, rows x width with padded rows and both rows of a DPO pair, per second),
+`{"event": "eval", "step", "train_loss", "val_loss", "lr", "best_val_loss", "saved"}` per evaluation, plus
+"start", "end" and "diverged" records; a non-finite float is written as null. Progress (rank 0, unless
+--no-progress): a tqdm bar with the loss, lr and tokens/s, each evaluation's line written above it; without
+tqdm, a note and then the logged steps' lines and the evaluations' lines printed instead.
 """
 
 from __future__ import annotations

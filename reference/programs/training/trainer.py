@@ -15,6 +15,10 @@ A step's batch is batch_size x gradient_accumulation_steps rows, run in micro-ba
 rows whose gradients are weighted by their count of target tokens, so the step's gradient is the whole
 batch's mean; under `mpiexec -n N` the rows are shared over the ranks and the gradients all-reduced
 (`self.dist`, reference/programs/distributed.py; one process with K = 1 runs the plain code above).
+SFT data (data/prepare.py --sft) gives windows of the packed examples, or with `packing` False one whole
+example per row, right-padded (sft.PaddedExamples); `objective` (dpo.DPOObjective, --objective dpo) brings
+its own batches of pairs and loss, its micro-batches and ranks sharing out pairs, each weighted by its
+share of them.
 
 Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, evaluation batches and
 dropout masks come from three Generators seeded `[seed, 1]`, `[seed, 2]`, `[seed, 3]`. All three states
