@@ -180,8 +180,8 @@ FIELD_HELP = {
                  "dpo: direct preference optimisation on data/prepare.py --dpo pairs, the starting weights as "
                  "the frozen reference",
     "beta": "DPO's beta, > 0: how far the policy may move from the reference",
-    "packing": "TRL's SFTConfig name, for data/prepare.py --sft data: --packing draws windows of block_size tokens "
-               "from the examples packed one after another; --no-packing makes each row one whole example, "
+    "packing": "for data/prepare.py --sft data (the name is TRL's SFTConfig flag): --packing draws windows of "
+               "block_size + 1 tokens from the examples laid one after another, as nanoGPT does; --no-packing makes each row one whole example, "
                "right-padded to the batch's longest (an example longer than block_size + 1 tokens is refused)",
     "recompute": "activation checkpointing: keep each block's input only and run its forward again in the "
                  "backward (the same gradients bit for bit, less memory, about 1/3 more compute; "
