@@ -206,7 +206,7 @@ def report(r: dict) -> str:
                          f"{x['peak_mb']:.0f} | {ratio_m} | {ratio_t} | {x['first_loss']:.6f} |")
         if "ours-recompute" in s and eager:
             x = s["ours-recompute"]
-            lines += ["", f"Target (issue 23): ours with recompute at most half of torch eager's peak, for at most "
+            lines += ["", f"Target: ours with recompute at most half of torch eager's peak, for at most "
                       f"+40% step time. Here: {x['peak_mb'] / eager:.2f} of torch eager's peak"
                       + (f", {100 * (x['median_s'] / s['ours']['median_s'] - 1):+.0f}% step time against ours "
                          "without." if "ours" in s else ".")]

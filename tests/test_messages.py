@@ -1,4 +1,4 @@
-"""One clear line for each input that used to get an unclear one: it names the problem and the
+"""One clear line for each input that could get an unclear one: it names the problem and the
 expected value, with no traceback, no raw `[Errno N]` and no advice that changes nothing.
 
 Each test below failed before its message was fixed; its docstring quotes the old message."""

@@ -518,7 +518,7 @@ def test_every_weight_is_drawn_and_seed_none_draws_nothing():
     """Every weight matrix starts at N(0, 0.02^2) (the embeddings, the fused attention projection, an
     untied head), not zeros; GPT(seed=None) draws nothing: the matrices are zeros of the right shape and
     dtype, ready to be loaded (reference/programs/hf.py).
-    Kills, in the run after the split: reference.attention.xǁCausalSelfAttentionǁ__init____mutmut_13,
+    Kills: reference.attention.xǁCausalSelfAttentionǁ__init____mutmut_13,
     reference.layers.xǁSwiGLUǁ__init____mutmut_16 (with the c_gate check above), x_normal_init__mutmut_2 to _5,
     reference.model.xǁGPTǁ__init____mutmut_8, _45, _77."""
     config = GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=4, n_embd=64, tie_weights=False)

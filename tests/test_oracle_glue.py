@@ -1,4 +1,4 @@
-"""The glue between anyone's NumPy code and oracle.check, one test per friction a new user met (issue 21):
+"""The glue between anyone's NumPy code and oracle.check, one test per friction a new user meets:
 parameters found on nested objects, names mapped by rules, every random draw replayed, tied weights,
 losses, an upstream gradient that cannot collide with an input, defects as rows, plain functions as
 references, finite differences in the code's order, context on failure, and report.assert_ok().
