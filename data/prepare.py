@@ -31,7 +31,8 @@ template ``messages`` lines were rendered with (ours, or with ``--tokenizer DIR`
 reference/programs/chat_template.py) and its SHA-256. With ``--dpo FILE.jsonl``
 (reference/programs/dpo.py), each pair's prompt, chosen and rejected ids are written one after another
 in ``train.bin`` / ``val.bin``, their lengths in ``train_pairs.bin`` / ``val_pairs.bin`` (int64, n x 3),
-and ``meta.json`` gets a ``"dpo"`` key.
+and ``meta.json`` gets a ``"dpo"`` key, naming the chat template conversational pairs (lists of
+messages, TRL's forms) were rendered with, as for ``--sft``.
 
 Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
 are reported as one line on stderr with a non-zero exit code.  The output

@@ -26,9 +26,15 @@ from reference.programs.chat_template import ChatTemplate  # noqa: E402
 from reference.programs.tokenizers import BPETokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_trl_parity  # noqa: E402
 from test_dpo import cli  # noqa: E402
-from test_trl_parity import (OURS_JINJA, PLAIN_JINJA, dirs, mismatches, prepare, trl_dpo,  # noqa: E402,F401
-                             trl_tokenizer)
+from test_trl_parity import OURS_JINJA, PLAIN_JINJA, mismatches, prepare, trl_dpo, trl_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """test_trl_parity's three tokenizer directories (GPT-2's pair, ChatML, ChatML adding <s>), with their models."""
+    return test_trl_parity.dirs.__wrapped__(tmp_path_factory)
 
 
 def u(text):
@@ -77,7 +83,7 @@ def ours(path, tok, template, eos):
 
 @pytest.mark.parametrize("form", ["explicit", "implicit"])
 @pytest.mark.parametrize("name, template", CASES, ids=["chatml", "ours", "bos", "plain"])
-def test_conversational_pair_ids_equal_trl(dirs, name, template, form, tmp_path, caplog, monkeypatch):  # noqa: F811
+def test_conversational_pair_ids_equal_trl(dirs, name, template, form, tmp_path, caplog, monkeypatch):
     d = dirs[name]
     tok, theirs_tok = BPETokenizer.from_dir(d), trl_tokenizer(d, template)
     ours_template = {None: ChatTemplate.from_dir(d), OURS_JINJA: None, PLAIN_JINJA: ChatTemplate(PLAIN_JINJA, "plain")}[template]

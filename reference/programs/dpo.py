@@ -16,8 +16,7 @@ conversational forms (`read_pairs`): {"prompt": [messages], "chosen": [messages]
 DPOTrainer tokenises them, the tokenizer's eos token appended to a text pair's chosen and rejected
 (`encode_pairs`). A batch of B pairs is 2B rows, the chosen sequences then the rejected ones, right-padded
 with id 0 to the longest; targets are IGNORE_INDEX on prompt tokens and padding, so each row's
-log-probability is over its
-response only.
+log-probability is over its response only.
 """
 
 from __future__ import annotations
