@@ -31,7 +31,8 @@ template ``messages`` lines were rendered with (ours, or with ``--tokenizer DIR`
 reference/programs/chat_template.py) and its SHA-256. With ``--dpo FILE.jsonl``
 (reference/programs/dpo.py), each pair's prompt, chosen and rejected ids are written one after another
 in ``train.bin`` / ``val.bin``, their lengths in ``train_pairs.bin`` / ``val_pairs.bin`` (int64, n x 3),
-and ``meta.json`` gets a ``"dpo"`` key.
+and ``meta.json`` gets a ``"dpo"`` key, naming the chat template conversational pairs (lists of
+messages, TRL's forms) were rendered with, as for ``--sft``.
 
 Errors (offline, checksum mismatch, missing/empty/too-short/non-UTF-8 input)
 are reported as one line on stderr with a non-zero exit code.  The output
@@ -310,14 +311,18 @@ def prepare_sft(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
 
 def prepare_dpo(path: str | Path, out_dir: str | Path, kind: str = "char", val_fraction: float = VAL_FRACTION
                 ) -> dict[str, Any]:
-    """Read a JSONL of preference pairs, tokenise, split by pair, write ids, lengths and meta; return the meta."""
+    """Read a JSONL of preference pairs, tokenise, split by pair, write ids, lengths and meta; return the meta.
+    Conversational pairs are rendered with the directory's chat template when ``--tokenizer DIR`` has one,
+    else with ours (reference/programs/dpo.py); meta.json's "dpo" records which ("chat_template")."""
+    model_dir = kind not in ("char", "byte") and Path(kind).is_dir()
     try:
-        pairs = dpo.read_pairs(path)
-    except dpo.DPOError as exc:
+        template = ChatTemplate.from_dir(kind) if model_dir else None
+        pairs = dpo.read_pairs(path, template)
+    except (dpo.DPOError, ChatTemplateError) as exc:
         raise PrepareError(str(exc)) from None
     if len(pairs) < 2:
         raise PrepareError(f"{path} holds {len(pairs)} pair; expected at least 2 (one for validation)")
-    _, tok = tokenize("".join("".join(p) for p in pairs).encode("utf-8"), kind)
+    _, tok = tokenize("".join("".join(p[:3]) for p in pairs).encode("utf-8"), kind)
     try:
         eos = sft.eos_token(kind, tok)                    # appended to chosen and rejected, as TRL's DPOTrainer does
     except ChatTemplateError as exc:
@@ -334,7 +339,9 @@ def prepare_dpo(path: str | Path, out_dir: str | Path, kind: str = "char", val_f
     meta = common_meta(tok, streams["train"].size, streams["val"].size, val_fraction, str(path),
                        Path(path).read_bytes())
     meta["dpo"] = {"train_pairs": len(splits["train"]), "val_pairs": len(splits["val"]), "pairs": dpo.PAIR_FILES,
-                   "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc)), "eos_token": eos}
+                   "longest": int(max(p.size + max(c.size, r.size) for enc in encoded.values() for p, c, r in enc)), "eos_token": eos,
+                   "conversational_pairs": sum(p[3] for p in pairs),
+                   "chat_template": ({"source": "ours", "sha256": sft.CHAT_TEMPLATE_DIGEST} if template is None else {"source": template.source, "sha256": template.digest})}
     files = {}
     for split, enc in encoded.items():
         files[f"{split}.bin"] = streams[split].astype(meta["dtype"]).tobytes()
@@ -372,8 +379,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="supervised fine-tuning examples, one JSON object a line: {\"prompt\", \"response\"} or "
                         "{\"messages\": [...]}; writes ids and a loss mask (default: a text corpus)")
     p.add_argument("--dpo", metavar="FILE.jsonl", default=None,
-                   help="preference pairs, one JSON object a line: {\"prompt\", \"chosen\", \"rejected\"}; for "
-                        "train --objective dpo (default: a text corpus)")
+                   help="preference pairs, one JSON object a line: {\"prompt\", \"chosen\", \"rejected\"} as strings "
+                        "or lists of messages (\"prompt\" may be left out: the messages chosen and rejected "
+                        "share); for train --objective dpo (default: a text corpus)")
     p.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S,
                    help="download timeout in seconds, > 0")
     args = p.parse_args(argv)
@@ -419,6 +427,11 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
             print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
             print(f"train: {sizes['train_pairs']} pairs, val: {sizes['val_pairs']} pairs; the longest prompt + "
                   f"response is {sizes['longest']} tokens (block_size must be at least {sizes['longest'] - 1})")
+            if sizes["conversational_pairs"]:
+                used = sizes["chat_template"]
+                print(f"chat template for the {sizes['conversational_pairs']} conversational pairs: "
+                      f"{'ours (reference/programs/sft.py)' if used['source'] == 'ours' else used['source']} "
+                      f"(sha256 {used['sha256'][:12]})")
             print(f"wrote {out_dir}/train.bin, val.bin, train_pairs.bin, val_pairs.bin, meta.json")
             return 0
         if args.sft:

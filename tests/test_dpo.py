@@ -188,7 +188,7 @@ def test_chosen_equal_rejected_warned_and_empty_refused(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "b"}) + "\n")
     with pytest.warns(UserWarning, match=r"chosen equals rejected on line\(s\) 1"):
-        assert dpo.read_pairs(f) == [("a", "b", "b")]
+        assert dpo.read_pairs(f) == [("a", "b", "b", False)]
     tok = CharTokenizer.from_text("ab")
     with pytest.raises(dpo.DPOError, match="pair 1: the rejected response is empty after tokenisation"):
         dpo.encode_pairs([("a", "b", "")], tok, 8)

@@ -10,11 +10,13 @@ averaged over the pairs, where log pi(s) sums the policy's log-probabilities of 
 sequence s (prompt + response) and ref is the frozen reference model: the starting weights, whose
 log-probabilities are computed once (`reference_logprobs`).
 
-A JSONL file holds one pair a line: {"prompt": ..., "chosen": ..., "rejected": ...}, tokenised as TRL's
-DPOTrainer tokenises it, the tokenizer's eos token appended to chosen and rejected (`encode_pairs`). A
-batch of B pairs is 2B rows, the chosen sequences then the rejected ones, right-padded with id 0 to the
-longest; targets are IGNORE_INDEX on prompt tokens and padding, so each row's log-probability is over its
-response only.
+A JSONL file holds one pair a line: {"prompt": ..., "chosen": ..., "rejected": ...}, as text, or as TRL's
+conversational forms (`read_pairs`): {"prompt": [messages], "chosen": [messages], "rejected": [messages]}, or
+{"chosen": [messages], "rejected": [messages]} whose shared first messages are the prompt; tokenised as TRL's
+DPOTrainer tokenises them, the tokenizer's eos token appended to a text pair's chosen and rejected
+(`encode_pairs`). A batch of B pairs is 2B rows, the chosen sequences then the rejected ones, right-padded
+with id 0 to the longest; targets are IGNORE_INDEX on prompt tokens and padding, so each row's
+log-probability is over its response only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .options import is_real
-from .sft import IGNORE_INDEX, SFTError, encode_text, prefix_warning, read_jsonl
+from .sft import IGNORE_INDEX, SFTError, check_messages, encode_text, prefix_warning, read_jsonl, render_messages
 
 KEYS = ("prompt", "chosen", "rejected")
 
@@ -35,25 +37,75 @@ class DPOError(SFTError):
     """A bad preference file or pair: one line naming the file, the line and what was expected."""
 
 
-def read_pairs(path) -> list[tuple[str, str, str]]:
-    """Every (prompt, chosen, rejected) of a JSONL file, blank lines skipped. DPOError for a bad line; a
-    pair whose chosen equals its rejected is kept and warned about (its loss is log 2, its gradient 0)."""
+def extract_prompt(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """(prompt, chosen, rejected) of an implicit-prompt pair, as TRL's data_utils.extract_prompt splits it (trl
+    1.13): the prompt is chosen[:i], i the first index where chosen and rejected differ; where one is a prefix
+    of the other (or they are equal), i = min(len(chosen), len(rejected)) - 1, so each keeps its last message."""
+    n = min(len(chosen), len(rejected))
+    i = next((k for k in range(n) if chosen[k] != rejected[k]), n - 1)
+    return chosen[:i], chosen[i:], rejected[i:]
+
+
+def conversation(obj: dict, where: str, template=None) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) text of a conversational pair, as TRL's DPOTrainer renders it (trl 1.13,
+    dpo_trainer.py `_prepare_dataset`): prompt = render(prompt messages, add_generation_prompt=True), chosen =
+    render(prompt + chosen messages)[len(prompt):] (likewise rejected), with `template` (a model directory's)
+    or ours (sft.render_messages). Without "prompt" the prompt is extracted (`extract_prompt`). DPOError, one
+    line, for messages that are not a non-empty list of {"role": str, "content": str}, an implicit pair whose
+    chosen and rejected share no first message, or a reply that does not begin and end with the assistant's
+    message (the generation prompt opens the assistant's turn; the last message is what the loss scores)."""
+    chosen, rejected = (check_messages(obj[k], where, k) for k in ("chosen", "rejected"))
+    if "prompt" in obj:
+        prompt = check_messages(obj["prompt"], where, "prompt")
+    else:
+        prompt, chosen, rejected = extract_prompt(chosen, rejected)
+        if not prompt:
+            raise DPOError(f"{where}: \"chosen\" and \"rejected\" begin with different messages, so they share no "
+                           "prompt (expected, without \"prompt\", the same prompt messages first, then each reply)")
+    texts = []
+    for name, reply in (("chosen", chosen), ("rejected", rejected)):
+        for end, m in (("first", reply[0]), ("last", reply[-1])):
+            if m["role"] != "assistant":
+                raise DPOError(f"{where}: the {name} reply's {end} message is the {m['role']!r}'s; expected the "
+                               f"assistant's (a reply is the assistant's turn that follows the prompt)")
+        texts.append(render_messages(prompt + reply, where, template, len(prompt)))
+    return texts[0][0], texts[0][1], texts[1][1]
+
+
+def read_pairs(path, template=None) -> list[tuple[str, str, str, bool]]:
+    """Every (prompt, chosen, rejected, chat) of a JSONL file, blank lines skipped; chat is True for a
+    conversational pair (lists of messages, rendered by `conversation` with `template`, a model directory's
+    chat template, or ours), False for a text pair (three strings). DPOError for a bad line; a pair whose
+    chosen equals its rejected is kept and warned about (its loss is log 2, its gradient 0)."""
     path = Path(path)
     out, same = [], []
     for where, obj in read_jsonl(path, DPOError):
         if not isinstance(obj, dict):
             raise DPOError(f"{where}: expected a JSON object with \"prompt\", \"chosen\" and \"rejected\", "
                            f"got {type(obj).__name__}")
-        missing = [k for k in KEYS if k not in obj]
+        chat = isinstance(obj.get("chosen"), list) or isinstance(obj.get("rejected"), list)
+        missing = [k for k in KEYS if k not in obj and not (k == "prompt" and chat)]
         if missing:
             raise DPOError(f"{where}: no {' and no '.join(repr(k) for k in missing)} key (it has {sorted(obj)}); "
-                           "expected {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}")
-        bad = [k for k in KEYS if not isinstance(obj[k], str)]
-        if bad:
-            raise DPOError(f"{where}: {bad[0]!r} must be a string, got {type(obj[bad[0]]).__name__}")
-        if obj["chosen"] == obj["rejected"]:
+                           "expected {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...} (strings, or lists of "
+                           "messages)")
+        if chat:
+            bad = [k for k in KEYS if k in obj and not isinstance(obj[k], list)]
+            if bad:
+                raise DPOError(f"{where}: {bad[0]!r} must be a list of messages, as a conversational pair's "
+                               f"\"chosen\" and \"rejected\" are, got {type(obj[bad[0]]).__name__}")
+            try:
+                texts = conversation(obj, where, template)
+            except SFTError as e:
+                raise DPOError(str(e)) from None
+        else:
+            bad = [k for k in KEYS if not isinstance(obj[k], str)]
+            if bad:
+                raise DPOError(f"{where}: {bad[0]!r} must be a string, got {type(obj[bad[0]]).__name__}")
+            texts = tuple(obj[k] for k in KEYS)
+        if texts[1] == texts[2]:
             same.append(where.rpartition(' line ')[2])
-        out.append(tuple(obj[k] for k in KEYS))
+        out.append((*texts, chat))
     if not out:
         raise DPOError(f"{path} holds no pair: expected one JSON object per line")
     if same:
@@ -66,20 +118,27 @@ def read_pairs(path) -> list[tuple[str, str, str]]:
 def encode_pairs(pairs, tokenizer, block_size: int, where: str = "pair", eos: str | None = None
                  ) -> list[tuple[np.ndarray, ...]]:
     """(prompt ids, chosen ids, rejected ids) of each pair, as TRL's DPOTrainer makes them (trl 1.13,
-    dpo_trainer.py `_prepare_dataset`): `eos` (the tokenizer's eos_token; None for char and byte) appended to
-    chosen and rejected unless they end with it, then prompt ids = tokenise(prompt) and chosen ids =
-    tokenise(prompt + chosen)[len(prompt ids):] (likewise rejected), each text tokenised as the tokenizer's
-    __call__ does (sft.encode_text); the model is fed prompt ids + chosen ids. A UserWarning, as TRL's, names
-    the pairs whose prompt ids are not a prefix of tokenise(prompt + response). DPOError for a response
-    empty after tokenisation, or a prompt + response longer than block_size + 1 tokens."""
+    dpo_trainer.py `_prepare_dataset`). `pairs`: (prompt, chosen, rejected) or (prompt, chosen, rejected, chat)
+    as `read_pairs` gives them. A text pair gets `eos` (the tokenizer's eos_token; None for char and byte)
+    appended to chosen and rejected unless they end with it, and is tokenised as the tokenizer's __call__ does
+    (sft.encode_text, with the special tokens its post-processor adds); a conversational pair (chat True) is
+    its template's rendering, no eos appended, tokenised without special tokens, as apply_chat_template(
+    tokenize=True) does. Then prompt ids = tokenise(prompt) and chosen ids = tokenise(prompt + chosen)[len(prompt
+    ids):] (likewise rejected); the model is fed prompt ids + chosen ids. A UserWarning, as TRL's, names the
+    pairs whose prompt ids are not a prefix of tokenise(prompt + response). DPOError for an empty prompt, a
+    response empty after tokenisation, or a prompt + response longer than block_size + 1 tokens."""
     out, mismatched = [], []
-    for k, (p, c, r) in enumerate(pairs, 1):
-        prompt = encode_text(tokenizer, p)
+    for k, (p, c, r, *chat) in enumerate(pairs, 1):
+        special = not (chat and chat[0])
+        prompt = encode_text(tokenizer, p, special)
+        if prompt.size == 0:
+            raise DPOError(f"{where} {k}: the prompt is empty after tokenisation: the response's first token would be "
+                           "predicted from nothing (expected a prompt of at least one token)")
         ids = [prompt]
         for name, resp in (("chosen", c), ("rejected", r)):
-            if eos and not resp.endswith(eos):
+            if special and eos and not resp.endswith(eos):
                 resp += eos
-            full = encode_text(tokenizer, p + resp)
+            full = encode_text(tokenizer, p + resp, special)
             if not np.array_equal(full[:prompt.size], prompt) and k not in mismatched:
                 mismatched.append(k)
             ids.append(full[prompt.size:])

@@ -71,18 +71,11 @@ def render(example: dict, where: str, template=None, eos: str | None = None) -> 
         raise SFTError(f"{where}: expected a JSON object with \"prompt\" and \"response\" (or \"messages\"), "
                        f"got {type(example).__name__}")
     if "messages" in example:
-        msgs = example["messages"]
-        if (not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in msgs)):
-            raise SFTError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": str, \"content\": str}}")
+        msgs = check_messages(example["messages"], where)
         if msgs[-1]["role"] != "assistant":
             raise SFTError(f"{where}: the last message is the {msgs[-1]['role']!r}'s; expected the assistant's "
                            "(it is the response the loss is computed on)")
-        if template is not None:
-            return render_with(template, msgs, where)
-        prompt = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs[:-1])
-        return prompt + ASSISTANT_PREFIX, msgs[-1]["content"] + "\n"
+        return render_messages(msgs, where, template)
     if "response" in example and "completion" in example:
         raise SFTError(f"{where}: both 'response' and 'completion' (TRL's name for the response); expected one of them")
     key = "completion" if "completion" in example else "response"
@@ -100,20 +93,49 @@ def render(example: dict, where: str, template=None, eos: str | None = None) -> 
     return example["prompt"], response
 
 
-def render_with(template, msgs: list[dict], where: str) -> tuple[str, str]:
-    """(prompt, response) as apply_chat_template gives them: prompt = render(msgs[:-1], add_generation_prompt=True),
-    response = render(msgs)[len(prompt):]. SFTError naming `where` for a template error, or for a full
-    rendering that does not start with the prompt's (the response would not be what follows the prompt)."""
+def check_messages(msgs, where: str, key: str = "messages") -> list[dict]:
+    """`msgs` if it is a non-empty list of {"role": str, "content": str} (other keys kept, for the template),
+    else SFTError naming `where` and `key`."""
+    if (not isinstance(msgs, list) or not msgs or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in msgs)):
+        raise SFTError(f"{where}: \"{key}\" must be a non-empty list of {{\"role\": str, \"content\": str}}")
+    return msgs
+
+
+def render_messages(msgs: list[dict], where: str, template=None, n_prompt: int | None = None) -> tuple[str, str]:
+    """(prompt, response) text of a conversation whose first `n_prompt` messages (default: all but the last) are
+    the prompt: prompt = render(msgs[:n_prompt], add_generation_prompt=True), response = render(msgs)[len(prompt):],
+    with `template` (a model directory's, `render_with`) or CHAT_TEMPLATE, whose generation prompt is
+    ASSISTANT_PREFIX. SFTError when the full rendering does not start with the prompt's (a response that does not
+    begin with the assistant's message)."""
+    n = len(msgs) - 1 if n_prompt is None else n_prompt
+    if template is not None:
+        return render_with(template, msgs, where, n)
+    prompt = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs[:n]) + ASSISTANT_PREFIX
+    full = "".join(CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in msgs)
+    if not full.startswith(prompt):
+        raise SFTError(f"{where}: the response begins with the {msgs[n]['role']!r}'s message; expected the "
+                       "assistant's (our template's generation prompt opens the assistant's turn)")
+    return prompt, full[len(prompt):]
+
+
+def render_with(template, msgs: list[dict], where: str, n_prompt: int | None = None) -> tuple[str, str]:
+    """(prompt, response) as apply_chat_template gives them: prompt = render(msgs[:n_prompt],
+    add_generation_prompt=True) (default: all but the last message), response = render(msgs)[len(prompt):].
+    SFTError naming `where` for a template error, or for a full rendering that does not start with the
+    prompt's (the response would not be what follows the prompt)."""
     from .chat_template import ChatTemplateError
+    n = len(msgs) - 1 if n_prompt is None else n_prompt
     try:
-        prompt = template.render(msgs[:-1], add_generation_prompt=True)
+        prompt = template.render(msgs[:n], add_generation_prompt=True)
         full = template.render(msgs)
     except ChatTemplateError as e:
         raise SFTError(f"{where}: {e}") from None
     if not full.startswith(prompt):
         raise SFTError(f"{where}: the chat template of {template.source} renders the conversation as {full[:60]!r}..., "
                        f"which does not start with its rendering of the prompt {prompt[-60:]!r} (expected a template "
-                       "whose generation prompt is where the last message begins)")
+                       "whose generation prompt is where the response's first message begins)")
     return prompt, full[len(prompt):]
 
 
