@@ -389,7 +389,7 @@ def test_a_rank_that_loses_a_peer_and_hears_no_watcher_says_so_in_one_line(monke
     """Where no watcher names the lost rank (a rank on another machine, another launcher), the survivor
     whose exchange failed waits PEER_LOST_GRACE_S, then prints one line and aborts every rank."""
     from mpi4py import MPI
-    from reference.programs import train as train_mod
+    from reference.programs import rank_rendezvous
     from reference.programs.collectives import MPIComm, PeerLost
 
     class Dead:                                   # COMM_WORLD after a peer died: every exchange fails
@@ -409,9 +409,8 @@ def test_a_rank_that_loses_a_peer_and_hears_no_watcher_says_so_in_one_line(monke
 
     def run(*a):
         return comm.allgather("ready")
-    monkeypatch.setattr(train_mod, "_run", run)
-    monkeypatch.setattr(train_mod, "PEER_LOST_GRACE_S", 0.0)
-    assert train_mod._run_ranks(None, comm, []) == 1 and aborted == [1]
+    monkeypatch.setattr(rank_rendezvous, "PEER_LOST_GRACE_S", 0.0)
+    assert rank_rendezvous.run_ranks(comm, run) == 1 and aborted == [1]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: rank 0 lost contact with another rank (") and "--resume" in err[0]
 

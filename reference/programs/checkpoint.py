@@ -6,9 +6,9 @@ into a `Checkpoint`; `build_model`, `restore_optimizer` and `generator_from_stat
 model, an optimizer's state and generators.
 
 - The file's layout, its constants and its checksums: reference/programs/checkpoint_format.py.
-- What loading checks, and the errors it raises: reference/programs/checkpoint_check.py. Every tensor
-  and the header are covered by SHA-256 checksums; saving and loading refuse non-finite values, so a
-  checkpoint never holds a NaN.
+- What loading checks, and the errors it raises: reference/programs/checkpoint_check.py (the optimizer's
+  section: reference/programs/checkpoint_optimizer.py). Every tensor and the header are covered by
+  SHA-256 checksums; saving and loading refuse non-finite values, so a checkpoint never holds a NaN.
 
 Writing is atomic (reference/programs/atomic.py: temporary file in the same directory, fsync, rename;
 stale temporaries of killed saves removed by the next save): a crash mid-save leaves the previous
@@ -36,11 +36,12 @@ from ..lora import apply_lora, lora_settings
 from ..model import GPT
 from ..optim import SGD
 from .checkpoint_check import (check_compatible, fail, header_fields, header_step, lora_header, model_config,
-                               model_state, optimizer_state, read_checksums, read_header, read_tensors,
-                               refuse_non_finite, state_from_json)
+                               model_state, read_checksums, read_header, read_tensors, refuse_non_finite,
+                               state_from_json)
 from .checkpoint_format import (BIT_GENERATORS, CHECKSUM_KEY, FORMAT, METADATA_KEY, MOMENTS, OPT_PREFIX, SGD_BUFFER,
                                 STATE_LAYOUTS, VERSION, Checkpoint, param_names, seal, state_to_json, tensor_digest,
                                 tokenizer_dict)
+from .checkpoint_optimizer import optimizer_state
 from .safetensors_io import CheckpointError, SafetensorsFile, save_file
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT", "VERSION", "METADATA_KEY", "CHECKSUM_KEY", "BIT_GENERATORS",

@@ -5,9 +5,10 @@ generator is chosen by name from a fixed list, and its state checked against tha
 The safetensors library parses and validates the file itself (reference/programs/safetensors_io.py);
 everything above it is checked here, and a problem raises `CheckpointError` naming the file and the
 problem: a missing or foreign header, an unknown format version, checksums, an invalid model config,
-every header field's type (optimizer groups, generator states, best_val_loss, train_config, extra),
-missing or unexpected tensors, wrong shapes or dtypes, non-finite values, and, with `check_compatible`,
-another model config or another vocabulary than the run expects.
+every header field's type (generator states, best_val_loss, train_config, extra), missing or unexpected
+tensors, wrong shapes or dtypes, non-finite values, and, with `check_compatible`, another model config or
+another vocabulary than the run expects. The optimizer's section and its tensors are checked in
+reference/programs/checkpoint_optimizer.py.
 
 Integrity. Every tensor (its bytes, dtype and shape) and the header are covered by SHA-256 checksums.
 Loading recomputes them and refuses a mismatch naming the file, the tensor or the header field, and the
@@ -28,16 +29,16 @@ import json
 import numpy as np
 
 from ..config import GPTConfig, _is_finite_number, _is_int
-from ..lora import ADAPTER_PARAMS, lora_parameter_shapes
+from ..lora import lora_parameter_shapes
 from ..model import parameter_count, parameter_shapes
-from .checkpoint_format import (BIT_GENERATORS, CHECKSUM_KEY, FORMAT, GROUP_KEYS, METADATA_KEY, MOMENTS, OPT_PREFIX,
-                                READABLE_VERSIONS, SGD_BUFFER, SGD_GROUP_KEYS, STATE_LAYOUTS, field_digests,
-                                tensor_digest, tokenizer_dict)
+from .checkpoint_format import (BIT_GENERATORS, CHECKSUM_KEY, FORMAT, METADATA_KEY, MOMENTS, OPT_PREFIX,
+                                READABLE_VERSIONS, SGD_BUFFER, STATE_LAYOUTS, field_digests, tensor_digest,
+                                tokenizer_dict)
 from .tokenizers import tokenizer_from_dict
 from .safetensors_io import CheckpointError, SafetensorsFile
 
 __all__ = ["check_compatible", "state_from_json", "refuse_non_finite", "read_header", "read_checksums",
-           "read_tensors", "model_config", "header_step", "model_state", "optimizer_state", "header_fields", "fail",
+           "read_tensors", "model_config", "header_step", "model_state", "header_fields", "fail",
            "lora_header", "expected_shapes"]
 
 
@@ -273,100 +274,6 @@ def model_state(path, config: GPTConfig, tensors: dict[str, np.ndarray], lora: d
     if missing:
         fail(path, f"missing model tensors {missing}")
     return state
-
-
-# ------------------------------------------------------------------------------------------ optimizer
-
-
-def optimizer_state(path, opt_header, tensors: dict, config: GPTConfig,
-                    lora: dict | None = None) -> tuple[dict, set[str]]:
-    """The header's optimizer section, checked through and through, with its moment tensors:
-    ({"type", "param_groups", "state"}, names of the optimizer tensors used). With `lora` (the header's
-    checked "lora" section) the optimizer holds the adapters' A and B only: every other weight is frozen."""
-    expected, dtype = expected_shapes(config, lora), np.dtype(config.dtype)
-    if lora is not None:
-        expected = {n: s for n, s in expected.items() if n.rpartition(".")[2] in ADAPTER_PARAMS}
-    if isinstance(opt_header, dict) and opt_header.get("type") == "SGD":
-        return _sgd_state(path, opt_header, tensors, expected, dtype)
-    if not isinstance(opt_header, dict) or not isinstance(opt_header.get("param_groups"), list) \
-            or not isinstance(opt_header.get("steps"), dict):
-        fail(path, "the optimizer header must be an object with 'param_groups' (list) and 'steps' (object)")
-    if not isinstance(opt_header.get("type"), str):
-        fail(path, f"the optimizer's 'type' must be a string (its class name), "
-                   f"got {_brief(opt_header.get('type'))}")
-    for i, g in enumerate(opt_header["param_groups"]):
-        where = f"optimizer param group {i}"
-        if not isinstance(g, dict):
-            fail(path, f"{where} must be an object with keys {list(GROUP_KEYS)}, got {_brief(g)}")
-        missing = [k for k in GROUP_KEYS if k not in g]
-        if missing:
-            fail(path, f"{where} has no {missing}; a group holds {list(GROUP_KEYS)}")
-        for key in ("lr", "eps", "weight_decay"):
-            if not _is_finite_number(g[key]):
-                fail(path, f"{where}: {key!r} must be a finite number, got {_brief(g[key])}")
-        betas = g["betas"]
-        if not isinstance(betas, list) or len(betas) != 2 or not all(_is_finite_number(b) for b in betas):
-            fail(path, f"{where}: 'betas' must be a list of two finite numbers, got {_brief(betas)}")
-        if not isinstance(g["params"], list):
-            fail(path, f"{where}: 'params' must be a list of parameter names, got {_brief(g['params'])}")
-        bad = [n for n in g["params"] if not isinstance(n, str)]
-        if bad:
-            fail(path, f"{where}: 'params' holds {_brief(bad[0])}, not a parameter name (a string)")
-    _check_grouped(path, opt_header["param_groups"], expected)
-
-    state, opt_names = {}, set()
-    for name, t in opt_header["steps"].items():
-        if name not in expected:
-            fail(path, f"optimizer state for {name!r}, which is not a parameter of this model")
-        if not _is_int(t) or t < 0:
-            fail(path, f"optimizer step for {name!r} must be a non-negative integer, got {t!r}")
-        entry = {"step": t}
-        for key in MOMENTS:
-            tname = f"{OPT_PREFIX}{name}.{key}"
-            if tname not in tensors:
-                fail(path, f"missing optimizer tensor {tname!r}")
-            _check_tensor(path, tname, tensors[tname], expected[name], dtype)
-            entry[key] = tensors[tname]
-            opt_names.add(tname)
-        state[name] = entry
-    return {"type": opt_header["type"], "param_groups": opt_header["param_groups"], "state": state}, opt_names
-
-
-def _check_grouped(path, groups: list, expected: dict) -> None:
-    grouped = [n for g in groups for n in g["params"]]
-    if sorted(grouped) != sorted(expected):
-        fail(path, f"the optimizer's param groups name {sorted(grouped)}, expected each of {sorted(expected)} once")
-
-
-def _sgd_state(path, opt_header: dict, tensors: dict, expected: dict, dtype) -> tuple[dict, set[str]]:
-    """SGD's header section (checkpoint_format's docstring), checked through, with its momentum buffers."""
-    if not isinstance(opt_header.get("param_groups"), list) or not isinstance(opt_header.get("buffers"), list):
-        fail(path, "the SGD optimizer header must be an object with 'param_groups' (list) and 'buffers' (list)")
-    for i, g in enumerate(opt_header["param_groups"]):
-        where = f"optimizer param group {i}"
-        if not isinstance(g, dict) or sorted(g) != sorted(SGD_GROUP_KEYS):
-            fail(path, f"{where} must be an object with exactly the keys {list(SGD_GROUP_KEYS)}, got {_brief(g)}")
-        for key in ("lr", "momentum", "dampening", "weight_decay"):
-            if not _is_finite_number(g[key]):
-                fail(path, f"{where}: {key!r} must be a finite number, got {_brief(g[key])}")
-        for key in ("nesterov", "maximize"):
-            if not isinstance(g[key], bool):
-                fail(path, f"{where}: {key!r} must be true or false, got {_brief(g[key])}")
-        if not isinstance(g["params"], list) or not all(isinstance(n, str) for n in g["params"]):
-            fail(path, f"{where}: 'params' must be a list of parameter names, got {_brief(g['params'])}")
-    _check_grouped(path, opt_header["param_groups"], expected)
-    state, opt_names = {}, set()
-    for name in opt_header["buffers"]:
-        if not isinstance(name, str) or name not in expected or name in state:
-            fail(path, f"SGD momentum buffer for {_brief(name)}, which is not a parameter of this model "
-                       f"(or is listed twice)")
-        tname = f"{OPT_PREFIX}{name}.{SGD_BUFFER}"
-        if tname not in tensors:
-            fail(path, f"missing optimizer tensor {tname!r}")
-        _check_tensor(path, tname, tensors[tname], expected[name], dtype)
-        state[name] = {SGD_BUFFER: tensors[tname]}
-        opt_names.add(tname)
-    return {"type": "SGD", "param_groups": opt_header["param_groups"], "state": state}, opt_names
 
 
 # ------------------------------------------------------------------------------------------ generators

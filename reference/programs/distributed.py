@@ -1,5 +1,6 @@
 """Data-parallel training on MPI: the shard arithmetic, the objective's weighted pieces, gradient accumulation,
-ZeRO-1 (the communicators and the ring: reference/programs/collectives.py).
+ZeRO-1 (the communicators and the ring: reference/programs/collectives.py; the flat parameters and ZeRO-1's
+AdamW on a slice of them: reference/programs/zero.py).
 
     mpiexec -n N python -m reference train ...          the same flags as one process
 
@@ -34,10 +35,11 @@ import os
 import numpy as np
 
 from ..lora import set_lora_masks
-from ..optim import adam_update, clip_grad_norm_
+from ..optim import clip_grad_norm_
 from .collectives import LocalComm, ring_allgather, ring_allreduce, ring_reduce_scatter
+from .zero import FlatParams, ZeroAdamW
 
-__all__ = ["DataParallel", "TokenMean", "ZeroAdamW", "shard_bounds", "data_digest"]
+__all__ = ["DataParallel", "TokenMean", "shard_bounds", "data_digest"]
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
@@ -53,34 +55,7 @@ def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-# ------------------------------------------------------------------------------------- flat views
-
-
-class FlatParams:
-    """The model's parameters seen as one vector, in `params` order: copy gradients and values in and out."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        self.dtype = self.params[0].data.dtype
-        self.bounds, a = [], 0
-        for p in self.params:
-            self.bounds.append((a, a + p.data.size))
-            a += p.data.size
-        self.size = a
-
-    def grads(self) -> np.ndarray:
-        return np.concatenate([p.grad.ravel() for p in self.params])
-
-    def set_grads(self, flat: np.ndarray) -> None:
-        for p, (a, b) in zip(self.params, self.bounds):
-            p.grad[...] = flat[a:b].reshape(p.grad.shape)
-
-    def values(self) -> np.ndarray:
-        return np.concatenate([p.data.ravel() for p in self.params])
-
-    def set_values(self, flat: np.ndarray) -> None:
-        for p, (a, b) in zip(self.params, self.bounds):
-            p.data[...] = flat[a:b].reshape(p.data.shape)
+# ------------------------------------------------------------------------------------- a step's pieces
 
 
 class _StepMasks:
@@ -368,73 +343,6 @@ class DataParallel:
         if self.zero is not None:
             self.zero.take_slice(optimizer)
             optimizer.state = {}
-
-
-class ZeroAdamW:
-    """AdamW (reference.optim.AdamW's update, operation for operation) on one contiguous slice [lo, hi) of the
-    flattened parameters: m and v for that slice only, so each rank holds 1/N of the optimizer state. The
-    per-element weight-decay factor comes from the parameter's group; lr, betas and eps are the groups'
-    (equal in every group the trainer builds)."""
-
-    def __init__(self, optimizer, flat: FlatParams, bounds: tuple[int, int]):
-        from ..optim import AdamW
-        if not isinstance(optimizer, AdamW):
-            raise ValueError(f"zero_stage 1 splits AdamW's moments; the optimizer is {type(optimizer).__name__}")
-        self.optimizer, self.flat = optimizer, flat
-        self.lo, self.hi = bounds
-        n = self.hi - self.lo
-        self.exp_avg = np.zeros(n, flat.dtype)
-        self.exp_avg_sq = np.zeros(n, flat.dtype)
-        self.t = 0
-        self.grad = np.zeros(n, flat.dtype)
-        self.group_of = np.empty(flat.size, np.int64)               # which param group each element is in
-        index = {id(p): i for i, p in enumerate(flat.params)}
-        for gi, group in enumerate(optimizer.param_groups):
-            for p in group["params"]:
-                a, b = flat.bounds[index[id(p)]]
-                self.group_of[a:b] = gi
-        self.group_of = self.group_of[self.lo:self.hi]
-
-    def nbytes(self) -> int:
-        return self.exp_avg.nbytes + self.exp_avg_sq.nbytes
-
-    def step(self, p: np.ndarray) -> None:
-        """One AdamW step of the slice `p` (a view, updated in place) with gradient self.grad."""
-        self.t += 1
-        t = self.t
-        g, m, v = self.grad, self.exp_avg, self.exp_avg_sq
-        groups = self.optimizer.param_groups
-        lr, (b1, b2), eps = groups[0]["lr"], groups[0]["betas"], groups[0]["eps"]
-        for gi, group in enumerate(groups):
-            if group["lr"] != lr or tuple(group["betas"]) != (b1, b2) or group["eps"] != eps:
-                raise ValueError("zero_stage 1 needs the same lr, betas and eps in every param group")
-            wd = group["weight_decay"]
-            if wd != 0:
-                sel = self.group_of == gi
-                p[sel] *= 1.0 - lr * wd                          # AdamW: decay the weights, apart from g
-        adam_update(p, g, m, v, lr, b1, b2, eps, t)              # AdamW on this rank's slice, operation for operation
-
-    def gather_into(self, optimizer, comm, chunks) -> None:
-        counts = [b - a for a, b in chunks]
-        m = comm.gather_array(self.exp_avg, counts)
-        v = comm.gather_array(self.exp_avg_sq, counts)
-        if comm.rank != 0 or self.t == 0:
-            return
-        for p, (a, b) in zip(self.flat.params, self.flat.bounds):
-            optimizer.state[id(p)] = {"step": self.t, "exp_avg": m[a:b].reshape(p.data.shape).copy(),
-                                      "exp_avg_sq": v[a:b].reshape(p.data.shape).copy()}
-
-    def take_slice(self, optimizer) -> None:
-        states = [optimizer.state.get(id(p)) for p in self.flat.params]
-        if all(s is None for s in states):
-            return
-        steps = {int(s["step"]) for s in states if s is not None}
-        if None in states or len(steps) != 1:
-            raise ValueError("zero_stage 1 resumes only a run whose every parameter took the same number of "
-                             f"steps; this checkpoint holds steps {sorted(steps)}")
-        self.t = steps.pop()
-        self.exp_avg[:] = np.concatenate([s["exp_avg"].ravel() for s in states])[self.lo:self.hi]
-        self.exp_avg_sq[:] = np.concatenate([s["exp_avg_sq"].ravel() for s in states])[self.lo:self.hi]
 
 
 def data_digest(data: np.ndarray) -> str:

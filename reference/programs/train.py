@@ -39,11 +39,12 @@ from typing import Any
 
 from ..config import CHOICES
 from .checkpoint import CheckpointError, load_checkpoint
-from .collectives import PeerLost, world_comm
+from .collectives import world_comm
 from .distributed import DataParallel
 from .lock import DirectoryLock, DirectoryLocked, lock_directory
 from . import rank_watch
 from .options import add_kernels_argument
+from .rank_rendezvous import ranks_ready, run_ranks
 from .training.settings import (FIELD_HELP, FIELDS, PRESETS, TRAIN_CHOICES, TrainConfig, check_lora_flags,
                                 check_objective_flags, check_optimizer_flags, describe_settings, init_config,
                                 resolve_settings)
@@ -189,11 +190,11 @@ def _take_lock(out_dir: str | None, locks: list[DirectoryLock] | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The command. Under `mpiexec -n N` (N > 1) every rank runs it with the same flags: rank 0 prints and
-    writes, the others stay quiet; the ranks meet once after setting up (`_ranks_ready`), so a rank that
-    failed to start stops every rank with its own error line, and any later failure of one rank alone
-    ends the whole run (MPI_Abort) rather than leave the others waiting. Under MPICH's mpiexec each rank
-    trains in a child process its launched process watches, so a rank killed by a signal is named in one
-    line (reference/programs/rank_watch.py)."""
+    writes, the others stay quiet; the ranks meet once after setting up, so a rank that failed to start
+    stops every rank with its own error line, and any later failure of one rank alone ends the whole run
+    (MPI_Abort) rather than leave the others waiting (reference/programs/rank_rendezvous.py). Under MPICH's
+    mpiexec each rank trains in a child process its launched process watches, so a rank killed by a signal
+    is named in one line (reference/programs/rank_watch.py)."""
     if rank_watch.should_watch():
         return rank_watch.watch_worker()
     rank_watch.become_worker()
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     locks: list[DirectoryLock] | None = [] if comm.rank == 0 else None     # rank 0 holds OUT_DIR's lock
     previous = _sigterm_as_ctrl_c() if comm.size == 1 else None
     try:
-        return _run_ranks(args, comm, locks)
+        return run_ranks(comm, lambda state: _run(args, comm, state, locks))
     finally:
         for lock in locks or ():
             lock.release()
@@ -227,73 +228,6 @@ def _sigterm_as_ctrl_c():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     return signal.signal(signal.SIGTERM, interrupt)
-
-
-# How long a rank that lost a peer waits for the lost rank's watcher to name it (and the launcher to end
-# every rank) before it speaks itself: a watcher needs milliseconds; seconds cover a loaded machine.
-PEER_LOST_GRACE_S = 5.0
-
-
-def _run_ranks(args: argparse.Namespace, comm, locks: list[DirectoryLock] | None) -> int:
-    if comm.size == 1:
-        return _run(args, comm, {}, locks)
-    import contextlib
-    import io
-    captured, state = io.StringIO(), {}
-    quiet = contextlib.redirect_stderr(captured) if comm.rank else contextlib.nullcontext()
-    try:
-        with quiet:
-            code = _run(args, comm, state, locks)
-    except KeyboardInterrupt:
-        # Ctrl-C while setting up (DPO's reference log-probabilities, say): a failure to start, told to the
-        # others at the meeting below; from the meeting on, Ctrl-C only raises a flag (catch_interrupts).
-        with quiet:
-            print("interrupted: python -m reference train stopped before training started", file=sys.stderr)
-        code = 130
-    except PeerLost as e:                                      # another rank died: its watcher names it
-        import time                                            # (rank_watch.py) and the launcher then ends us;
-        time.sleep(PEER_LOST_GRACE_S)                          # still here: no watcher spoke, so we do
-        print(f"error: rank {comm.rank} lost contact with another rank ({e}); every rank stops now. The last "
-              "checkpoint in out_dir is intact (written atomically): resume with --resume", file=sys.stderr)
-        sys.stderr.flush()
-        comm.abort(1)
-        return 1
-    except BaseException:                                      # a bug: its traceback, then no rank left waiting
-        import traceback
-        traceback.print_exc()
-        sys.stderr.flush()
-        comm.abort(1)
-        raise
-    if "ready" not in state:                                   # failed before the meeting: tell the others there
-        lines = captured.getvalue().strip().splitlines()
-        comm.allgather((code, lines[-1] if lines else "", None))
-    elif code not in (0, 130) and state.get("alone"):
-        sys.stderr.flush()
-        comm.abort(code)
-    return code
-
-
-def _ranks_ready(comm, trainer: Trainer, state: dict) -> int:
-    """The ranks' meeting after setup: each says it is ready (with what it must share with the others) or
-    why it failed. 0 when all are ready with the same settings and data; else the first failure's exit
-    code, its line printed by rank 0."""
-    import os
-    import socket
-    every = comm.allgather((0, "", {**trainer.dist.check_digests(trainer.fingerprint()),
-                                    "where": (socket.gethostname(), os.getpid())}))
-    state["ready"] = True
-    failed = [(r, code, line) for r, (code, line, _) in enumerate(every) if code != 0]
-    if failed:
-        r, code, line = failed[0]
-        print(f"rank {r}: {line}" if line else f"error: rank {r} failed to start (exit code {code})", file=sys.stderr)
-        return code
-    trainer.dist.where = [d.pop("where") if d else None for _, _, d in every]     # for the "start" record
-    try:
-        trainer.dist.compare_digests([d for _, _, d in every])
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock] | None) -> int:
@@ -364,7 +298,7 @@ def _run(args: argparse.Namespace, comm, state: dict, locks: list[DirectoryLock]
         return 1
     if comm.size > 1:
         trainer.dist.catch_interrupts()                        # before the meeting: no KeyboardInterrupt from
-        code = _ranks_ready(comm, trainer, state)              # inside it, so a rank met is a rank ready
+        code = ranks_ready(comm, trainer, state)               # inside it, so a rank met is a rank ready
         if code:
             return code
     if progress:

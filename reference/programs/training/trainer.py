@@ -15,10 +15,9 @@ A step's batch is batch_size x gradient_accumulation_steps rows, run in micro-ba
 rows whose gradients are weighted by their count of target tokens, so the step's gradient is the whole
 batch's mean; under `mpiexec -n N` the rows are shared over the ranks and the gradients all-reduced
 (`self.dist`, reference/programs/distributed.py; one process with K = 1 runs the plain code above).
-SFT data (data/prepare.py --sft) gives windows of the packed examples, or with `packing` False one whole
-example per row, right-padded (sft.PaddedExamples); `objective` (dpo.DPOObjective, --objective dpo) brings
-its own batches of pairs and loss, its micro-batches and ranks sharing out pairs, each weighted by its
-share of them.
+The data, SFT's layouts and DPO's pairs are read and checked in training/splits.py; `objective`
+(dpo.DPOObjective, --objective dpo) brings its own batches of pairs and loss, its micro-batches and ranks
+sharing out pairs, each weighted by its share of them.
 
 Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, evaluation batches and
 dropout masks come from three Generators seeded `[seed, 1]`, `[seed, 2]`, `[seed, 3]`. All three states
@@ -43,18 +42,19 @@ import numpy as np
 from ...fast import use_kernels
 from ...layers import DropoutMasks
 from ...lora import apply_lora, lora_parameter_shapes, lora_parameters, lora_settings, set_lora_masks
-from ...model import GPT, check_token_ids
+from ...model import GPT
 from ...module import Parameter
 from ...optim import SGD, AdamW
 from ..checkpoint import (Checkpoint, CheckpointError, check_compatible, generator_from_state, load_checkpoint,
                           restore_optimizer, save_checkpoint)
-from .. import dpo, sft
-from ..data import get_batch, load_meta, load_split, resolve_data_dir
-from ..tokenizers import describe_tokenizer, tokenizer_digest, tokenizer_from_dict
+from .. import sft
+from ..data import get_batch
+from ..tokenizers import describe_tokenizer, tokenizer_digest
 from ..distributed import DataParallel, data_digest
 from .memory import check_memory
 from .run_log import RunLog
 from .settings import TrainConfig
+from .splits import load_splits, model_tokenizer
 
 CKPT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
@@ -93,12 +93,6 @@ def configure_optimizers(model: GPT, config: TrainConfig) -> AdamW | SGD:
                  weight_decay=config.weight_decay)
 
 
-def _check_split_ids(split: str, data: np.ndarray, vocab_size: int) -> None:
-    """`reference.model.check_token_ids` on a data split, its message naming the split and the first bad id
-    in file order: "the val split's token id -1 is out of range for vocab_size 65 (expected 0 <= id < 65)"."""
-    check_token_ids(data, vocab_size, what=f"the {split} split's token id")
-
-
 def _finite_params(model: GPT) -> bool:
     return all(bool(np.isfinite(p.data).all()) for p in model.parameters())
 
@@ -107,8 +101,9 @@ class Trainer:
     """One training run: model, optimizer, generators, step counter, evaluation, logs and checkpoints.
 
     Data come from `config.data_dir` (written by data/prepare.py) unless `train_data` and `val_data`
-    (1-D token arrays) are given, with a `tokenizer` or a `vocab_size`. `resume` is a checkpoint path
-    (or a loaded Checkpoint) to continue from. `config.out_dir` empty or None: no files are written.
+    (1-D token arrays) are given, with a `tokenizer` or a `vocab_size` (training/splits.py). `resume` is a
+    checkpoint path (or a loaded Checkpoint) to continue from. `config.out_dir` empty or None: no files are
+    written.
     """
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None, tokenizer=None,
@@ -129,63 +124,11 @@ class Trainer:
         made), its `get_batch` and `loss` replace the language model's, and `self.dist` runs its pieces
         (distributed.py::TokenMean's protocol: micro-batches and ranks)."""
         self.config = config
-        if (train_data is None) != (val_data is None):
-            raise ValueError("give both train_data and val_data, or neither (to read config.data_dir)")
-        self.data_source = "the given data"
-        if train_data is None:
-            data_dir = resolve_data_dir(config.data_dir)
-            meta = load_meta(data_dir)                       # checks a recorded tokenizer_digest
-            tokenizer = tokenizer_from_dict(meta["tokenizer"])
-            train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
-            self.data_source = f"the data in {data_dir}"
-            if meta.get("sft"):
-                loss_masks = tuple(sft.load_mask(data_dir, k, len(d)) for k, d in (("train", train_data),
-                                                                                   ("val", val_data)))
-                if not config.packing:
-                    example_lengths = tuple(sft.load_lengths(data_dir, k, meta["sft"].get(f"{k}_examples"), len(d))
-                                            for k, d in (("train", train_data), ("val", val_data)))
-            if bool(meta.get("dpo")) != (config.objective == "dpo"):
-                raise ValueError(f"the data in {data_dir} is {'preference pairs' if meta.get('dpo') else 'not preference pairs'}"
-                                 f" but the objective is {config.objective}: expected --objective dpo with data from "
-                                 "python data/prepare.py --dpo FILE.jsonl, and --objective lm with any other")
-            if meta.get("dpo") and objective is None:
-                pairs = {k: dpo.load_pairs(data_dir, k, d) for k, d in (("train", train_data), ("val", val_data))}
-                for k, enc in pairs.items():
-                    dpo.check_lengths(enc, config.block_size, where=f"{data_dir}: {k} pair")
-                objective = dpo.DPOObjective(pairs["train"], pairs["val"], config.beta)
-        self.tokenizer = tokenizer
-        if tokenizer is not None:
-            vocab_size = tokenizer.vocab_size
-        if vocab_size is None:
-            raise ValueError("give a tokenizer or a vocab_size with train_data/val_data")
-        self.train_data, self.val_data = np.asarray(train_data), np.asarray(val_data)
-        if not config.packing and (loss_masks is None or example_lengths is None):
-            raise ValueError(f"--no-packing lays out SFT examples one per row, but {self.data_source} "
-                             f"{'is not SFT data' if loss_masks is None else 'gives no example lengths'}: expected data "
-                             "from python data/prepare.py --sft FILE.jsonl, or --packing")
-        for split, data in (("train", self.train_data), ("val", self.val_data)):
-            if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
-                raise ValueError(f"{split} data must be a 1-D array of token ids, got {data.dtype} {data.shape}")
-            if len(data) < config.block_size + 1 and config.packing:
-                raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
-                                 f"block_size {config.block_size} (+1 target); use a smaller block_size")
-            _check_split_ids(split, data, vocab_size)
-        self.loss_masks = None if loss_masks is None else dict(zip(("train", "val"), loss_masks))
-        self.window_starts = self.examples = None
-        if not config.packing:                              # one example per row (sft.PaddedExamples)
-            self.examples = {k: sft.PaddedExamples(d, self.loss_masks[k], n, config.block_size, f"the {k} split's example")
-                             for k, d, n in (("train", self.train_data, example_lengths[0]),
-                                             ("val", self.val_data, example_lengths[1]))}
-        elif self.loss_masks is not None:
-            self.window_starts = {k: sft.window_starts(np.asarray(m), config.block_size)
-                                  for k, m in self.loss_masks.items()}
-            for k, starts in self.window_starts.items():
-                if len(self.loss_masks[k]) != len(self.train_data if k == "train" else self.val_data):
-                    raise ValueError(f"the {k} loss mask has {len(self.loss_masks[k])} entries for "
-                                     f"{len(self.train_data if k == 'train' else self.val_data)} tokens: expected one per token")
-                if starts.size == 0:
-                    raise ValueError(f"no window of block_size {config.block_size} in the {k} split holds a response "
-                                     "token: every target would be ignored (expected SFT data with responses)")
+        data = load_splits(config, train_data=train_data, val_data=val_data, tokenizer=tokenizer, vocab_size=vocab_size,
+                           loss_masks=loss_masks, example_lengths=example_lengths, objective=objective)
+        self.train_data, self.val_data, self.tokenizer, vocab_size = data.train, data.val, data.tokenizer, data.vocab_size
+        self.data_source, self.loss_masks, objective = data.source, data.loss_masks, data.objective
+        self.window_starts, self.examples = data.window_starts, data.examples
         self.model_config = config.model_config(vocab_size)
         if config.lora_rank is not None:                      # bad targets or rank: refused before building
             lora_parameter_shapes(self.model_config, config.lora_rank, config.lora_target_list)
@@ -197,7 +140,7 @@ class Trainer:
                 raise ValueError(f"the data's tokenizer has {vocab_size} ids but the model in {init_from} has "
                                  f"vocab_size {hf_vocab}; prepare the data with the model's tokenizer: "
                                  f"python data/prepare.py --tokenizer {init_from}")
-            self._check_model_tokenizer(init_from)
+            self.tokenizer = model_tokenizer(self.tokenizer, self.data_source, init_from)
             self.model = use_kernels(from_pretrained(init_from, dtype=config.dtype, dropout=config.dropout,
                                                      block_size=config.block_size), kernels)
             if self.model.config != self.model_config:
@@ -247,24 +190,6 @@ class Trainer:
     @property
     def ckpt_path(self) -> Path | None:
         return self.out_dir / CKPT_NAME if self.out_dir else None
-
-    def _check_model_tokenizer(self, init_from) -> None:
-        """The data's tokenizer is the model directory's (when the directory has tokenizer files): the same
-        vocabulary size is not enough, two tokenizers of one size give other ids for the same text. Data whose
-        tokenizer carries no settings (prepared before they were carried) takes the directory's special
-        tokens and chat template (reference/programs/tokenizer_settings.py), so the checkpoint keeps them."""
-        from ..tokenizer_settings import tokenizer_from_dir
-        from ..tokenizers import BPE_FILES
-        if self.tokenizer is None or not any((Path(init_from) / f).is_file() for f in BPE_FILES):
-            return
-        theirs = tokenizer_from_dir(init_from)
-        if tokenizer_digest(theirs) != tokenizer_digest(self.tokenizer):
-            raise ValueError(f"tokenizer mismatch: {self.data_source} was prepared with tokenizer "
-                             f"{describe_tokenizer(self.tokenizer)}, the model in {init_from} has "
-                             f"{describe_tokenizer(theirs)}; prepare the data with the model's tokenizer: "
-                             f"python data/prepare.py --tokenizer {init_from}")
-        if self.tokenizer.tokenizer_config is None and self.tokenizer.chat_template is None:
-            self.tokenizer = theirs                       # the same ids, and the directory's settings
 
     def _resume(self, ckpt: Checkpoint) -> None:
         same = (self.tokenizer is None or ckpt.tokenizer is None
