@@ -305,3 +305,16 @@ def test_resume_on_other_pairs_of_the_same_count_is_refused(tmp_path):
     b = Trainer(cfg, train_data=stream, val_data=stream, tokenizer=tok,
                 objective=dpo.DPOObjective([tuple(q.copy() for q in e) for e in enc[:8]], enc[8:], BETA), resume=path)
     assert np.array_equal(b.objective.reference["train"], a.objective.reference["train"])   # equal pairs: resumed
+
+
+def test_a_val_split_shorter_than_a_window_is_fine_for_pairs():
+    """DPO's rows are whole pairs, not windows of block_size + 1 tokens of the stream: a val split of fewer
+    tokens than one window (a few short pairs) trains; the language model's window check does not apply."""
+    _, tok, enc, _ = setup(n=12)
+    stream = np.concatenate([np.concatenate(e) for e in enc])
+    short = np.concatenate([np.concatenate(e) for e in enc[8:9]])
+    cfg = TrainConfig(out_dir="", seed=1, n_layer=1, n_head=2, n_embd=16, block_size=len(short) + 4, batch_size=2,
+                      max_iters=2, warmup_iters=0, eval_iters=1, dtype="float64", objective="dpo")
+    t = Trainer(cfg, train_data=stream, val_data=short, tokenizer=tok,
+                objective=dpo.DPOObjective(enc[:8], enc[8:9], BETA))
+    assert math.isfinite(t.train_step()["loss"]) and math.isfinite(t.evaluate()["val"])

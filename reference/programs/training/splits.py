@@ -95,7 +95,7 @@ def load_splits(config: TrainConfig, *, train_data=None, val_data=None, tokenize
     for split, data in (("train", train_data), ("val", val_data)):
         if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
             raise ValueError(f"{split} data must be a 1-D array of token ids, got {data.dtype} {data.shape}")
-        if len(data) < config.block_size + 1 and config.packing:
+        if len(data) < config.block_size + 1 and config.packing and objective is None:   # DPO: rows are pairs
             raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
                              f"block_size {config.block_size} (+1 target); use a smaller block_size")
         _check_split_ids(split, data, vocab_size)
