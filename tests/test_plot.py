@@ -279,3 +279,24 @@ def test_a_run_directory_plots_its_log(tmp_path, capsys, figures):
     assert plot.run(parse(str(run_dir), "-o", out)) == 0 and out.exists()
     assert capsys.readouterr().out == f"wrote {out}\n"
     assert legend_texts(figures[0].axes[0])[0] == "run: train loss (per step)"     # labelled by the run's name
+
+
+def dpo_log(path: Path, objective: str) -> Path:
+    """A log whose start record names its objective in train_config, as `train` writes it."""
+    write_log(path, A_TRAIN, A_EVAL)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[0] = json.dumps({"event": "start", "step": 0, "train_config": {"objective": objective, "beta": 0.1}})
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_axis_names_the_loss_each_objective_logs(tmp_path, figures):
+    """A DPO run logs -log sigmoid(margin) averaged over pairs, not a cross-entropy per token: the axis says
+    which loss it shows; language-model and SFT runs (objective lm) keep the cross-entropy's name."""
+    lm, dpo = dpo_log(tmp_path / "lm.jsonl", "lm"), dpo_log(tmp_path / "dpo.jsonl", "dpo")
+    for runs in ([lm], [dpo], [lm, dpo]):
+        plot.plot_curves([(p.stem, plot.read_log(p)) for p in runs], tmp_path / "c.png")
+    labels = [fig.axes[0].get_ylabel() for fig in figures]
+    assert labels[0] == "cross-entropy loss (nats/token)"
+    assert labels[1] == "DPO loss: -log sigmoid(margin), mean over pairs"
+    assert labels[2] == "loss: cross-entropy (nats/token); DPO: -log sigmoid(margin), mean over pairs"

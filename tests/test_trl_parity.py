@@ -287,6 +287,9 @@ def test_char_and_byte_have_no_merges_joint_equals_separate(kind):
     ({"prompt": "a"}, r"^x: no 'response' key \(it has \['prompt'\]\); expected \{\"prompt\": ..., \"response\": ...\} "
                       r"\(\"completion\", TRL's name, is accepted for \"response\"\) or \{\"messages\": \[...\]\}$"),
     ({"prompt": "a", "completion": 1}, r"^x: 'completion' must be a string, got int$"),
+    ({"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b"}]},
+     r"^x: 'prompt' must be a string, got list; a conversation is one line \{\"messages\": \[\.\.\.\]\} \(TRL's "
+     r"conversational prompt-completion form, lists of messages under \"prompt\" and \"completion\", is not read\)$"),
 ])
 def test_response_or_completion_one_line(row, match):
     with pytest.raises(sft.SFTError, match=match):

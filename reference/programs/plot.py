@@ -21,9 +21,9 @@ __all__ = ["read_log", "plot_curves", "add_arguments", "run"]
 
 
 def read_log(path) -> dict[str, list[dict]]:
-    """{"train": [...], "eval": [...], "diverged": [...]} records of a log; blank lines skipped, bad lines
-    refused by number."""
-    out: dict[str, list[dict]] = {"train": [], "eval": [], "diverged": []}
+    """{"start": [...], "train": [...], "eval": [...], "diverged": [...]} records of a log; blank lines
+    skipped, bad lines refused by number."""
+    out: dict[str, list[dict]] = {"start": [], "train": [], "eval": [], "diverged": []}
     path = Path(path)
     if path.is_dir():                                          # a run directory, as `train --resume DIR`
         if not (path / "log.jsonl").is_file():
@@ -68,6 +68,27 @@ def diverged_at(log: dict) -> int | None:
 
 
 DEFAULT_NAME = "loss_curve.png"
+
+# What each objective's logged loss is (reference/programs/training/settings.py's --objective): the language
+# model's (and SFT's) mean cross-entropy over target tokens; DPO's mean over pairs of -log sigmoid(margin).
+LOSS_NAMES = {"lm": "cross-entropy (nats/token)", "dpo": "DPO: -log sigmoid(margin), mean over pairs"}
+
+
+def loss_label(runs: list[tuple[str, dict]]) -> str:
+    """The y axis' name for the runs' objectives, read from each log's "start" records (none: "lm")."""
+    objectives = []
+    for _, log in runs:
+        for rec in log.get("start", []) or [{}]:
+            config = rec.get("train_config")
+            objective = config.get("objective", "lm") if isinstance(config, dict) else "lm"
+            if objective not in objectives:
+                objectives.append(objective)
+    if objectives == ["dpo"]:
+        return "DPO loss: -log sigmoid(margin), mean over pairs"
+    if len(objectives) > 1:                                   # LOSS_NAMES' order, then any other objective
+        ordered = [o for o in LOSS_NAMES if o in objectives] + [o for o in objectives if o not in LOSS_NAMES]
+        return "loss: " + "; ".join(LOSS_NAMES.get(o, str(o)) for o in ordered)
+    return "cross-entropy loss (nats/token)"
 
 
 def png_path(path) -> Path:
@@ -116,7 +137,7 @@ def plot_curves(runs: list[tuple[str, dict]], out_path, *, title: str | None = N
             if last is not None:
                 ax.plot([step], [last], color="red", marker="X", ms=10, ls="none",
                         label=f"{label}: diverged at step {step}")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_ylabel(loss_label(runs))
     ax.set_title(title or "loss curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -86,7 +86,10 @@ def render(example: dict, where: str, template=None, eos: str | None = None) -> 
                        "\"response\") or {\"messages\": [...]}")
     for k in ("prompt", key):
         if not isinstance(example[k], str):
-            raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}")
+            hint = ("; a conversation is one line {\"messages\": [...]} (TRL's conversational prompt-completion "
+                    "form, lists of messages under \"prompt\" and \"completion\", is not read)"
+                    if isinstance(example[k], list) else "")
+            raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}{hint}")
     response = example[key]
     if eos and not response.endswith(eos):                   # TRL's add_eos: non-conversational examples only
         response += eos
