@@ -302,8 +302,8 @@ def test_a_rank_killed_mid_run_ends_the_run_with_the_checkpoint_intact(data_dir,
     # The rank's watcher (reference/programs/rank_watch.py) outlives its worker and names it, in one line.
     lines = [x for x in err.splitlines() if "was killed by" in x]
     assert lines == [f"error: rank 1 (pid {pid} on {socket.gethostname()}) was killed by SIGKILL (kill -9, or the "
-                     "out-of-memory killer); every rank stops now. The last checkpoint in out_dir is intact (written "
-                     "atomically): resume with --resume, at any number of ranks"], err
+                     "out-of-memory killer); every rank stops now. Checkpoints are written whole or not at all: "
+                     "--resume continues from the last one in out_dir, if the run wrote one, at any number of ranks"], err
     assert "Traceback" not in err
     _no_worker_left(out)
     assert load_checkpoint(out / "ckpt.safetensors").step >= 10           # the last checkpoint loads, checked

@@ -203,6 +203,20 @@ def test_resume_through_the_cli_is_bit_identical(data_dir, tmp_path, capsys, ker
     assert evals_a == evals_b == [(s, v) for s, v in evals_a if s in (0, 4, 8)]
 
 
+def test_a_run_stopped_between_evaluations_logs_the_same_evaluations_once_resumed(data_dir, tmp_path, capsys):
+    """Stopped at step 3 (max_iters, no eval_interval multiple: it evaluates there) and resumed to 6, a run
+    logs at steps 0, 5 and 6 the very losses of the run that went to 6 in one go: an evaluation's batches
+    depend on the seed and the step alone, not on how many evaluations came before."""
+    common = ("--data_dir", data_dir, "--eval_interval", 5, "--always_save_checkpoint", *TINY)
+    assert cli(capsys, "--out_dir", tmp_path / "a", "--max_iters", 6, *common)[0] == 0
+    assert cli(capsys, "--out_dir", tmp_path / "b", "--max_iters", 3, *common)[0] == 0
+    assert cli(capsys, "--out_dir", tmp_path / "b", "--resume", "--max_iters", 6, "--no-progress")[0] == 0
+    evals = {d: {r["step"]: (r["train_loss"], r["val_loss"]) for r in read_log(tmp_path / d / "log.jsonl")
+                 if r["event"] == "eval"} for d in ("a", "b")}
+    assert sorted(evals["a"]) == [0, 5, 6] and sorted(evals["b"]) == [0, 3, 5, 6]
+    assert all(evals["a"][s] == evals["b"][s] for s in (0, 5, 6)), evals
+
+
 def test_resume_refuses_another_model_or_vocabulary(data_dir, tmp_path, capsys, prepare_module):
     out = tmp_path / "out"
     assert cli(capsys, "--data_dir", data_dir, "--out_dir", out, "--max_iters", 2, "--eval_interval", 1, *TINY)[0] == 0

@@ -56,8 +56,9 @@ def describe_death(rank: str, pid: int, host: str, signum: int) -> str:
     except ValueError:
         name = f"signal {signum}"
     why = " (kill -9, or the out-of-memory killer)" if signum == signal.SIGKILL else ""
-    return (f"error: rank {rank} (pid {pid} on {host}) was killed by {name}{why}; every rank stops now. The last "
-            "checkpoint in out_dir is intact (written atomically): resume with --resume, at any number of ranks")
+    return (f"error: rank {rank} (pid {pid} on {host}) was killed by {name}{why}; every rank stops now. Checkpoints "
+            "are written whole or not at all: --resume continues from the last one in out_dir, if the run wrote one, "
+            "at any number of ranks")
 
 
 def watch_worker(argv: list[str] | None = None) -> int:

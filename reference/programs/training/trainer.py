@@ -19,9 +19,10 @@ The data, SFT's layouts and DPO's pairs are read and checked in training/splits.
 (dpo.DPOObjective, --objective dpo) brings its own batches of pairs and loss, its micro-batches and ranks
 sharing out pairs, each weighted by its share of them.
 
-Randomness: the model is initialised with `GPT(config, seed=seed)`; batches, evaluation batches and
-dropout masks come from three Generators seeded `[seed, 1]`, `[seed, 2]`, `[seed, 3]`. All three states
-are saved in the checkpoint, so a resumed run is bit-identical to an uninterrupted one.
+Randomness: the model is initialised with `GPT(config, seed=seed)`; batches and dropout masks come from
+two Generators seeded `[seed, 1]` and `[seed, 3]`, whose states the checkpoint keeps, so a resumed run is
+bit-identical to an uninterrupted one; the evaluation at step s draws its batches from a Generator seeded
+`[seed, 2, s]`, so it logs the same losses however the run reached step s.
 
 Checkpoints go to `out_dir/ckpt.safetensors` (see reference/programs/checkpoint.py) after an evaluation whose
 val loss is the best so far (nanoGPT's `always_save_checkpoint = False` for shakespeare_char), or after
@@ -59,7 +60,8 @@ from .splits import load_splits, model_tokenizer
 CKPT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
 ADAPTER_DIR = "adapter"         # a LoRA run from --init-from DIR: the peft adapter directory for DIR
-RNG_ROLES = {"train": 1, "eval": 2, "dropout": 3}     # Generator seeds: [seed, k]
+RNG_ROLES = {"train": 1, "dropout": 3}     # the generators a checkpoint keeps, seeded [seed, k]
+EVAL_SEED = 2                              # evaluation at step s draws from a generator seeded [seed, 2, s]
 
 
 class TrainingDiverged(RuntimeError):
@@ -318,12 +320,15 @@ class Trainer:
         return {"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "dt_s": dt}
 
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches of each split, without dropout (nanoGPT's estimate_loss)."""
+        """Mean loss over eval_iters batches of each split, without dropout (nanoGPT's estimate_loss). The
+        batches are drawn from a generator seeded by the seed and the step alone, so an evaluation at step s
+        sees the same batches however the run got there (in one go, or stopped and resumed: a run stopped
+        at a step that is no eval_interval multiple evaluates there, which would shift a shared generator)."""
         cfg, out = self.config, {}
+        rng = np.random.default_rng([cfg.seed, EVAL_SEED, self.step])
         for split in ("train", "val"):
             with np.errstate(over="ignore", invalid="ignore"):     # a non-finite mean stops the run
-                out[split] = self.dist.eval_loss(lambda: self.get_batch(split, self.rng["eval"]), self._eval_loss,
-                                                 cfg.eval_iters)
+                out[split] = self.dist.eval_loss(lambda: self.get_batch(split, rng), self._eval_loss, cfg.eval_iters)
         return out
 
     # ---------------------------------------------------------------------------------------- loop
