@@ -234,7 +234,7 @@ def sample_parser() -> argparse.ArgumentParser:
     (["--num-beams", "2", "--num-samples", "3"], "--num-samples 3 is more than --num-beams 2"),
     (["--num-beams", "0"], "--num-beams must be >= 1, got 0"),
     (["--length-penalty", "2"], "--length-penalty needs --num-beams K"),
-    (["--eos-token-id", "3"], "--eos-token-id needs --num-beams K"),
+    (["--eos-token-id", "3", "none"], "--eos-token-id none turns eos off: give it alone"),
 ])
 def test_beam_flags_are_checked(argv, message):
     with pytest.raises(ValueError, match=message):

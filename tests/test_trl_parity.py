@@ -204,6 +204,33 @@ def test_sft_messages_ids_and_mask_equal_trl(dirs, name, template, tmp_path, cap
         assert mismatches(ours_sft([e[:2] for e in examples], tok)[0], theirs) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("name, template", [("chatml", None), ("gpt2", OURS_JINJA), ("bos", None),
+                                            ("gpt2", PLAIN_JINJA)], ids=["chatml", "ours", "bos", "plain"])
+def test_sft_conversational_prompt_completion_equals_trl(dirs, name, template, tmp_path, caplog):
+    """TRL's conversational prompt-completion form {"prompt": [msgs], "completion": [msgs]} read as written (a
+    completion of several messages included), from a JSONL file: ids and labels equal TRL's processed dataset;
+    no eos appended (an eos appended, as for text, is caught)."""
+    d = dirs[name]
+    tok, theirs_tok = BPETokenizer.from_dir(d), trl_tokenizer(d, template)
+    ours_template = ChatTemplate(PLAIN_JINJA, "plain") if template == PLAIN_JINJA else ChatTemplate.from_dir(d)
+    rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in CONVERSATIONS]
+    rows.append({"prompt": CONVERSATIONS[2][:1], "completion": CONVERSATIONS[2][1:]})    # three completion messages
+    theirs, _ = trl_sft(theirs_tok, rows, tmp_path, caplog)
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    eos = sft.eos_token(str(d), tok)
+    examples = sft.read_examples(path, ours_template, eos)
+    assert [chat for _, _, chat in examples] == [True] * len(rows)
+    assert examples[:4] == [(*sft.render({"messages": m}, "x", ours_template), True) for m in CONVERSATIONS]
+    ours, _ = ours_sft(examples, tok)
+    assert mismatches(ours, theirs) == []
+    if eos:                                    # planted bug: the eos appended as for a text example
+        with_eos = [(p, r + eos, c) for p, r, c in examples]
+        assert mismatches(ours_sft(with_eos, tok)[0], theirs) == list(range(len(rows)))
+    if name == "bos":                          # planted bug: tokenised as text, with the BOS
+        assert mismatches(ours_sft([e[:2] for e in examples], tok)[0], theirs) == list(range(len(rows)))
+
+
 @pytest.mark.parametrize("name", ["gpt2", "bos"])
 def test_dpo_ids_equal_trl(dirs, name, tmp_path, caplog):
     d = dirs[name]
@@ -287,12 +314,16 @@ def test_char_and_byte_have_no_merges_joint_equals_separate(kind):
     ({"prompt": "a"}, r"^x: no 'response' key \(it has \['prompt'\]\); expected \{\"prompt\": ..., \"response\": ...\} "
                       r"\(\"completion\", TRL's name, is accepted for \"response\"\) or \{\"messages\": \[...\]\}$"),
     ({"prompt": "a", "completion": 1}, r"^x: 'completion' must be a string, got int$"),
-    ({"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b"}]},
-     r"^x: 'prompt' must be a string, got list; a conversation is one line \{\"messages\": \[\.\.\.\]\} \(TRL's "
-     r"conversational prompt-completion form, lists of messages under \"prompt\" and \"completion\", is not read\)$"),
+    ({"prompt": [{"role": "user", "content": "a"}], "completion": "b"},
+     r"^x: 'prompt' is a list of messages but 'completion' is a str; expected lists of messages under both \(TRL's "
+     r"conversational prompt-completion form\) or strings under both$"),
+    ({"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant"}]},
+     r"^x: \"completion\" must be a non-empty list of \{\"role\": str, \"content\": str\}$"),
 ])
 def test_response_or_completion_one_line(row, match):
     with pytest.raises(sft.SFTError, match=match):
         sft.render(row, "x")
     assert sft.render({"prompt": "a", "completion": "b"}, "x", eos="</s>") == ("a", "b</s>")
     assert sft.render({"prompt": "a", "completion": "b</s>"}, "x", eos="</s>") == ("a", "b</s>")
+    conversational = {"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b"}]}
+    assert sft.render(conversational, "x", eos="</s>") == ("<|user|>\na\n<|assistant|>\n", "b\n")   # no eos

@@ -34,7 +34,7 @@ from ..model import GPT, KVCache, check_token_ids
 from .options import is_int, is_real
 
 __all__ = ["BeamSearchOutput", "beam_search", "check_beam_args", "log_softmax", "add_beam_arguments",
-           "check_beam_flags", "check_beam_length", "run_beams"]
+           "check_beam_flags", "check_beam_length", "run_beams", "until_eos"]
 
 NEG = -1.0e9          # transformers' score for "not a candidate": added, never -inf, so sums stay finite
 EARLY_STOPPING = (False, True, "never")
@@ -245,17 +245,34 @@ def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --num-beams: a hypothesis scores its summed log-probability / length ** this")
     parser.add_argument("--early-stopping", "--early_stopping", dest="early_stopping", default="false",
                         choices=("true", "false", "never"), help="with --num-beams: transformers' early_stopping")
-    parser.add_argument("--eos-token-id", "--eos_token_id", dest="eos_token_id", type=int, nargs="+", default=None,
-                        help="with --num-beams: token id(s) that end a hypothesis (default: none)")
+    parser.add_argument("--eos-token-id", "--eos_token_id", dest="eos_token_id", type=_eos_arg, nargs="+",
+                        default=None, metavar="ID",
+                        help="token id(s) that end a sample or a beam hypothesis, as transformers' eos_token_id; the "
+                             "eos token is not printed (as decode(skip_special_tokens=True)); 'none' generates "
+                             "past eos (default: the model's eos: a checkpoint's tokenizer eos_token, a model "
+                             "directory's generation_config.json or config.json eos_token_id; char and byte "
+                             "tokenizers have none)")
     parser.set_defaults(sampling_defaults={d: parser.get_default(d) for d in SAMPLING_FLAGS})
 
 
+def _eos_arg(text: str) -> int | None:
+    """One --eos-token-id value: a token id, or None for 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    return int(text)
+
+
+_eos_arg.__name__ = "token id (or 'none')"                   # argparse's "invalid <name> value: 'x'"
+
+
 def check_beam_flags(args: argparse.Namespace) -> None:
-    """ValueError naming a sampling flag set with --num-beams, or a beam flag without it."""
+    """ValueError naming a sampling flag set with --num-beams, a beam flag without it, or 'none' given
+    beside token ids in --eos-token-id."""
+    if args.eos_token_id is not None and None in args.eos_token_id and len(args.eos_token_id) > 1:
+        raise ValueError("--eos-token-id none turns eos off: give it alone, not beside token ids")
     if args.num_beams is None:
         for dest, flag, default in (("length_penalty", "--length-penalty", 1.0),
-                                    ("early_stopping", "--early-stopping", "false"),
-                                    ("eos_token_id", "--eos-token-id", None)):
+                                    ("early_stopping", "--early-stopping", "false")):
             if getattr(args, dest) != default:
                 raise ValueError(f"{flag} needs --num-beams K (it applies to beam search only)")
         return
@@ -303,8 +320,19 @@ def run_beams(args: argparse.Namespace, model: GPT, tok, ids) -> int:
     for i, (seq, score) in enumerate(zip(out.sequences, out.sequences_scores)):
         if i:
             sys.stdout.write("---------------\n")
-        sys.stdout.write(tok.decode(seq) + "\n")
+        sys.stdout.write(tok.decode(until_eos(seq, len(ids), args.eos_token_id)) + "\n")
         sys.stdout.flush()
         print(f"beam {i + 1}: score {score:.4f} (summed log-probability / length ** {args.length_penalty})",
               file=sys.stderr)
     return 0
+
+
+def until_eos(seq, n_prompt: int, eos) -> np.ndarray:
+    """`seq` (1-D) up to, not including, the first eos id among its generated tokens (after the n_prompt
+    prompt tokens): what `decode(skip_special_tokens=True)` prints of transformers' output. `eos`: None or
+    a list of ids."""
+    seq = np.asarray(seq)
+    if not eos:
+        return seq
+    hits = np.flatnonzero(np.isin(seq[n_prompt:], np.asarray(eos, dtype=np.int64)))
+    return seq[:n_prompt + hits[0]] if hits.size else seq

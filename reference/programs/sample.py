@@ -6,23 +6,30 @@ The library behind it is reference/programs/sampling/: the next-token rule (logi
 generation with a key/value cache (generation.py) and streaming text (stream.py). `--stream` prints each
 token as it is drawn; Ctrl-C keeps what was printed and exits with status 130. Bad arguments end the
 command with one line on stderr and exit status 2.
+
+A sample ends at the model's eos token, as transformers' `generate` ends there (`model_eos`: a
+checkpoint's tokenizer eos_token, a model directory's generation_config.json or config.json
+eos_token_id); `--eos-token-id ID...` sets it, `--eos-token-id none` turns it off. The eos token is not
+printed, as `tokenizer.decode(ids, skip_special_tokens=True)` leaves it out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ..fast import use_kernels
-from .beam import add_beam_arguments, check_beam_flags, run_beams
-from .options import add_kernels_argument, check
-from .sampling.generation import generate, iter_generate
+from .beam import add_beam_arguments, check_beam_flags, run_beams, until_eos
+from .options import add_kernels_argument, check, is_int
+from .sampling.generation import eos_ids, generate, iter_generate
 from .sampling.logits_process import check_penalty_args, check_sampling_args
 from .sampling.stream import TextStream
 
-__all__ = ["add_arguments", "load_hf_dir", "run"]
+__all__ = ["add_arguments", "load_hf_dir", "model_eos", "run"]
 
 
 def load_hf_dir(path):
@@ -37,6 +44,48 @@ def load_hf_dir(path):
         raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} ids, more than the model's vocab_size "
                          f"{model.config.vocab_size}")
     return model, tok
+
+
+def model_eos(ckpt=None, hf_dir=None) -> list[int] | None:
+    """The eos id(s) a model is generated with by default, as transformers' `generate` takes them, or None.
+
+    A model directory (`hf_dir`): generation_config.json's eos_token_id when that file exists (transformers'
+    GenerationConfig.from_pretrained), else config.json's (GenerationConfig.from_model_config). A checkpoint
+    (`ckpt`, reference/programs/checkpoint.py): its BPE tokenizer's eos_token (tokenizer_settings.special_ids,
+    which is what an export writes into generation_config.json); char and byte tokenizers have no eos.
+    """
+    if hf_dir is not None:
+        d = Path(hf_dir)
+        source = d / "generation_config.json"
+        if not source.is_file():
+            source = d / "config.json"
+        try:
+            value = json.loads(source.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):        # hf.check_dir has named a bad config.json already
+            return None
+    elif ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.get("kind") == "bpe":
+        from .tokenizer_settings import special_ids
+        value = special_ids(ckpt.tokenizer)["eos_token_id"]
+    else:
+        return None
+    ids = [value] if is_int(value) else list(value) if isinstance(value, list) else []
+    return [int(v) for v in ids if is_int(v)] or None
+
+
+def resolve_eos(flag, default: list[int] | None, vocab_size: int) -> list[int] | None:
+    """The eos ids a run uses: --eos-token-id's (None: not given; [None]: 'none', eos off), else the model's
+    default. ValueError naming a given id out of [0, vocab_size); a default id out of it is dropped (it can
+    never be drawn, and transformers does not check it either)."""
+    if flag is None:
+        kept = [e for e in default or [] if 0 <= e < vocab_size]
+        return kept or None
+    if flag == [None]:
+        return None
+    try:
+        eos_ids(flag, vocab_size)
+    except ValueError as e:
+        raise ValueError(f"--eos-token-id: {e}") from None
+    return list(flag)
 
 
 DEFAULT_CKPT = "out/ckpt.safetensors"
@@ -121,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"the prompt cannot be encoded with the checkpoint's vocabulary: {e}") from None
         if ckpt is not None:
             model = build_model(ckpt)
+        eos = resolve_eos(args.eos_token_id, model_eos(ckpt, getattr(args, "init_from", None)),
+                          model.config.vocab_size)
         use_kernels(model, getattr(args, "kernels", "fast"))
     except (CheckpointError, FileNotFoundError, ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -129,19 +180,19 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(note, file=sys.stderr)
     if args.num_beams is not None:                             # beam search instead of sampling
-        return run_beams(args, model, tok, ids)
+        return run_beams(argparse.Namespace(**{**vars(args), "eos_token_id": eos}), model, tok, ids)
     rng = np.random.default_rng(args.seed)
     rule = dict(temperature=args.temperature, top_k=top_k, top_p=args.top_p, greedy=args.greedy, rng=rng,
                 use_cache=not args.no_cache, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty, eos_token_id=eos)
     for i in range(args.num_samples):
         try:
             if args.stream:
-                _stream(tok, iter_generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule), ids)
+                _stream(tok, iter_generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule), ids, eos)
             else:
                 out = generate(model, ids, args.max_new_tokens, verbose=i == 0, **rule)
                 # Written and flushed as soon as it exists; stdout is UTF-8 whatever the locale (reference/programs/cli.py).
-                sys.stdout.write(tok.decode(out) + "\n")
+                sys.stdout.write(tok.decode(until_eos(out, len(ids), eos)) + "\n")
         except ValueError as e:                   # non-finite logits: a model with non-finite weights
             sys.stdout.flush()
             print(f"error: sample {i + 1}: {e}", file=sys.stderr)
@@ -162,12 +213,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream(tok, steps, prompt_ids) -> None:
-    """Print the prompt, then each token as it is drawn, flushing every time (sample --stream)."""
+def _stream(tok, steps, prompt_ids, eos=None) -> None:
+    """Print the prompt, then each token as it is drawn, flushing every time, up to an eos id, which is not
+    printed (sample --stream)."""
     stream = TextStream(tok)
     sys.stdout.write(stream.push(prompt_ids))
     sys.stdout.flush()
     for new, _ in steps:
+        if eos and int(new[0]) in eos:
+            break
         piece = stream.push(new[:1])                           # one sample at a time: batch of one
         if piece:
             sys.stdout.write(piece)

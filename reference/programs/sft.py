@@ -13,14 +13,17 @@ message's content + `\\n`, and the last message must be the assistant's. Data pr
 transformers' apply_chat_template does (reference/programs/chat_template.py): prompt =
 render(messages[:-1], add_generation_prompt=True), response = render(messages)[len(prompt):]
 (`render_with`). A `prompt`/`response` line is used as written (no template); "completion", TRL's
-name, is accepted for "response".
+name, is accepted for "response". TRL's conversational prompt-completion form, lists of messages
+under "prompt" and "completion", is rendered as SFTTrainer renders it: prompt = render(prompt messages,
+add_generation_prompt=True), response = render(prompt + completion messages)[len(prompt):]
+(`render_pair`), with the directory's template or CHAT_TEMPLATE.
 
 Each example is tokenised as TRL's SFTTrainer tokenises a prompt-completion example (trl 1.13,
 sft_trainer.py `_prepare_dataset`): a `prompt`/`response` line gets the tokenizer's eos_token appended
 to its response unless it already ends with it (`add_eos`; char and byte tokenizers have none), and is
 tokenised as the tokenizer's __call__ does (`encode_text`: with the special tokens its post-processor
-adds, a BOS for Llama's); a `messages` line is conversational: no eos appended, tokenised without
-special tokens, as apply_chat_template(tokenize=True) does. Then
+adds, a BOS for Llama's); a `messages` line, or a conversational prompt-completion one, is conversational:
+no eos appended, tokenised without special tokens, as apply_chat_template(tokenize=True) does. Then
 
     ids  = tokenise(prompt + response)     (the whole text at once: a BPE merge may cross the boundary)
     mask = [0] * len(tokenise(prompt)) + [1] * (len(ids) - len(tokenise(prompt)))
@@ -79,21 +82,46 @@ def render(example: dict, where: str, template=None, eos: str | None = None) -> 
     if "response" in example and "completion" in example:
         raise SFTError(f"{where}: both 'response' and 'completion' (TRL's name for the response); expected one of them")
     key = "completion" if "completion" in example else "response"
+    if is_conversational(example):                           # TRL's conversational prompt-completion form
+        return render_pair(example, key, where, template)
     missing = [k for k in ("prompt", key) if k not in example]
     if missing:
         raise SFTError(f"{where}: no {' and no '.join(repr(k) for k in missing)} key (it has {sorted(example)}); "
                        "expected {\"prompt\": ..., \"response\": ...} (\"completion\", TRL's name, is accepted for "
                        "\"response\") or {\"messages\": [...]}")
+    for k, other in (("prompt", key), (key, "prompt")):
+        if isinstance(example[k], list):
+            raise SFTError(f"{where}: {k!r} is a list of messages but {other!r} is a {type(example[other]).__name__}; "
+                           f"expected lists of messages under both (TRL's conversational prompt-completion form) "
+                           "or strings under both")
     for k in ("prompt", key):
         if not isinstance(example[k], str):
-            hint = ("; a conversation is one line {\"messages\": [...]} (TRL's conversational prompt-completion "
-                    "form, lists of messages under \"prompt\" and \"completion\", is not read)"
-                    if isinstance(example[k], list) else "")
-            raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}{hint}")
+            raise SFTError(f"{where}: {k!r} must be a string, got {type(example[k]).__name__}")
     response = example[key]
     if eos and not response.endswith(eos):                   # TRL's add_eos: non-conversational examples only
         response += eos
     return example["prompt"], response
+
+
+def is_conversational(example) -> bool:
+    """True for a "messages" line, and for TRL's conversational prompt-completion form: lists under both
+    "prompt" and "completion" (or "response")."""
+    if not isinstance(example, dict):
+        return False
+    if "messages" in example:
+        return True
+    key = "completion" if "completion" in example else "response"
+    return isinstance(example.get("prompt"), list) and isinstance(example.get(key), list)
+
+
+def render_pair(example: dict, key: str, where: str, template=None) -> tuple[str, str]:
+    """(prompt, response) of TRL's conversational prompt-completion example {"prompt": [msgs], "completion":
+    [msgs]}, as SFTTrainer renders it (trl 1.13 sft_trainer.py `tokenize_fn`): prompt =
+    render(prompt messages, add_generation_prompt=True), response = render(prompt + completion
+    messages)[len(prompt):] (`render_messages`); no eos appended (conversational data)."""
+    prompt = check_messages(example["prompt"], where, "prompt")
+    completion = check_messages(example[key], where, key)
+    return render_messages(prompt + completion, where, template, n_prompt=len(prompt))
 
 
 def check_messages(msgs, where: str, key: str = "messages") -> list[dict]:
@@ -166,9 +194,10 @@ def read_jsonl(path, error: type[Exception] = None):
 
 
 def read_examples(path, template=None, eos: str | None = None) -> list[tuple[str, str, bool]]:
-    """Every (prompt, response, chat) of a JSONL file, blank lines skipped, chat True for a "messages" line;
+    """Every (prompt, response, chat) of a JSONL file, blank lines skipped, chat True for a conversational
+    line ("messages", or lists of messages under "prompt" and "completion": `is_conversational`);
     SFTError for a bad line or no example. `template`, `eos`: as `render` takes them."""
-    out = [(*render(obj, where, template, eos), isinstance(obj, dict) and "messages" in obj)
+    out = [(*render(obj, where, template, eos), is_conversational(obj))
            for where, obj in read_jsonl(path)]
     if not out:
         raise SFTError(f"{path} holds no example: expected one JSON object per line")

@@ -13,6 +13,11 @@ exactly as nanoGPT's `idx[:, -block_size:]`:
 
 tests/test_sample.py proves the cached logits equal recomputing the whole window at every step. Each
 token is drawn by the rule of logits_process.py.
+
+With `eos_token_id` (one id or a list), generation stops as transformers' `generate` does
+(generation/utils.py `_sample`, stopping_criteria.py `EosTokenCriteria`): a sequence that draws an eos id
+is finished, every later token of it is the pad id (the first eos id), and generation ends when every
+sequence is finished or max_new_tokens is reached. tests/test_sample_eos.py proves it token for token.
 """
 
 from __future__ import annotations
@@ -25,18 +30,20 @@ from ...model import GPT, KVCache, check_token_ids
 from ..options import check, is_int
 from .logits_process import apply_penalties, check_penalty_args, check_sampling_args, sample_next
 
-__all__ = ["as_generator", "generate", "iter_generate"]
+__all__ = ["as_generator", "eos_ids", "generate", "iter_generate"]
 
 
 def iter_generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | int | None = None,
                   use_cache: bool = True, verbose: bool = True, min_p: float | None = None,
-                  repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0):
+                  repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                  eos_token_id: int | list[int] | None = None):
     """Check every argument now, then return an iterator that yields, as each new token is drawn,
     `(ids, logits)`: the new token ids (B,) and the last-position logits (B, V) they were drawn from
     (before penalties). The prompt `idx` is (T,) or (B, T) token ids (text is refused: encode it first).
     `rng`: a numpy Generator, or an int seed for np.random.default_rng (`as_generator`); None with greedy.
-    This is what `sample --stream` prints from.
+    `eos_token_id`: one id or a list that ends a sequence (the module docstring); the iterator stops after
+    the step at which every sequence has drawn one. This is what `sample --stream` prints from.
     """
     check_sampling_args(temperature, top_k, top_p, greedy)
     check_penalty_args(min_p, repetition_penalty, presence_penalty, frequency_penalty)
@@ -56,6 +63,7 @@ def iter_generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 
         hint = "; encode the text first, e.g. ids = tokenizer.encode(text)" if idx.dtype.kind in "USO" else ""
         raise TypeError(f"token ids must be integers, got dtype {idx.dtype}{hint}")
     check_token_ids(idx, model.config.vocab_size, "prompt token id")   # before any cast: 2**64-1 is not -1
+    eos = eos_ids(eos_token_id, model.config.vocab_size)
     block_size = model.config.block_size
     T = idx.shape[1]
     if T > block_size and verbose:
@@ -64,7 +72,18 @@ def iter_generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 
     rule = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, rng=rng, min_p=min_p)
     penalties = dict(repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                      frequency_penalty=frequency_penalty)
-    return _steps(model, idx, max_new_tokens, use_cache, rule, penalties)
+    return _steps(model, idx, max_new_tokens, use_cache, rule, penalties, eos)
+
+
+def eos_ids(eos_token_id, vocab_size: int) -> np.ndarray:
+    """`eos_token_id` (None, one id or a list of ids) as a 1-D int64 array; ValueError naming an id that is
+    not an integer in [0, vocab_size)."""
+    eos = [] if eos_token_id is None else [eos_token_id] if is_int(eos_token_id) else list(eos_token_id)
+    for e in eos:
+        if not is_int(e):
+            raise ValueError(f"eos_token_id must be integer token ids, got {e!r}")
+    check_token_ids(eos, vocab_size, "eos_token_id")
+    return np.array(eos, dtype=np.int64)
 
 
 def as_generator(rng) -> np.random.Generator | None:
@@ -88,9 +107,11 @@ def _brief(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _steps(model: GPT, idx: np.ndarray, max_new_tokens: int, use_cache: bool, rule: dict, penalties: dict):
+def _steps(model: GPT, idx: np.ndarray, max_new_tokens: int, use_cache: bool, rule: dict, penalties: dict,
+           eos: np.ndarray):
     block_size = model.config.block_size
     B, T = idx.shape
+    done = np.zeros(B, dtype=bool)                     # sequences that drew an eos id
     seq = np.empty((B, T + max_new_tokens), dtype=np.int64)
     seq[:, :T] = idx
     penalised = penalties != dict(repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0)
@@ -107,14 +128,22 @@ def _steps(model: GPT, idx: np.ndarray, max_new_tokens: int, use_cache: bool, ru
         last = logits[:, -1, :]
         z = apply_penalties(last, seq[:, :n], n - T, **penalties) if penalised else last
         seq[:, n] = sample_next(z, **rule)
+        if eos.size:                                   # transformers: finished sequences get the pad id
+            seq[:, n] = np.where(done, eos[0], seq[:, n])
+            done |= np.isin(seq[:, n], eos)
         yield seq[:, n].copy(), last.copy()
+        if done.all():
+            return
 
 
 def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, greedy: bool = False, rng: np.random.Generator | int | None = None,
              use_cache: bool = True, return_logits: bool = False, verbose: bool = True, min_p: float | None = None,
-             repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0):
+             repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+             eos_token_id: int | list[int] | None = None):
     """Extend token ids `idx` ((T,) or (B, T)) by `max_new_tokens` sampled tokens; same shape kind back.
+    With `eos_token_id`, fewer once every sequence has drawn an eos id (the eos kept, later tokens of a
+    finished sequence the first eos id), as transformers' `generate`.
 
     With `return_logits`, also the list of last-position logits (B, V) each token was drawn from.
     `use_cache=False` recomputes the whole (cropped) window at every step: the reference for the cache.
@@ -123,7 +152,7 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 1.0, 
     steps = iter_generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           greedy=greedy, rng=rng, use_cache=use_cache, verbose=verbose, min_p=min_p,
                           repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-                          frequency_penalty=frequency_penalty)
+                          frequency_penalty=frequency_penalty, eos_token_id=eos_token_id)
     idx = np.asarray(idx)
     prompt = idx[None] if idx.ndim == 1 else idx
     new, all_logits = [], []
