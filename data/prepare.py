@@ -376,8 +376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "of a Hugging Face model directory (tokenizer.json, or vocab.json + merges.txt; "
                         "needs the hf extra), for fine-tuning that model")
     p.add_argument("--sft", metavar="FILE.jsonl", default=None,
-                   help="supervised fine-tuning examples, one JSON object a line: {\"prompt\", \"response\"} or "
-                        "{\"messages\": [...]}; writes ids and a loss mask (default: a text corpus)")
+                   help="supervised fine-tuning examples, one JSON object a line: {\"prompt\", \"response\"} "
+                        "(or \"completion\") as strings or as lists of messages, or {\"messages\": [...]}; "
+                        "writes ids and a loss mask (default: a text corpus)")
     p.add_argument("--dpo", metavar="FILE.jsonl", default=None,
                    help="preference pairs, one JSON object a line: {\"prompt\", \"chosen\", \"rejected\"} as strings "
                         "or lists of messages (\"prompt\" may be left out: the messages chosen and rejected "
