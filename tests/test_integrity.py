@@ -223,28 +223,39 @@ def test_saves_killed_with_sigkill_leave_nothing_that_grows(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
 
-def test_ctrl_c_during_a_write_lands_after_it_and_leaves_no_temporary(tmp_path, monkeypatch):
-    """SIGINT while the temporary exists (here: from inside fsync), between creating the file and its
-    cleanup, would leave `.name.<pid>.<hex>.tmp` behind if it were raised there. It is held until the file
-    is in place: the new file is whole, no temporary is left, and the KeyboardInterrupt follows."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_a_write_lands_after_it_and_leaves_no_temporary(tmp_path, monkeypatch, signame):
+    """SIGINT (or SIGTERM, which `train` turns into the same KeyboardInterrupt) while the temporary exists
+    (here: from inside fsync), between creating the file and its cleanup, would leave
+    `.name.<pid>.<hex>.tmp` behind if it were raised there. It is held until the file is in place: the new
+    file is whole, no temporary is left, and the KeyboardInterrupt follows."""
     import os
     import signal
 
     from reference.programs import atomic
 
+    sig = getattr(signal, signame)
+
+    def interrupt(signum, frame):                    # train's SIGTERM handler: as Ctrl-C
+        raise KeyboardInterrupt
+    handler = signal.default_int_handler if sig == signal.SIGINT else interrupt
+    before = signal.signal(sig, handler)
     target = tmp_path / "ckpt.safetensors"
     target.write_bytes(b"old")
     real_fsync = os.fsync
 
     def interrupted_fsync(fd):
-        signal.raise_signal(signal.SIGINT)           # Ctrl-C while the temporary is open
+        signal.raise_signal(sig)                     # the signal while the temporary is open
         real_fsync(fd)
     monkeypatch.setattr(atomic.os, "fsync", interrupted_fsync)
-    with pytest.raises(KeyboardInterrupt):
-        atomic.atomic_write(target, [b"new ", b"data"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic.atomic_write(target, [b"new ", b"data"])
+        assert signal.getsignal(sig) is handler                           # the handler is put back
+    finally:
+        signal.signal(sig, before)
     assert target.read_bytes() == b"new data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
 
 
 def test_remove_stale_temps_tolerates_a_missing_directory(tmp_path):

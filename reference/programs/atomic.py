@@ -8,11 +8,12 @@ The temporary file is named `.<name>.<pid>.<16 hex>.tmp`. A kill -9 mid-write ca
 itself, so every write first removes the stale temporaries of *this* target (`remove_stale_temps`):
 files in the same directory whose name matches that pattern exactly and whose writer process is gone.
 A file of another name, or a temporary of a writer that is still running, is never touched; stale
-temporaries therefore never accumulate (tests/test_reliability.py, "no leaks").
+temporaries therefore never accumulate (tests/test_integrity.py).
 
-Ctrl-C (SIGINT) during a write is held back until the file is renamed into place (`_interrupts_held`):
-an interrupt between creating the temporary and removing it would leave it behind, so the write
-finishes (it takes a moment) and the KeyboardInterrupt is raised right after it.
+Ctrl-C (SIGINT) and SIGTERM during a write are held back until the file is renamed into place
+(`_interrupts_held`): an interrupt between creating the temporary and removing it (even between `open`
+returning and its result being stored) would leave it behind, so the write finishes (it takes a moment)
+and the signal is delivered right after it, to the handler that was in place.
 
 Files are created with `open(..., "xb")`, so they get the usual mode, 0o666 less the umask (0o644 under
 umask 022): the same for checkpoints as for prepared data. (`tempfile.mkstemp` would give 0o600.)
@@ -81,20 +82,23 @@ def remove_stale_temps(path) -> list[Path]:
 
 @contextmanager
 def _interrupts_held():
-    """SIGINT received inside the block is recorded, and re-raised (through the handler that was in place)
-    when the block ends. Python runs signal handlers in the main thread only, so this works there, whichever
-    thread the signal reached; elsewhere the block runs as it is."""
+    """SIGINT and SIGTERM received inside the block are recorded, and raised again (through the handlers that
+    were in place: KeyboardInterrupt, `train`'s SIGTERM handler, or the default action) when the block ends.
+    Python runs signal handlers in the main thread only, so this works there, whichever thread the signal
+    reached; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            signal.raise_signal(signal.SIGINT)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):          # each signal once, in the order it came
+            signal.raise_signal(sig)
 
 
 def atomic_write(path, data) -> None:
