@@ -189,6 +189,11 @@ def tokenize(raw: bytes, kind: str) -> tuple[np.ndarray, Tokenizer]:
     return tok.encode(text), tok
 
 
+def count(n: int, noun: str) -> str:
+    """"1 pair", "3 pairs": a count with its noun."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, with the umask's mode, removing stale temporaries of
     killed writes first (reference/programs/atomic.py: the same writer as checkpoints)."""
@@ -426,7 +431,7 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
                 print(f"prepare.py: warning: {w.message}", file=sys.stderr)
             sizes = meta["dpo"]
             print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
-            print(f"train: {sizes['train_pairs']} pairs, val: {sizes['val_pairs']} pairs; the longest prompt + "
+            print(f"train: {count(sizes['train_pairs'], 'pair')}, val: {count(sizes['val_pairs'], 'pair')}; the longest prompt + "
                   f"response is {sizes['longest']} tokens (block_size must be at least {sizes['longest'] - 1})")
             if sizes["conversational_pairs"]:
                 used = sizes["chat_template"]
@@ -445,8 +450,8 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
                 print(f"prepare.py: warning: {w.message}", file=sys.stderr)
             sizes = meta["sft"]
             print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
-            print(f"train: {sizes['train_examples']} examples, {meta['train_tokens']:,} tokens "
-                  f"({sizes['response_tokens']['train']:,} in responses); val: {sizes['val_examples']} examples, "
+            print(f"train: {count(sizes['train_examples'], 'example')}, {meta['train_tokens']:,} tokens "
+                  f"({sizes['response_tokens']['train']:,} in responses); val: {count(sizes['val_examples'], 'example')}, "
                   f"{meta['val_tokens']:,} tokens ({sizes['response_tokens']['val']:,} in responses)")
             used = sizes["chat_template"]
             print(f"chat template for \"messages\": "

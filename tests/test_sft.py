@@ -152,6 +152,15 @@ def test_empty_response_refused_never_nan():
         Trainer(cfg, train_data=ids, val_data=ids, tokenizer=ByteTokenizer(), loss_masks=(0 * mask, mask))
 
 
+def test_a_split_too_short_for_a_window_names_no_packing_for_sft_data():
+    ids, mask = sft.encode([("ab", "cd")], ByteTokenizer())
+    cfg = TrainConfig(out_dir="", n_layer=1, n_head=1, n_embd=8, block_size=8, batch_size=2, max_iters=1)
+    with pytest.raises(ValueError, match=r"too few for one window of block_size 8 \(\+1 target\); use a smaller "
+                                         r"block_size, or --no-packing \(one example per row\)$"):
+        Trainer(cfg, train_data=np.tile(ids, 8), val_data=ids, tokenizer=ByteTokenizer(),
+                loss_masks=(np.tile(mask, 8), mask))
+
+
 def test_prepare_sft_then_train(tmp_path, capsys):
     f = tmp_path / "ex.jsonl"
     rows = [{"prompt": p, "response": r} for p, r in reverse_examples(18)]
@@ -161,6 +170,9 @@ def test_prepare_sft_then_train(tmp_path, capsys):
     assert prepare.main(["--sft", str(f), "--out", str(out)]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sft"]["train_examples"] == 17 and meta["sft"]["val_examples"] == 2
+    said = capsys.readouterr().out
+    assert "train: 17 examples, " in said and "; val: 2 examples, " in said
+    assert prepare.count(1, "pair") == "1 pair" and prepare.count(1200, "example") == "1,200 examples"
     mask = np.fromfile(out / "train_mask.bin", np.uint8)
     assert mask.size == meta["train_tokens"] and 0 < mask.sum() < mask.size
     cfg = TrainConfig(out_dir="", data_dir=str(out), n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=4,

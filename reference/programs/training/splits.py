@@ -97,7 +97,8 @@ def load_splits(config: TrainConfig, *, train_data=None, val_data=None, tokenize
             raise ValueError(f"{split} data must be a 1-D array of token ids, got {data.dtype} {data.shape}")
         if len(data) < config.block_size + 1 and config.packing and objective is None:   # DPO: rows are pairs
             raise ValueError(f"the {split} split has {len(data)} tokens, too few for one window of "
-                             f"block_size {config.block_size} (+1 target); use a smaller block_size")
+                             f"block_size {config.block_size} (+1 target); use a smaller block_size"
+                             + (", or --no-packing (one example per row)" if loss_masks is not None else ""))
         _check_split_ids(split, data, vocab_size)
     masks = None if loss_masks is None else dict(zip(("train", "val"), loss_masks))
     window_starts = examples = None
