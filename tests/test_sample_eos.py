@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 from reference.programs import hf  # noqa: E402
 from reference.programs.sample import model_eos, resolve_eos  # noqa: E402
 from reference.programs.sampling import generation  # noqa: E402
+from test_hf import cli  # noqa: E402  (the command's exit code, stdout and stderr)
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -88,13 +89,6 @@ def test_planted_bug_eos_ignored_is_reported(pair, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- sample
-
-
-def cli(argv, capsys):
-    from reference.programs.cli import main
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture
