@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reference.programs import prepared_data
 from reference.programs.data import get_batch, load_meta, load_split, split_train_val
 from reference.programs.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
 
@@ -404,14 +405,14 @@ def test_a_prepare_stopped_midway_leaves_no_meta_describing_other_splits(tmp_pat
     same token counts) can never be loaded."""
     out = tmp_path / "out"
     prep.prepare(make_text(seed=1).encode(), out, kind="char")
-    write = prep.atomic_write_bytes
+    write = prepared_data.atomic_write_bytes                # the writer data/prepare.py's prepare uses
 
     def full_disk(path, data):
         if path.name == fails_at:
             raise OSError(28, "No space left on device")
         write(path, data)
 
-    monkeypatch.setattr(prep, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(prepared_data, "atomic_write_bytes", full_disk)
     src = write_corpus(tmp_path, make_text(seed=2).encode("utf-8") + b"\xff")
     assert prep.main(["--from", str(src), "--out", str(out), "--tokenizer", "byte"]) == 1
     assert "No space left on device" in capsys.readouterr().err
@@ -607,7 +608,7 @@ def test_tokenize_unknown_kind(prep):
         prep.tokenize(b"abc", "bpe")
 
 
-def test_atomic_write_cleans_up_on_failure(tmp_path, prep, monkeypatch):
+def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
     from reference.programs import atomic
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
@@ -617,6 +618,6 @@ def test_atomic_write_cleans_up_on_failure(tmp_path, prep, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "replace", boom)        # the rename that publishes the file
     with pytest.raises(OSError, match="disk full"):
-        prep.atomic_write_bytes(target, b"new")
+        prepared_data.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
