@@ -238,6 +238,24 @@ def main(argv: list[str] | None = None) -> int:
             lock.release()
 
 
+def _with_warnings_said(prepare_fn, *args, **kwargs) -> dict:
+    """`prepare_fn(*args, **kwargs)` (prepare_sft, prepare_dpo), each warning it gives printed as one line on
+    stderr; then the tokenizer line on stdout. Its meta.json dict."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = prepare_fn(*args, **kwargs)
+    for w in caught:
+        print(f"prepare.py: warning: {w.message}", file=sys.stderr)
+    print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
+    return meta
+
+
+def _template(used: dict) -> str:
+    """The chat template meta.json records, for the summary: "ours (...)" or its file, and its digest."""
+    where = "ours (reference/programs/sft.py)" if used["source"] == "ours" else used["source"]
+    return f"{where} (sha256 {used['sha256'][:12]})"
+
+
 def _main(args: argparse.Namespace, out_dir: Path) -> int:
     replacing = previous_source(out_dir)
     try:
@@ -247,39 +265,24 @@ def _main(args: argparse.Namespace, out_dir: Path) -> int:
         if args.dpo:
             if args.src or args.sft:
                 raise PrepareError("give one of --dpo FILE.jsonl, --sft FILE.jsonl and --from PATH")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                meta = prepare_dpo(args.dpo, out_dir, kind=args.tokenizer)
-            for w in caught:
-                print(f"prepare.py: warning: {w.message}", file=sys.stderr)
+            meta = _with_warnings_said(prepare_dpo, args.dpo, out_dir, kind=args.tokenizer)
             sizes = meta["dpo"]
-            print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
             print(f"train: {count(sizes['train_pairs'], 'pair')}, val: {count(sizes['val_pairs'], 'pair')}; the longest prompt + "
                   f"response is {sizes['longest']} tokens (block_size must be at least {sizes['longest'] - 1})")
             if sizes["conversational_pairs"]:
-                used = sizes["chat_template"]
                 print(f"chat template for the {sizes['conversational_pairs']} conversational pairs: "
-                      f"{'ours (reference/programs/sft.py)' if used['source'] == 'ours' else used['source']} "
-                      f"(sha256 {used['sha256'][:12]})")
+                      f"{_template(sizes['chat_template'])}")
             print(f"wrote {out_dir}/train.bin, val.bin, train_pairs.bin, val_pairs.bin, meta.json")
             return 0
         if args.sft:
             if args.src:
                 raise PrepareError("give --sft FILE.jsonl or --from PATH, not both")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                meta = prepare_sft(args.sft, out_dir, kind=args.tokenizer)
-            for w in caught:
-                print(f"prepare.py: warning: {w.message}", file=sys.stderr)
+            meta = _with_warnings_said(prepare_sft, args.sft, out_dir, kind=args.tokenizer)
             sizes = meta["sft"]
-            print(f"tokenizer: {meta['tokenizer']['kind']}, vocab size: {meta['vocab_size']:,}")
             print(f"train: {count(sizes['train_examples'], 'example')}, {meta['train_tokens']:,} tokens "
                   f"({sizes['response_tokens']['train']:,} in responses); val: {count(sizes['val_examples'], 'example')}, "
                   f"{meta['val_tokens']:,} tokens ({sizes['response_tokens']['val']:,} in responses)")
-            used = sizes["chat_template"]
-            print(f"chat template for \"messages\": "
-                  f"{'ours (reference/programs/sft.py)' if used['source'] == 'ours' else used['source']} "
-                  f"(sha256 {used['sha256'][:12]})")
+            print(f"chat template for \"messages\": {_template(sizes['chat_template'])}")
             print(f"wrote {out_dir}/train.bin, val.bin, train_mask.bin, val_mask.bin, train_lengths.bin, "
                   "val_lengths.bin, meta.json")
             return 0

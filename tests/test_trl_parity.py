@@ -94,29 +94,30 @@ def trl_tokenizer(d: Path, template: str | None = None):
     return tok
 
 
+def trl_processed(trainer, config, tok, rows, caplog):
+    """TRL's `trainer` (SFTTrainer, DPOTrainer) built on `rows`: its processed train dataset, and how many rows
+    it warned about (its "Mismatch between tokenized prompt" message)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = trainer(model=tok.name_or_path, args=config, processing_class=tok,
+                    train_dataset=datasets.Dataset.from_list(rows))
+    return t.train_dataset, sum("Mismatch between tokenized prompt" in r.getMessage() for r in caplog.records)
+
+
 def trl_sft(tok, rows, tmp_path, caplog):
     """TRL's SFTTrainer's processed train dataset: [(input_ids, labels)], and the rows it warned about."""
     config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], packing=False, max_length=None,
                            use_cpu=True, disable_tqdm=True)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = trl.SFTTrainer(model=tok.name_or_path, args=config, processing_class=tok,
-                                 train_dataset=datasets.Dataset.from_list(rows))
-    warned = sum("Mismatch between tokenized prompt" in r.getMessage() for r in caplog.records)
-    return [(r["input_ids"], r["labels"]) for r in trainer.train_dataset], warned
+    data, warned = trl_processed(trl.SFTTrainer, config, tok, rows, caplog)
+    return [(r["input_ids"], r["labels"]) for r in data], warned
 
 
 def trl_dpo(tok, rows, tmp_path, caplog):
     """TRL's DPOTrainer's processed train dataset: [(prompt_ids, chosen_ids, rejected_ids)], and its warnings."""
     config = trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, disable_tqdm=True)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = trl.DPOTrainer(model=tok.name_or_path, args=config, processing_class=tok,
-                                 train_dataset=datasets.Dataset.from_list(rows))
-    warned = sum("Mismatch between tokenized prompt" in r.getMessage() for r in caplog.records)
-    return [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in trainer.train_dataset], warned
+    data, warned = trl_processed(trl.DPOTrainer, config, tok, rows, caplog)
+    return [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in data], warned
 
 
 def ours_sft(examples, tok):
